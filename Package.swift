@@ -1,0 +1,39 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// The dependency line (see ../shared/STYLE.md):
+//   CKVM (C constants and non-variadic wrappers, no logic)
+//     └─ KVM      the only module that touches Unsafe* pointers
+//          └─ VMM  run loop, device bus, hypercalls, attack-surface registry
+//   Boot, Devices  pure: no I/O, no pointers; testable and fuzzable without /dev/kvm
+//   bulkhead       thin @main command line
+let strict: [SwiftSetting] = [
+    .unsafeFlags(["-warnings-as-errors"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "Bulkhead",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "bulkhead", targets: ["bulkhead"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "CKVM"),
+        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "Boot"),
+        .target(name: "Devices"),
+        .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices"]),
+        .executableTarget(
+            name: "bulkhead",
+            dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "KVMTests", dependencies: ["KVM"]),
+        .testTarget(name: "BootTests", dependencies: ["Boot"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,76 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed system call: the operation that failed and the `errno` it set.
+public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let errno: Int32
+
+    public init(_ operation: String, errno: Int32) {
+        self.operation = operation
+        self.errno = errno
+    }
+
+    public var description: String {
+        "\(operation) failed: \(SystemError.message(for: errno)) (errno \(errno))"
+    }
+
+    public static func message(for code: Int32) -> String {
+        guard let text = strerror(code) else { return "unknown error" }
+        return String(cString: text)
+    }
+}
+
+/// Errors from the KVM layer. Every case says what failed in terms a user can act on.
+public enum KVMError: Error, Equatable, CustomStringConvertible, Sendable {
+    case deviceUnavailable(path: String, errno: Int32)
+    case unsupportedAPIVersion(Int32)
+    case missingCapability(String)
+    case system(SystemError)
+    case invalidMemoryRegion(String)
+    case tooManyCPUIDEntries(Int)
+
+    public var description: String {
+        switch self {
+        case .deviceUnavailable(let path, let code):
+            let hint: String
+            switch code {
+            case ENOENT: hint = "KVM is not available on this host (no \(path); is the kvm module loaded?)"
+            case EACCES, EPERM: hint = "no permission to open \(path) (run as root or join the kvm group)"
+            default: hint = "cannot open \(path)"
+            }
+            return "\(hint): \(SystemError.message(for: code))"
+        case .unsupportedAPIVersion(let v): return "KVM API version \(v) is not supported (need 12)"
+        case .missingCapability(let c): return "the host's KVM lacks a required capability: \(c)"
+        case .system(let e): return e.description
+        case .invalidMemoryRegion(let why): return "invalid guest memory region: \(why)"
+        case .tooManyCPUIDEntries(let n): return "CPUID policy has \(n) entries, more than KVM accepts"
+        }
+    }
+}
+
+/// Retries a system call on EINTR and turns -1 into a typed error.
+@inline(__always)
+func check(_ operation: @autoclosure () -> String, retryOnInterrupt: Bool = true, _ body: () -> Int32) throws(KVMError) -> Int32 {
+    while true {
+        let r = body()
+        if r >= 0 { return r }
+        let e = errno
+        if e == EINTR && retryOnInterrupt { continue }
+        throw .system(SystemError(operation(), errno: e))
+    }
+}
+
+/// An owned file descriptor, closed when the owner goes away.
+public final class FileDescriptor: @unchecked Sendable {
+    // Sendable: the descriptor number is immutable; the kernel object is thread-safe.
+    public let rawValue: Int32
+    private let owned: Bool
+
+    public init(owning rawValue: Int32) { self.rawValue = rawValue; owned = true }
+    /// Wraps a descriptor that someone else closes (standard output, for example).
+    public init(borrowing rawValue: Int32) { self.rawValue = rawValue; owned = false }
+
+    deinit { if owned { close(rawValue) } }
+}

@@ -1,0 +1,88 @@
+import CKVM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension FileDescriptor {
+    /// Opens `path` read-only (close-on-exec).
+    public static func open(readOnly path: String) throws(SystemError) -> FileDescriptor {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
+        return FileDescriptor(owning: fd)
+    }
+
+    /// Creates or truncates `path` for writing (close-on-exec, mode 0644).
+    public static func open(writing path: String) throws(SystemError) -> FileDescriptor {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
+        return FileDescriptor(owning: fd)
+    }
+
+    /// Reads the whole file, refusing files larger than `limit` bytes.
+    public func readAll(limit: Int) throws(SystemError) -> [UInt8] {
+        var result: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { buf -> Int in
+                // SAFETY: reads at most buf.count bytes into the array's own storage.
+                Glibc.read(rawValue, buf.baseAddress, buf.count)
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("read", errno: errno)
+            }
+            if n == 0 { return result }
+            guard result.count + n <= limit else { throw SystemError("read (file larger than \(limit) bytes)", errno: EFBIG) }
+            result.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    /// Writes all of `bytes`, retrying short writes and EINTR.
+    public func writeAll(_ bytes: [UInt8]) throws(SystemError) {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { buf -> Int in
+                // SAFETY: writes from the array's own storage, within its bounds.
+                Glibc.write(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done)
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("write", errno: errno)
+            }
+            done += n
+        }
+    }
+
+    /// Standard output and error, not closed on deinit.
+    public static let standardOutput = FileDescriptor(borrowing: 1)
+    public static let standardError = FileDescriptor(borrowing: 2)
+}
+
+/// Reads a whole file by path.
+public func readFile(_ path: String, limit: Int) throws(SystemError) -> [UInt8] {
+    try FileDescriptor.open(readOnly: path).readAll(limit: limit)
+}
+
+/// Whether `path` exists and is a regular file.
+public func isRegularFile(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+}
+
+/// The absolute path of the running executable.
+public func executablePath() -> String? {
+    var buf = [UInt8](repeating: 0, count: 4096)
+    let n = buf.withUnsafeMutableBytes { b -> Int in
+        // SAFETY: readlink writes at most b.count - 1 bytes into the array's own storage.
+        guard let base = b.baseAddress?.assumingMemoryBound(to: CChar.self) else { return -1 }
+        return readlink("/proc/self/exe", base, b.count - 1)
+    }
+    guard n > 0 else { return nil }
+    return String(decoding: buf[0..<n], as: UTF8.self)
+}
+
+/// Environment variable lookup.
+public func environment(_ name: String) -> String? {
+    guard let v = getenv(name) else { return nil }
+    return String(cString: v)
+}

@@ -1,0 +1,37 @@
+import KVM
+import Synchronization
+
+/// Where guest console output goes: the terminal or a file. Writes from several vCPU threads
+/// are serialised, so lines from different vCPUs never interleave within one write.
+public final class ConsoleSink: Sendable {
+    private let target: Mutex<Target>
+    private struct Target: ~Copyable, @unchecked Sendable {
+        // Sendable: only used under the mutex.
+        var fd: FileDescriptor
+        var failed = false
+        var captured: [UInt8]?
+    }
+
+    public init(fd: FileDescriptor) { target = Mutex(Target(fd: fd)) }
+
+    /// Output to standard output.
+    public static func standardOutput() -> ConsoleSink { ConsoleSink(fd: .standardOutput) }
+
+    /// Output to a new file at `path` (truncated).
+    public static func file(_ path: String) throws(SystemError) -> ConsoleSink {
+        ConsoleSink(fd: try FileDescriptor.open(writing: path))
+    }
+
+    /// Also keeps a copy of everything written (for tests).
+    public func startCapture() { target.withLock { $0.captured = [] } }
+    public var captured: [UInt8] { target.withLock { $0.captured ?? [] } }
+
+    public func write(_ bytes: [UInt8]) {
+        target.withLock { t in
+            t.captured?.append(contentsOf: bytes)
+            guard !t.failed else { return }
+            // A console that cannot be written (closed pipe, full disk) must not stop the VM.
+            do { try t.fd.writeAll(bytes) } catch { t.failed = true }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+import Boot
+import Devices
+import KVM
+import Synchronization
+
+/// How a VM ended.
+public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
+    /// The guest called `exit` with this status.
+    case exited(status: UInt8)
+    /// The guest took a CPU exception (reported by the fault stubs).
+    case fault(FaultReport)
+    /// The vCPU triple-faulted (KVM_EXIT_SHUTDOWN): the fault reason is lost.
+    case tripleFault(vcpu: Int)
+    /// `--timeout` expired; every vCPU was stopped.
+    case timedOut(seconds: Double)
+    /// The vCPU could not continue for another reason (invalid state, unexpected exit, halt).
+    case vcpuFailure(vcpu: Int, reason: String)
+
+    /// Process exit status for the command line (documented in README.md).
+    public var exitCode: Int32 {
+        switch self {
+        case .exited(let s): return Int32(s)
+        case .fault, .tripleFault: return 134
+        case .timedOut: return 124
+        case .vcpuFailure: return 125
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .exited(let s): return "guest exited with status \(s)"
+        case .fault(let f): return "guest fault: \(f)"
+        case .tripleFault(let v): return "guest fault: vCPU \(v): triple fault (KVM_EXIT_SHUTDOWN); the VM cannot continue"
+        case .timedOut(let s): return "timeout: the guest was still running after \(s) s and was stopped"
+        case .vcpuFailure(let v, let r): return "vCPU \(v) failed: \(r)"
+        }
+    }
+}
+
+/// Everything `Machine.run` needs besides the image.
+public struct MachineConfiguration: Sendable {
+    public var boot: BootConfiguration
+    /// Stop the VM after this many seconds (nil: no limit).
+    public var timeout: Double?
+    public var cpuid: CPUIDPolicy
+    public var console: ConsoleSink
+    public var kvmPath: String
+
+    public init(boot: BootConfiguration, timeout: Double? = nil, cpuid: CPUIDPolicy = CPUIDPolicy(),
+                console: ConsoleSink = .standardOutput(), kvmPath: String = "/dev/kvm") {
+        self.boot = boot; self.timeout = timeout; self.cpuid = cpuid; self.console = console; self.kvmPath = kvmPath
+    }
+}
+
+/// What happened in a run.
+public struct RunReport: Sendable {
+    public var outcome: RunOutcome
+    public var statistics: HypercallStatistics
+    /// Monotonic time (ns) at which the VMM started, and at which it served the first hypercall.
+    public var startNanoseconds: UInt64
+    public var firstHypercallNanoseconds: UInt64?
+}
+
+public enum MachineError: Error, CustomStringConvertible, Sendable {
+    case boot(BootError)
+    case kvm(KVMError)
+    case memory(GuestMemoryError)
+
+    public var description: String {
+        switch self {
+        case .boot(let e): return e.description
+        case .kvm(let e): return e.description
+        case .memory(let e): return "cannot load the guest: \(e)"
+        }
+    }
+}
+
+/// Shared between the vCPU threads and the thread that waits for the VM to end.
+final class RunControl: Sendable {
+    private let outcome = Mutex<RunOutcome?>(nil)
+    let done: EventFD
+    let kickers: [VCPUKicker]
+    let wakers: [EventFD]
+
+    init(kickers: [VCPUKicker], wakers: [EventFD]) throws(KVMError) {
+        self.done = try EventFD()
+        self.kickers = kickers
+        self.wakers = wakers
+    }
+
+    /// Records the first outcome and stops every vCPU. Later outcomes are ignored.
+    func finish(_ o: RunOutcome) {
+        let first = outcome.withLock { current -> Bool in
+            guard current == nil else { return false }
+            current = o
+            return true
+        }
+        guard first else { return }
+        for k in kickers { k.kick() }
+        for w in wakers { w.signal() }
+        done.signal()
+    }
+
+    var result: RunOutcome? { outcome.withLock { $0 } }
+}
+
+/// The hypercall environment of a live VM: its RAM, its access map, its console.
+struct LiveEnvironment: HypercallEnvironment {
+    let memory: GuestMemory
+    let plan: BootPlan
+    let console: ConsoleSink
+    let start: UInt64
+
+    func userCanAccess(_ address: UInt64, length: UInt64, rights: PageFlags) -> Bool {
+        plan.userCanAccess(address, length: length, rights: rights) && memory.contains(address, length: length)
+    }
+    func readGuest(_ address: UInt64, count: Int) -> [UInt8]? { try? memory.read(at: address, count: count) }
+    func fillRandom(_ address: UInt64, count: Int) -> Bool { (try? memory.fillRandom(at: address, count: count)) ?? false }
+    func console(_ bytes: [UInt8]) { console.write(bytes) }
+    func nanosecondsSinceStart() -> UInt64 { monotonicNanoseconds() &- start }
+}
+
+/// Creates, runs and tears down one VM running a Bulkhead guest program.
+public enum Machine {
+    /// Builds the boot plan without touching KVM (validates the image and configuration).
+    public static func plan(image: [UInt8], configuration: MachineConfiguration) throws(MachineError) -> BootPlan {
+        do { return try ProgramLoader.plan(image: image, config: configuration.boot) } catch { throw .boot(error) }
+    }
+
+    public static func run(image: [UInt8], configuration: MachineConfiguration) throws(MachineError) -> RunReport {
+        let start = monotonicNanoseconds()
+        let plan = try self.plan(image: image, configuration: configuration)
+        let vcpus: [VCPU]
+        let memory: GuestMemory
+        let system: KVMSystem
+        let vm: VirtualMachine
+        do {
+            system = try KVMSystem(path: configuration.kvmPath)
+            vm = try system.createVM()
+            memory = try GuestMemory(base: 0, size: configuration.boot.memorySize)
+            try vm.map(memory, slot: 0)
+        } catch { throw .kvm(error) }
+        do {
+            for chunk in plan.chunks { try memory.write(chunk.bytes, at: chunk.address) }
+        } catch { throw .memory(error) }
+        do {
+            let supported = try system.supportedCPUID()
+            var created: [VCPU] = []
+            for (i, state) in plan.cpus.enumerated() {
+                let vcpu = try vm.createVCPU(id: UInt32(i))
+                try vcpu.setCPUID(configuration.cpuid.apply(to: supported, vcpu: i))
+                try vcpu.setSpecialRegisters(specialRegisters(state))
+                var regs = Registers()
+                regs.rip = state.rip; regs.rsp = state.rsp; regs.rdi = state.rdi; regs.rsi = state.rsi
+                regs.rflags = state.rflags
+                try vcpu.setRegisters(regs)
+                try vcpu.resetFPU()
+                vcpu.enableSyncRegisters()
+                created.append(vcpu)
+            }
+            vcpus = created
+        } catch { throw .kvm(error) }
+
+        let wakers: [EventFD]
+        let control: RunControl
+        do {
+            wakers = try vcpus.map { _ throws(KVMError) in try EventFD() }
+            control = try RunControl(kickers: vcpus.map(\.kicker), wakers: wakers)
+        } catch { throw .kvm(error) }
+        let env = LiveEnvironment(memory: memory, plan: plan, console: configuration.console, start: start)
+        let serial = Locked(Serial16550())
+        let results = Locked<[(HypercallStatistics, UInt64?)]>([])
+
+        var threads: [OSThread] = []
+        for (i, vcpu) in vcpus.enumerated() {
+            let runner = VCPURunner(index: i, vcpu: vcpu, waker: wakers[i], control: control, env: env,
+                                    serial: serial, plan: plan, memory: memory)
+            do {
+                threads.append(try OSThread.spawn {
+                    let r = runner.run()
+                    results.withLock { $0.append(r) }
+                })
+            } catch {
+                control.finish(.vcpuFailure(vcpu: i, reason: "cannot start its thread: \(error)"))
+                break
+            }
+        }
+
+        // Wait for the first outcome, or the timeout (the watchdog).
+        let deadline = configuration.timeout.map { start + UInt64(max(0, $0) * 1e9) }
+        while control.result == nil {
+            if let deadline {
+                let now = monotonicNanoseconds()
+                if now >= deadline {
+                    control.finish(.timedOut(seconds: configuration.timeout ?? 0))
+                    break
+                }
+                _ = control.done.wait(nanoseconds: deadline - now)
+            } else {
+                _ = control.done.wait(nanoseconds: 1_000_000_000)
+            }
+        }
+        for t in threads { t.join() }
+
+        var stats = HypercallStatistics()
+        var first: UInt64?
+        for (s, f) in results.withLock({ $0 }) {
+            stats.merge(s)
+            if let f { first = min(first ?? f, f) }
+        }
+        withExtendedLifetime((vm, vcpus, memory)) {}
+        return RunReport(outcome: control.result ?? .vcpuFailure(vcpu: 0, reason: "no outcome"),
+                         statistics: stats, startNanoseconds: start, firstHypercallNanoseconds: first)
+    }
+
+    static func specialRegisters(_ s: InitialCPUState) -> SpecialRegisters {
+        var r = SpecialRegisters()
+        r.cs = Segment(base: 0, limit: 0xffff_ffff, selector: s.codeSelector, type: 0xb, present: true,
+                       dpl: UInt8(s.codeSelector & 3), db: false, s: true, l: true, g: true)
+        let data = Segment(base: 0, limit: 0xffff_ffff, selector: s.dataSelector, type: 0x3, present: true,
+                           dpl: UInt8(s.dataSelector & 3), db: true, s: true, l: false, g: true)
+        r.ds = data; r.es = data; r.fs = data; r.gs = data; r.ss = data
+        r.tr = Segment(base: s.tssBase, limit: s.tssLimit, selector: s.tssSelector, type: 0xb, present: true)
+        r.ldt = Segment(type: 0x2, unusable: true)
+        r.gdt = DescriptorTable(base: s.gdtBase, limit: s.gdtLimit)
+        r.idt = DescriptorTable(base: s.idtBase, limit: s.idtLimit)
+        r.cr0 = s.cr0; r.cr3 = s.cr3; r.cr4 = s.cr4; r.efer = s.efer
+        return r
+    }
+}
+
+/// The loop of one vCPU thread: run, decode the exit, dispatch through the registered channels.
+struct VCPURunner: @unchecked Sendable {
+    // Sendable: moved into exactly one thread; the shared parts (control, env, serial) are Sendable.
+    let index: Int
+    let vcpu: VCPU
+    let waker: EventFD
+    let control: RunControl
+    let env: LiveEnvironment
+    let serial: Locked<Serial16550>
+    let plan: BootPlan
+    let memory: GuestMemory
+
+    func run() -> (HypercallStatistics, UInt64?) {
+        var stats = HypercallStatistics()
+        var firstHypercall: UInt64?
+        vcpu.kicker.attachCurrentThread()
+        defer { vcpu.kicker.detachThread() }
+        while control.result == nil {
+            let exit: VCPUExit
+            do { exit = try vcpu.run() } catch {
+                control.finish(.vcpuFailure(vcpu: index, reason: "\(error)"))
+                break
+            }
+            switch exit {
+            case .mmioRead(let address, let length):
+                guard address >= GuestLayout.hypercallPage, address < GuestLayout.hypercallPage + GuestLayout.pageSize else {
+                    control.finish(.vcpuFailure(vcpu: index, reason: "read of unassigned MMIO address 0x\(String(address, radix: 16))"))
+                    continue
+                }
+                if firstHypercall == nil { firstHypercall = monotonicNanoseconds() }
+                guard address == GuestLayout.hypercallPage, length == 8 else {
+                    stats.errors[Int(HypercallError.badArgument.rawValue)] += 1
+                    vcpu.completeMMIORead(HypercallError.badArgument.returnValue)
+                    continue
+                }
+                let r = vcpu.syncedRegisters
+                switch HypercallDispatcher.handle(number: r.rax, arguments: (r.rdi, r.rsi, r.rdx, r.rcx),
+                                                  environment: env, statistics: &stats) {
+                case .value(let v):
+                    vcpu.completeMMIORead(v)
+                case .wait(let ns):
+                    if ns > 0 { _ = waker.wait(nanoseconds: ns) }
+                    vcpu.completeMMIORead(0)
+                case .exit(let status):
+                    control.finish(.exited(status: status))
+                }
+            case .mmioWrite(let address, let length, let value):
+                if address == GuestLayout.faultPage && length == 1 {
+                    control.finish(fault(vector: Int(value & 0xff)))
+                } else {
+                    control.finish(.vcpuFailure(vcpu: index, reason: "write to unassigned MMIO address 0x\(String(address, radix: 16))"))
+                }
+            case .ioIn(let port, let size, let count):
+                var bytes: [UInt8] = []
+                for _ in 0..<(size * count) {
+                    if port >= 0x3f8 && port <= 0x3ff {
+                        let (v, _) = serial.withLock { $0.read(offset: UInt8(port - 0x3f8)) }
+                        bytes.append(v)
+                    } else {
+                        bytes.append(0xff)
+                    }
+                }
+                vcpu.completeIOIn(bytes)
+            case .ioOut(let port, _, let data):
+                if port >= 0x3f8 && port <= 0x3ff {
+                    for b in data {
+                        let effects = serial.withLock { $0.write(offset: UInt8(port - 0x3f8), value: b) }
+                        if let out = effects.output { env.console.write([out]) }
+                    }
+                }
+            case .interrupted:
+                continue
+            case .shutdown:
+                control.finish(.tripleFault(vcpu: index))
+            case .halt:
+                control.finish(.vcpuFailure(vcpu: index, reason: "the vCPU halted with no interrupt source"))
+            case .failEntry(let reason):
+                control.finish(.vcpuFailure(vcpu: index, reason: "KVM could not enter the guest (hardware reason 0x\(String(reason, radix: 16)))"))
+            case .internalError(let sub):
+                control.finish(.vcpuFailure(vcpu: index, reason: "KVM internal error (suberror \(sub)): an instruction could not be emulated"))
+            case .systemEvent(let type):
+                control.finish(.vcpuFailure(vcpu: index, reason: "guest requested a system event (type \(type))"))
+            case .unknown(let reason):
+                control.finish(.vcpuFailure(vcpu: index, reason: "unhandled KVM exit reason \(reason)"))
+            }
+        }
+        return (stats, firstHypercall)
+    }
+
+    /// Reads the exception frame the CPU pushed on this vCPU's kernel stack.
+    func fault(vector: Int) -> RunOutcome {
+        var report = FaultReport(vcpu: index, vector: vector, errorCode: nil, rip: 0, rsp: 0, address: nil)
+        guard let regs = try? vcpu.registers() else { return .fault(report) }
+        let stackTop = GuestLayout.kernelStackTop(index)
+        let hasCode = SystemTables.vectorsWithErrorCode.contains(vector)
+        let frameSize: UInt64 = hasCode ? 48 : 40
+        // The frame must lie inside this vCPU's own kernel stack page.
+        if regs.rsp >= stackTop - GuestLayout.pageSize, regs.rsp <= stackTop - frameSize {
+            var at = regs.rsp
+            if hasCode { report.errorCode = try? memory.load(UInt64.self, at: at); at += 8 }
+            report.rip = (try? memory.load(UInt64.self, at: at)) ?? 0
+            report.rsp = (try? memory.load(UInt64.self, at: at + 24)) ?? 0
+        }
+        if vector == 14, let s = try? vcpu.specialRegisters() {
+            report.address = s.cr2
+            report.guardPageHit = plan.guardPages.contains { $0.contains(s.cr2) }
+        }
+        return .fault(report)
+    }
+}
+
+/// A value behind a mutex, shareable between threads.
+final class Locked<Value>: @unchecked Sendable {
+    // Sendable: every access to `value` goes through the mutex.
+    private let mutex = Mutex<Void>(())
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+
+    func withLock<R>(_ body: (inout Value) -> R) -> R {
+        mutex.withLock { _ in body(&value) }
+    }
+}

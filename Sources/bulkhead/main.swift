@@ -1,0 +1,146 @@
+import ArgumentParser
+import Boot
+import KVM
+import VMM
+
+struct BulkheadCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bulkhead",
+        abstract: "A security-first virtual machine monitor on Linux KVM.",
+        subcommands: [Run.self, Surface.self],
+        defaultSubcommand: Run.self)
+}
+
+/// Exit statuses of `bulkhead run` besides the guest's own (README.md lists them).
+enum Status {
+    static let badImage: Int32 = 65
+    static let unavailable: Int32 = 69
+    static let internalError: Int32 = 70
+}
+
+func printError(_ message: String) {
+    try? FileDescriptor.standardError.writeAll(Array(("bulkhead: " + message + "\n").utf8))
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a Bulkhead guest program; print its console and exit with its status.",
+        discussion: """
+            With no IMAGE, runs the built-in `hello` guest. Exit status: the guest's own (0-255) \
+            when it calls exit; 134 when it faults; 124 on --timeout; 125 when a vCPU fails; \
+            64 for bad options, 65 for a bad image, 69 when KVM is unavailable, 70 on other errors.
+            """)
+
+    @Argument(help: "The guest program (a static 64-bit ELF executable). Default: the built-in hello guest.")
+    var image: String?
+
+    @Option(help: "Guest memory in MiB.")
+    var memory: UInt64 = 64
+
+    @Option(help: "Number of vCPUs.")
+    var vcpus: Int = 1
+
+    @Option(help: "Command line passed to the guest.")
+    var cmdline: String = ""
+
+    @Option(help: "Stop the guest after this many seconds.")
+    var timeout: Double?
+
+    @Option(help: "Write the guest console to this file instead of the terminal.")
+    var console: String?
+
+    @Option(name: .customLong("hide-cpu-feature"), help: "Hide a CPU feature from the guest (\(CPUIDPolicy.Feature.allCases.map(\.rawValue).joined(separator: ", "))). Repeatable.")
+    var hiddenFeatures: [String] = []
+
+    @Flag(help: "Print hypercall statistics to standard error when the guest ends.")
+    var stats = false
+
+    @Flag(help: ArgumentHelp("Print monotonic timestamps (ns) of VMM start and first hypercall to standard error.", visibility: .hidden))
+    var reportTiming = false
+
+    @Flag(help: ArgumentHelp("Diagnostic: run without the IDT and fault handlers, so any guest fault is a triple fault.", visibility: .hidden))
+    var noFaultHandlers = false
+
+    func validate() throws {
+        guard vcpus >= 1 && vcpus <= GuestLayout.maxVCPUs else {
+            throw ValidationError("--vcpus must be between 1 and \(GuestLayout.maxVCPUs)")
+        }
+        guard memory >= 1 && memory <= GuestLayout.maxMemory >> 20 else {
+            throw ValidationError("--memory must be between 1 and \(GuestLayout.maxMemory >> 20) MiB")
+        }
+        if let t = timeout { guard t > 0, t.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") } }
+        for f in hiddenFeatures where CPUIDPolicy.Feature(rawValue: f) == nil {
+            throw ValidationError("unknown CPU feature '\(f)' (known: \(CPUIDPolicy.Feature.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+    }
+
+    func run() throws {
+        let path: String
+        if let image { path = image } else {
+            guard let p = GuestCatalog.locate(GuestCatalog.defaultGuest) else {
+                printError("the built-in '\(GuestCatalog.defaultGuest)' guest is not built; run Guest/build.sh (searched: \(GuestCatalog.searchDirectories.joined(separator: ", ")))")
+                throw ExitCode(Status.unavailable)
+            }
+            path = p
+        }
+        let bytes: [UInt8]
+        do { bytes = try readFile(path, limit: Int(memory << 20)) } catch {
+            printError("cannot read guest image \(path): \(error)")
+            throw ExitCode(Status.badImage)
+        }
+        let sink: ConsoleSink
+        if let console {
+            do { sink = try ConsoleSink.file(console) } catch {
+                printError("cannot open console file: \(error)")
+                throw ExitCode(Status.internalError)
+            }
+        } else {
+            sink = .standardOutput()
+        }
+        let config = MachineConfiguration(
+            boot: BootConfiguration(memorySize: memory << 20, vcpus: vcpus, commandLine: cmdline, faultHandlers: !noFaultHandlers),
+            timeout: timeout,
+            cpuid: CPUIDPolicy(hidden: Set(hiddenFeatures.compactMap(CPUIDPolicy.Feature.init(rawValue:)))),
+            console: sink)
+        let report: RunReport
+        do { report = try Machine.run(image: bytes, configuration: config) } catch {
+            printError("\(error)")
+            switch error {
+            case .boot(.elf): throw ExitCode(Status.badImage)
+            case .boot: throw ExitCode(ExitCode.validationFailure.rawValue)
+            case .kvm(.deviceUnavailable), .kvm(.missingCapability), .kvm(.unsupportedAPIVersion): throw ExitCode(Status.unavailable)
+            default: throw ExitCode(Status.internalError)
+            }
+        }
+        if reportTiming {
+            var line = "timing: start-ns \(report.startNanoseconds)"
+            if let f = report.firstHypercallNanoseconds { line += " first-hypercall-ns \(f)" }
+            try? FileDescriptor.standardError.writeAll(Array((line + "\n").utf8))
+        }
+        if stats { printError(statistics(report.statistics)) }
+        if report.outcome != .exited(status: 0) { printError(report.outcome.description) }
+        if report.outcome.exitCode != 0 { throw ExitCode(report.outcome.exitCode) }
+    }
+
+    func statistics(_ s: HypercallStatistics) -> String {
+        var parts = Hypercall.allCases.map { "\($0.name)=\(s.count($0))" }
+        parts.append("unknown=\(s.unknownCalls)")
+        parts.append("errors=\(s.totalErrors)")
+        return "hypercalls: " + parts.joined(separator: " ")
+    }
+}
+
+struct Surface: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the attack surface: every channel from a guest to the VMM.")
+
+    @Flag(help: "Print JSON (the format pinned in docs/attack-surface.json).")
+    var json = false
+
+    func run() throws {
+        let text = json ? AttackSurface.json() : AttackSurface.text()
+        try? FileDescriptor.standardOutput.writeAll(Array(text.utf8))
+    }
+}
+
+BulkheadCommand.main()
