@@ -16,6 +16,10 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "bulkhead", targets: ["bulkhead"]),
+        // Libraries for the fuzz targets (Fuzz/) and benchmarks; not a stable API.
+        .library(name: "BulkheadBoot", targets: ["Boot"]),
+        .library(name: "BulkheadDevices", targets: ["Devices"]),
+        .library(name: "BulkheadVMM", targets: ["VMM"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
