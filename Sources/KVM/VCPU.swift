@@ -218,6 +218,7 @@ public final class VCPUKicker: Sendable {
     /// Records the calling thread as the one running this vCPU.
     public func attachCurrentThread() {
         KickSignal.install()
+        KickSignal.unblockOnCurrentThread()
         state.withLock { $0.thread = pthread_self() }
         if kicked.load(ordering: .acquiring) { kick() }
     }
@@ -258,5 +259,14 @@ public enum KickSignal {
         action.sa_flags = 0 // no SA_RESTART: blocked calls must return EINTR
         sigemptyset(&action.sa_mask)
         sigaction(number, &action, nil)
+    }
+
+    /// Threads inherit their creator's signal mask, and thread pools (libdispatch, Swift
+    /// concurrency) block most signals: a vCPU thread created from one would never see a kick.
+    public static func unblockOnCurrentThread() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, number)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 }

@@ -55,7 +55,7 @@ func call(_ env: FakeGuest, _ stats: inout HypercallStatistics, _ nr: UInt64,
         #expect(call(g, &s, 3, 0) == .wait(nanoseconds: 0))
         #expect(call(g, &s, 2, 0) == .exit(status: 0))
         #expect(call(g, &s, 2, 255) == .exit(status: 255))
-        #expect(s.totalCalls == 9 && s.totalErrors == 0)
+        #expect(s.totalCalls == 8 && s.totalErrors == 0)
         #expect(s.count(.consoleWrite) == 1 && s.count(.exit) == 2 && s.count(.wait) == 2)
     }
 

@@ -59,7 +59,7 @@ let repositoryRoot: String = {
     @Test func hidesFeatures() {
         let out = CPUIDPolicy(hidden: [.cx16, .xsave, .tsx, .rdrand]).apply(to: leaves, vcpu: 0)
         let l1 = out.first { $0.function == 1 }
-        #expect(l1?.ecx == (1 | 1 << 31))
+        #expect(l1?.ecx == UInt32(0x8000_0001))
         #expect(out.first { $0.function == 7 }?.ebx == 1)
         #expect(!out.contains { $0.function == 0xd })
     }

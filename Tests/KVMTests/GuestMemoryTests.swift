@@ -1,0 +1,60 @@
+import Testing
+@testable import KVM
+
+@Suite struct GuestMemoryTests {
+    @Test func freshMemoryReadsAsZero() throws {
+        let m = try GuestMemory(base: 0x1000, size: 4 << 20)
+        #expect(try m.nonZeroByteCount(at: 0x1000, count: 4 << 20) == 0)
+    }
+
+    @Test func copiesInAndOut() throws {
+        let m = try GuestMemory(base: 0, size: 1 << 20)
+        try m.write([1, 2, 3], at: 0xfffd)
+        #expect(try m.read(at: 0xfffc, count: 5) == [0, 1, 2, 3, 0])
+        try m.store(UInt64(0x1122_3344_5566_7788), at: 0x101)
+        #expect(try m.load(UInt32.self, at: 0x101) == 0x5566_7788)
+        #expect(try m.read(at: 0x101, count: 1) == [0x88])
+        try m.zero(at: 0x100, count: 16)
+        #expect(try m.load(UInt64.self, at: 0x101) == 0)
+        #expect(try m.fillRandom(at: 0x2000, count: 64))
+        #expect(try m.nonZeroByteCount(at: 0x2000, count: 64) > 0)
+    }
+
+    @Test func everyOutOfRangeAccessCarriesItsAddress() throws {
+        let m = try GuestMemory(base: 0x10_0000, size: 1 << 20)
+        let end: UInt64 = 0x20_0000
+        #expect(throws: GuestMemoryError.outOfRange(address: 0xf_ffff, length: 2)) { try m.read(at: 0xf_ffff, count: 2) }
+        #expect(throws: GuestMemoryError.outOfRange(address: end - 1, length: 2)) { try m.write([1, 2], at: end - 1) }
+        #expect(throws: GuestMemoryError.outOfRange(address: end, length: 8)) { try m.load(UInt64.self, at: end) }
+        #expect(throws: GuestMemoryError.overflow(address: UInt64.max, length: 8)) { try m.store(UInt64(1), at: UInt64.max) }
+        #expect(throws: GuestMemoryError.outOfRange(address: 0x10_0000, length: 0)) { try m.read(at: 0x10_0000, count: -1) }
+        #expect(throws: GuestMemoryError.self) { try m.zero(at: end - 4, count: 8) }
+        #expect(throws: GuestMemoryError.self) { _ = try m.fillRandom(at: end - 4, count: 8) }
+        #expect(try m.read(at: end, count: 0) == [])
+        #expect(m.contains(0x10_0000, length: 1 << 20))
+        #expect(!m.contains(0x10_0000, length: (1 << 20) + 1))
+        #expect("\(GuestMemoryError.outOfRange(address: 0x20_0000, length: 8))".contains("0x200000"))
+    }
+
+    @Test func refusesBadRegions() {
+        #expect(throws: KVMError.self) { _ = try GuestMemory(base: 0, size: 0) }
+        #expect(throws: KVMError.self) { _ = try GuestMemory(base: 0, size: 100) }
+        #expect(throws: KVMError.self) { _ = try GuestMemory(base: 0x123, size: 4096) }
+        #expect(throws: KVMError.self) { _ = try GuestMemory(base: UInt64.max - 4095, size: 8192) }
+    }
+
+    @Test func missingDeviceIsAClearError() {
+        do { _ = try KVMSystem(path: "/nonexistent/kvm"); Issue.record("opened") } catch {
+            #expect(error == .deviceUnavailable(path: "/nonexistent/kvm", errno: 2))
+            #expect(error.description.contains("KVM is not available"))
+        }
+    }
+
+    @Test func eventFDWaitsAndSignals() throws {
+        let e = try EventFD()
+        #expect(!e.wait(nanoseconds: 1_000_000))
+        e.signal(); e.signal()
+        #expect(e.wait(nanoseconds: 1_000_000))
+        #expect(e.drain() == 0)
+    }
+}

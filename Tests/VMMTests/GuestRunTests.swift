@@ -1,0 +1,153 @@
+import Boot
+import KVM
+import Testing
+@testable import VMM
+
+/// Where `Guest/build.sh` puts the test guests.
+let guestDirectory = environment("BULKHEAD_GUEST_DIR") ?? (repositoryRoot + "/.build/guests")
+let kvmAvailable = isCharacterDevice("/dev/kvm")
+/// `make test` sets BULKHEAD_REQUIRE_GUESTS=1 so that missing guests fail instead of skipping.
+let guestsBuilt = isRegularFile(guestDirectory + "/hello.elf") || environment("BULKHEAD_REQUIRE_GUESTS") == "1"
+
+func isCharacterDevice(_ path: String) -> Bool {
+    (try? FileDescriptor.open(readOnly: path)) != nil
+}
+
+func guestImage(_ name: String) throws -> [UInt8] {
+    try readFile(guestDirectory + "/" + name + ".elf", limit: 16 << 20)
+}
+
+struct GuestRun {
+    var report: RunReport
+    var console: String
+}
+
+func runGuest(_ name: String, vcpus: Int = 1, memory: UInt64 = 64, cmdline: String = "",
+              timeout: Double = 20, faultHandlers: Bool = true) throws -> GuestRun {
+    let sink = ConsoleSink(fd: try FileDescriptor.open(writing: "/dev/null"))
+    sink.startCapture()
+    let config = MachineConfiguration(
+        boot: BootConfiguration(memorySize: memory << 20, vcpus: vcpus, commandLine: cmdline, faultHandlers: faultHandlers),
+        timeout: timeout, console: sink)
+    let report = try Machine.run(image: try guestImage(name), configuration: config)
+    return GuestRun(report: report, console: String(decoding: sink.captured, as: UTF8.self))
+}
+
+func faultReport(_ run: GuestRun) -> FaultReport? {
+    if case .fault(let f) = run.report.outcome { return f }
+    return nil
+}
+
+@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm"),
+       .enabled(if: guestsBuilt, "test guests not built: run Guest/build.sh (make test does)"))
+struct GuestRunTests {
+    @Test func helloPrintsBannerWithVCPUsAndCommandLine() throws {
+        let r = try runGuest("hello", vcpus: 2, cmdline: "console=hv quiet")
+        #expect(r.report.outcome == .exited(status: 0))
+        #expect(r.console.contains("vCPU 0 of 2"))
+        #expect(r.console.contains("command line: \"console=hv quiet\""))
+        #expect(r.report.statistics.count(.consoleWrite) >= 1)
+        #expect(r.report.firstHypercallNanoseconds != nil)
+    }
+
+    @Test func exitStatusIsTheGuests() throws {
+        #expect(try runGuest("exitcode", cmdline: "42").report.outcome == .exited(status: 42))
+        #expect(try runGuest("exitcode", cmdline: "0").report.outcome == .exited(status: 0))
+        #expect(try runGuest("exit0").report.outcome == .exited(status: 0))
+    }
+
+    @Test func cpuBoundGuestChecksItsResult() throws {
+        let r = try runGuest("cpu")
+        #expect(r.report.outcome == .exited(status: 0))
+        #expect(r.console.contains(": ok"))
+    }
+
+    @Test func smpGivesEachVCPUItsOwnStackAndIndex() throws {
+        let r = try runGuest("smp", vcpus: 4)
+        #expect(r.report.outcome == .exited(status: 0), "\(r.console)")
+        #expect(r.console.contains("4 vCPUs checked in"))
+    }
+
+    @Test func divideByZero() throws {
+        let f = try #require(faultReport(try runGuest("fault-divzero")))
+        #expect(f.vector == 0)
+        #expect(f.rip >= GuestLayout.programStart)
+    }
+
+    @Test func invalidOpcode() throws {
+        let f = try #require(faultReport(try runGuest("fault-ud")))
+        #expect(f.vector == 6)
+    }
+
+    @Test func unmappedMemory() throws {
+        let f = try #require(faultReport(try runGuest("fault-unmapped")))
+        #expect(f.vector == 14)
+        #expect(f.address == 0x8000_0000)
+        #expect(f.errorCode.map { $0 & 1 } == 0) // not present
+        #expect(f.pageFaultDetail?.contains("unmapped") == true)
+    }
+
+    @Test func writeToReadOnlyPage() throws {
+        let f = try #require(faultReport(try runGuest("fault-readonly")))
+        #expect(f.vector == 14)
+        #expect(f.errorCode.map { $0 & 7 } == 7) // present, write, user
+        #expect(f.pageFaultDetail?.contains("read-only") == true)
+    }
+
+    @Test func executeFromNoExecutePage() throws {
+        let f = try #require(faultReport(try runGuest("fault-exec-nx")))
+        #expect(f.vector == 14)
+        #expect(f.errorCode.map { $0 & 0x10 } == 0x10) // instruction fetch
+        #expect(f.rip == f.address)
+    }
+
+    @Test func stackOverflowHitsTheGuardPage() throws {
+        let f = try #require(faultReport(try runGuest("fault-stack-overflow")))
+        #expect(f.vector == 14)
+        #expect(f.guardPageHit)
+    }
+
+    @Test func tripleFaultWithoutFaultHandlers() throws {
+        let r = try runGuest("fault-ud", faultHandlers: false)
+        #expect(r.report.outcome == .tripleFault(vcpu: 0))
+    }
+
+    @Test func infiniteLoopIsStoppedByTheTimeout() throws {
+        let r = try runGuest("loop", vcpus: 2, timeout: 0.5)
+        #expect(r.report.outcome == .timedOut(seconds: 0.5))
+    }
+
+    @Test func hostileHypercallsGetErrorsAndTheVMMCarriesOn() throws {
+        let r = try runGuest("hostile")
+        #expect(r.report.outcome == .exited(status: 0), "\(r.console)")
+        #expect(!r.console.contains("FAIL"))
+        let s = r.report.statistics
+        #expect(s.unknownCalls >= 3)
+        #expect(s.count(.badAddress) >= 10)
+        #expect(s.count(.badLength) >= 2)
+        #expect(s.count(.badArgument) >= 3)
+    }
+
+    @Test func manyVMsOneAfterAnother() throws {
+        for i in 0..<20 {
+            #expect(try runGuest("exitcode", memory: 16, cmdline: "\(i)").report.outcome == .exited(status: UInt8(i)))
+        }
+    }
+
+    @Test func badImagesAreRefusedBeforeKVMIsTouched() throws {
+        let config = MachineConfiguration(boot: BootConfiguration(), kvmPath: "/nonexistent/kvm")
+        #expect(throws: MachineError.self) { try Machine.run(image: Array("not an elf".utf8), configuration: config) }
+        var image = try guestImage("hello")
+        image[18] = 3 // EM_386
+        do { _ = try Machine.run(image: image, configuration: config); Issue.record("accepted") } catch {
+            guard case .boot(.elf(.unsupported)) = error else { Issue.record("wrong error \(error)"); return }
+        }
+    }
+
+    @Test func missingKVMIsAClearError() throws {
+        let config = MachineConfiguration(boot: BootConfiguration(), kvmPath: "/nonexistent/kvm")
+        do { _ = try Machine.run(image: try guestImage("exit0"), configuration: config); Issue.record("ran") } catch {
+            #expect("\(error)".contains("KVM is not available"))
+        }
+    }
+}
