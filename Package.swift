@@ -38,6 +38,8 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
+        // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "KVM"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -62,6 +62,12 @@ struct GuestRunTests {
         #expect(r.console.contains(": ok"))
     }
 
+    @Test func sdkSelfTest() throws {
+        let r = try runGuest("selftest", vcpus: 2, cmdline: "a b")
+        #expect(r.report.outcome == .exited(status: 0), "\(r.console)")
+        #expect(!r.console.contains("FAIL"))
+    }
+
     @Test func smpGivesEachVCPUItsOwnStackAndIndex() throws {
         let r = try runGuest("smp", vcpus: 4)
         #expect(r.report.outcome == .exited(status: 0), "\(r.console)")

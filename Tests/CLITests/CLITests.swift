@@ -1,0 +1,120 @@
+import Foundation
+import KVM
+import Testing
+
+let root: String = {
+    var path = #filePath
+    for _ in 0..<3 { if let i = path.lastIndex(of: "/") { path = String(path[..<i]) } }
+    return path
+}()
+let guests = ProcessInfo.processInfo.environment["BULKHEAD_GUEST_DIR"] ?? root + "/.build/guests"
+let hasKVM = FileManager.default.isReadableFile(atPath: "/dev/kvm")
+let hasGuests = FileManager.default.fileExists(atPath: guests + "/hello.elf")
+    || ProcessInfo.processInfo.environment["BULKHEAD_REQUIRE_GUESTS"] == "1"
+
+/// The `bulkhead` binary built next to this test bundle.
+let binary: String = {
+    let exe = executablePath() ?? ""
+    let dir = exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
+    return dir + "/bulkhead"
+}()
+
+struct Result {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+func bulkhead(_ args: [String], environment extra: [String: String] = [:]) throws -> Result {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: binary)
+    p.arguments = args
+    var env = ProcessInfo.processInfo.environment
+    env["BULKHEAD_GUEST_DIR"] = guests
+    for (k, v) in extra { env[k] = v }
+    p.environment = env
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+@Suite struct CLIOptionTests {
+    @Test func badOptionsAreUsageErrors() throws {
+        for args in [["run", "--vcpus", "0"], ["run", "--vcpus", "65"], ["run", "--memory", "0"],
+                     ["run", "--memory", "4096"], ["run", "--timeout", "-1"], ["run", "--timeout", "nan"],
+                     ["run", "--hide-cpu-feature", "warp-drive"], ["run", "--no-such-flag"], ["frobnicate", "x"]] {
+            let r = try bulkhead(args)
+            #expect(r.status == 64, "\(args): \(r.stderr)")
+            #expect(r.stderr.contains("Error") || r.stderr.contains("error"), "\(args)")
+        }
+        #expect(try bulkhead(["run", "--vcpus", "0"]).stderr.contains("--vcpus must be between 1 and 64"))
+    }
+
+    @Test func missingAndMalformedImages() throws {
+        let missing = try bulkhead(["run", "/nonexistent/guest.elf"])
+        #expect(missing.status == 65)
+        #expect(missing.stderr.contains("cannot read guest image /nonexistent/guest.elf"))
+        let text = NSTemporaryDirectory() + "bulkhead-not-elf-\(getpid())"
+        try "#!/bin/sh\n".write(toFile: text, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: text) }
+        let bad = try bulkhead(["run", text])
+        #expect(bad.status == 65)
+        #expect(bad.stderr.contains("not an ELF file"))
+    }
+
+    @Test func surfaceMatchesThePinnedFile() throws {
+        let r = try bulkhead(["surface", "--json"])
+        #expect(r.status == 0)
+        #expect(r.stdout == (try String(contentsOfFile: root + "/docs/attack-surface.json", encoding: .utf8)))
+        let text = try bulkhead(["surface"])
+        #expect(text.stdout.contains("hypercall-page"))
+    }
+}
+
+@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+struct CLIRunTests {
+    @Test func defaultGuestIsHello() throws {
+        let r = try bulkhead(["run", "--cmdline", "from the CLI", "--vcpus", "3"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("Hello from a Bulkhead guest: vCPU 0 of 3, command line: \"from the CLI\""))
+    }
+
+    @Test func tooSmallMemoryIsExplained() throws {
+        let r = try bulkhead(["run", "--memory", "4", "--vcpus", "8", guests + "/hello.elf"])
+        #expect(r.status == 64)
+        #expect(r.stderr.contains("too small for 8 vCPU(s)"))
+    }
+
+    @Test func exitStatusIsTheGuests() throws {
+        #expect(try bulkhead(["run", guests + "/exitcode.elf", "--cmdline", "9"]).status == 9)
+    }
+
+    @Test func faultsAndTimeoutsHaveReasonsAndStatuses() throws {
+        let f = try bulkhead(["run", guests + "/fault-ud.elf"])
+        #expect(f.status == 134)
+        #expect(f.stderr.contains("invalid opcode (#UD)"))
+        let t = try bulkhead(["run", guests + "/loop.elf", "--timeout", "0.3"])
+        #expect(t.status == 124)
+        #expect(t.stderr.contains("timeout"))
+    }
+
+    @Test func consoleToFileAndStatistics() throws {
+        let path = NSTemporaryDirectory() + "bulkhead-console-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let r = try bulkhead(["run", "--console", path, "--stats"])
+        #expect(r.status == 0)
+        #expect(r.stdout.isEmpty)
+        #expect(try String(contentsOfFile: path, encoding: .utf8).contains("Hello from a Bulkhead guest"))
+        #expect(r.stderr.contains("hypercalls: version=") && r.stderr.contains("exit=1"))
+    }
+
+    @Test func hiddenCPUFeaturesStillRun() throws {
+        let r = try bulkhead(["run", "--hide-cpu-feature", "cx16", "--hide-cpu-feature", "xsave", guests + "/cpu.elf"])
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+}
