@@ -7,10 +7,6 @@ import PackageDescription
 //          └─ VMM  run loop, device bus, hypercalls, attack-surface registry
 //   Boot, Devices  pure: no I/O, no pointers; testable and fuzzable without /dev/kvm
 //   bulkhead       thin @main command line
-let strict: [SwiftSetting] = [
-    .unsafeFlags(["-warnings-as-errors"], .when(configuration: .release)),
-]
-
 let package = Package(
     name: "Bulkhead",
     platforms: [.macOS(.v14)],
