@@ -61,7 +61,7 @@ extension ELFImage {
     /// Parses and validates `bytes` as a static ELF64 x86-64 executable whose loadable segments
     /// must lie inside `[allowedStart, allowedEnd)`.
     public static func parse(_ bytes: [UInt8], allowedStart: UInt64, allowedEnd: UInt64) throws(ELFError) -> ELFImage {
-        var r = ByteReader(bytes)
+        let r = ByteReader(bytes)
         let fileSize = UInt64(bytes.count)
         guard bytes.count >= 64 else {
             if bytes.count >= 4, bytes[0..<4] == [0x7f, 0x45, 0x4c, 0x46] {
