@@ -86,3 +86,9 @@ public func environment(_ name: String) -> String? {
     guard let v = getenv(name) else { return nil }
     return String(cString: v)
 }
+
+/// Makes writes to a closed pipe fail with EPIPE instead of killing the process
+/// (`bulkhead run | head -1` must not take the VMM down mid-run).
+public func ignoreBrokenPipe() {
+    signal(SIGPIPE, SIG_IGN)
+}

@@ -143,4 +143,5 @@ struct Surface: ParsableCommand {
     }
 }
 
+ignoreBrokenPipe()
 BulkheadCommand.main()
