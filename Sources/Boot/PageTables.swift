@@ -13,6 +13,7 @@ public enum PageTableError: Error, Equatable, CustomStringConvertible, Sendable 
     case overlap(UInt64)
     case poolExhausted(pages: Int)
     case nonCanonical(UInt64)
+    case physicalOutOfRange(UInt64)
 
     public var description: String {
         switch self {
@@ -20,6 +21,7 @@ public enum PageTableError: Error, Equatable, CustomStringConvertible, Sendable 
         case .overlap(let a): return "address 0x\(String(a, radix: 16)) is mapped twice"
         case .poolExhausted(let n): return "the guest's page tables need more than the \(n) pages reserved for them"
         case .nonCanonical(let a): return "address 0x\(String(a, radix: 16)) is beyond the 47-bit lower half"
+        case .physicalOutOfRange(let a): return "physical address 0x\(String(a, radix: 16)) is beyond the 52-bit physical address space"
         }
     }
 }
@@ -92,10 +94,19 @@ public struct PageTableBuilder: Sendable {
     }
 
     /// Maps `[virtualAddress, virtualAddress+size)` to physical `physicalAddress` with `flags`.
+    /// All or nothing: when it throws, the tables are as they were.
     public mutating func map(virtual va: UInt64, physical pa: UInt64, size: UInt64, flags: PageFlags) throws(PageTableError) {
         guard va % 4096 == 0, pa % 4096 == 0, size % 4096 == 0 else { throw .misaligned(va) }
         let (end, o) = va.addingReportingOverflow(size)
         guard !o, end <= (1 << 47) else { throw .nonCanonical(va) }
+        let (physicalEnd, po) = pa.addingReportingOverflow(size)
+        guard !po, physicalEnd <= (1 << 52) else { throw .physicalOutOfRange(pa) }
+        var updated = self
+        try updated.mapChecked(virtual: va, physical: pa, size: size, flags: flags)
+        self = updated
+    }
+
+    private mutating func mapChecked(virtual va: UInt64, physical pa: UInt64, size: UInt64, flags: PageFlags) throws(PageTableError) {
         var offset: UInt64 = 0
         while offset < size {
             let v = va + offset, p = pa + offset

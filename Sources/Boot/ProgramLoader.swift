@@ -167,6 +167,10 @@ public enum ProgramLoader {
             throw .pageTables(error)
         }
         regions.sort { $0.start < $1.start }
+        // The guest must be told about every region; refuse rather than truncate the map.
+        guard regions.count + 1 <= GuestLayout.maxMemoryMapEntries else {
+            throw .configuration("the guest would have \(regions.count + 1) memory regions, more than the \(GuestLayout.maxMemoryMapEntries) the boot-information block holds (fewer segments or vCPUs)")
+        }
 
         for p in pt.pages() { chunks.append(.init(address: p.address, bytes: p.bytes)) }
         chunks.append(.init(address: GuestLayout.idt, bytes: SystemTables.idt()))
@@ -193,7 +197,6 @@ public enum ProgramLoader {
         var w = ByteWriter(size: Int(GuestLayout.bootInfoSize))
         var map: [(UInt64, UInt64, MemoryKind)] = [(0, GuestLayout.systemEnd, .reserved)]
         map += regions.map { ($0.start, $0.size, $0.kind) }
-        map = Array(map.prefix(GuestLayout.maxMemoryMapEntries))
         let cmd = Array(config.commandLine.utf8)
         w.put(GuestLayout.bootInfoMagic, at: 0)
         w.put(GuestLayout.abiVersion, at: 8)

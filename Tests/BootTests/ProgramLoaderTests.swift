@@ -123,6 +123,22 @@ func walk(_ plan: BootPlan, _ va: UInt64) -> (physical: UInt64, flags: PageFlags
         #expect(err(BootConfiguration(memorySize: 8 << 20, vcpus: 64)) != nil)
     }
 
+    @Test func refusesRatherThanTruncatesTheMemoryMap() throws {
+        var e = ELFBuilder()
+        e.segments = (0..<63).map { i in
+            ELFBuilder.Seg(flags: i == 0 ? 5 : 4, vaddr: 0x40_0000 + UInt64(i) * 0x2000, data: [0xf4])
+        }
+        let many = BootConfiguration(memorySize: 64 << 20, vcpus: 64)
+        do { _ = try ProgramLoader.plan(image: e.build(), config: many); Issue.record("accepted") } catch {
+            guard case .configuration(let why) = error else { Issue.record("\(error)"); return }
+            #expect(why.contains("memory regions"))
+        }
+        // The same image with fewer vCPUs fits, and every region is in the map.
+        let plan = try ProgramLoader.plan(image: e.build(), config: BootConfiguration(memorySize: 64 << 20, vcpus: 8))
+        let info = try #require(plan.chunks.first { $0.address == GuestLayout.bootInfo }?.bytes)
+        #expect(ByteReader(info).u64(56) == UInt64(plan.userRegions.count + 1))
+    }
+
     @Test func systemTables() {
         let gdt = SystemTables.cpuTablePage(vcpu: 3)
         let r = ByteReader(gdt)
@@ -160,5 +176,32 @@ func walk(_ plan: BootPlan, _ va: UInt64) -> (physical: UInt64, flags: PageFlags
             try b.map(virtual: 1 << 40, physical: 0, size: 0x1000, flags: [])
             try b.map(virtual: 1 << 41, physical: 0, size: 0x1000, flags: [])
         }
+    }
+
+    /// Found by FuzzPageTables: physical ranges that wrap or leave the 52-bit space.
+    @Test func refusesPhysicalAddressesBeyond52Bits() {
+        var b = PageTableBuilder(poolBase: 0x10_0000, poolPages: 8)
+        #expect(throws: PageTableError.physicalOutOfRange(0xffff_ffff_ffff_f000)) {
+            try b.map(virtual: 0, physical: 0xffff_ffff_ffff_f000, size: 0x2000, flags: [])
+        }
+        #expect(throws: PageTableError.physicalOutOfRange(0x8000_0000_0000_5000)) {
+            try b.map(virtual: 0x1000, physical: 0x8000_0000_0000_5000, size: 0x1000, flags: [.user, .executable])
+        }
+        #expect(throws: PageTableError.physicalOutOfRange(1 << 52)) {
+            try b.map(virtual: 0x1000, physical: 1 << 52, size: 0x1000, flags: [])
+        }
+        #expect(b.pagesUsed == 1 && b.translate(0x1000) == nil)
+    }
+
+    @Test func failedMapChangesNothing() throws {
+        var b = PageTableBuilder(poolBase: 0x10_0000, poolPages: 8)
+        try b.map(virtual: 0x40_3000, physical: 0x40_3000, size: 0x1000, flags: [])
+        let before = b.pages().map(\.bytes)
+        // Maps 0x40_0000..0x40_2fff, then hits the existing page: must roll back.
+        #expect(throws: PageTableError.overlap(0x40_3000)) {
+            try b.map(virtual: 0x40_0000, physical: 0x40_0000, size: 0x5000, flags: [.user])
+        }
+        #expect(b.translate(0x40_0000) == nil)
+        #expect(b.pages().map(\.bytes) == before)
     }
 }
