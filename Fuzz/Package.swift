@@ -1,0 +1,39 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// libFuzzer targets for Bulkhead's guest-facing pure code. A separate package so the main build
+// never needs the fuzzer runtime. Build and run with ./run.sh (see README.md).
+//
+// The main package is the parent directory. SwiftPM names a path dependency after its directory,
+// so the product references use that name, whatever the checkout is called.
+let mainPackage: String = {
+    var dir = #filePath
+    for _ in 0..<2 {  // strip "/Package.swift", then "/Fuzz"
+        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]) }
+    }
+    if let slash = dir.lastIndex(of: "/") { dir = String(dir[dir.index(after: slash)...]) }
+    return dir
+}()
+
+func fuzzTarget(_ name: String, _ products: [String]) -> Target {
+    .executableTarget(
+        name: name,
+        dependencies: ["FuzzSupport"] + products.map { .product(name: $0, package: mainPackage) }
+    )
+}
+
+let package = Package(
+    name: "BulkheadFuzz",
+    platforms: [.macOS(.v14)],
+    dependencies: [
+        .package(path: ".."),
+    ],
+    targets: [
+        .target(name: "FuzzSupport", dependencies: [.product(name: "BulkheadBoot", package: mainPackage)]),
+        fuzzTarget("FuzzELF", ["BulkheadBoot"]),
+        fuzzTarget("FuzzHypercall", ["BulkheadBoot", "BulkheadVMM"]),
+        fuzzTarget("FuzzSerial", ["BulkheadDevices"]),
+        fuzzTarget("FuzzPageTables", ["BulkheadBoot"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
