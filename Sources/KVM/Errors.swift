@@ -41,7 +41,9 @@ public enum KVMError: Error, Equatable, CustomStringConvertible, Sendable {
             default: hint = "cannot open \(path)"
             }
             return "\(hint): \(SystemError.message(for: code))"
-        case .unsupportedAPIVersion(let v): return "KVM API version \(v) is not supported (need 12)"
+        case .unsupportedAPIVersion(let v):
+            if v < 0 { return "the KVM device did not answer KVM_GET_API_VERSION: it is not a usable KVM device" }
+            return "KVM API version \(v) is not supported (need 12)"
         case .missingCapability(let c): return "the host's KVM lacks a required capability: \(c)"
         case .system(let e): return e.description
         case .invalidMemoryRegion(let why): return "invalid guest memory region: \(why)"

@@ -8,7 +8,7 @@ let root: String = {
     return path
 }()
 let guests = ProcessInfo.processInfo.environment["BULKHEAD_GUEST_DIR"] ?? root + "/.build/guests"
-let hasKVM = FileManager.default.isReadableFile(atPath: "/dev/kvm")
+let hasKVM = (try? KVMSystem()) != nil
 let hasGuests = FileManager.default.fileExists(atPath: guests + "/hello.elf")
     || ProcessInfo.processInfo.environment["BULKHEAD_REQUIRE_GUESTS"] == "1"
 
@@ -116,5 +116,27 @@ struct CLIRunTests {
     @Test func hiddenCPUFeaturesStillRun() throws {
         let r = try bulkhead(["run", "--hide-cpu-feature", "cx16", "--hide-cpu-feature", "xsave", guests + "/cpu.elf"])
         #expect(r.status == 0, "\(r.stderr)")
+    }
+}
+
+/// Hides /dev/kvm behind /dev/null in a private mount namespace (needs root and unshare(1)).
+let canHideKVM = getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare")
+
+@Suite(.enabled(if: canHideKVM, "needs root and unshare(1) to hide /dev/kvm"),
+       .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+struct CLINoKVMTests {
+    @Test func unusableKVMIsAClearError() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        p.arguments = ["--mount", "--propagation", "private", "sh", "-c",
+                       "mount --bind /dev/null /dev/kvm && exec \"$0\" run \"$1\"", binary, guests + "/hello.elf"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 69, "\(e)")
+        #expect(e.contains("not a usable KVM device"))
     }
 }

@@ -2,7 +2,7 @@ import Synchronization
 import Testing
 @testable import KVM
 
-let kvmPresent = (try? FileDescriptor.open(readOnly: "/dev/kvm")) != nil
+let kvmPresent = (try? KVMSystem()) != nil
 
 final class Flag: Sendable {
     let value = Atomic<Int>(0)

@@ -5,13 +5,10 @@ import Testing
 
 /// Where `Guest/build.sh` puts the test guests.
 let guestDirectory = environment("BULKHEAD_GUEST_DIR") ?? (repositoryRoot + "/.build/guests")
-let kvmAvailable = isCharacterDevice("/dev/kvm")
+/// A usable KVM (not merely a file at /dev/kvm): the API version and capabilities check out.
+let kvmAvailable = (try? KVMSystem()) != nil
 /// `make test` sets BULKHEAD_REQUIRE_GUESTS=1 so that missing guests fail instead of skipping.
 let guestsBuilt = isRegularFile(guestDirectory + "/hello.elf") || environment("BULKHEAD_REQUIRE_GUESTS") == "1"
-
-func isCharacterDevice(_ path: String) -> Bool {
-    (try? FileDescriptor.open(readOnly: path)) != nil
-}
 
 func guestImage(_ name: String) throws -> [UInt8] {
     try readFile(guestDirectory + "/" + name + ".elf", limit: 16 << 20)
@@ -140,6 +137,11 @@ struct GuestRunTests {
         }
     }
 
+}
+
+/// Runs without KVM: the image and configuration are checked before KVM is opened.
+@Suite(.enabled(if: guestsBuilt, "test guests not built: run Guest/build.sh (make test does)"))
+struct GuestImageTests {
     @Test func badImagesAreRefusedBeforeKVMIsTouched() throws {
         let config = MachineConfiguration(boot: BootConfiguration(), kvmPath: "/nonexistent/kvm")
         #expect(throws: MachineError.self) { try Machine.run(image: Array("not an elf".utf8), configuration: config) }
