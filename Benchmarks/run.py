@@ -296,7 +296,7 @@ def main() -> None:
                  [str(BULKHEAD), "run", "--report-timing"], "--cmdline")
     variants_bh = [bh]
     if not args.no_static and BULKHEAD_STATIC.exists():
-        variants_bh.append(Variant("bulkhead-static", "Bulkhead (`--static-swift-stdlib`)",
+        variants_bh.append(Variant("bulkhead-static", "Bulkhead (`--static-swift-stdlib`, `make release`)",
                                    [str(BULKHEAD_STATIC), "run", "--report-timing"], "--cmdline"))
     elif not args.no_static:
         log(f"[note] {BULKHEAD_STATIC} missing: static variant skipped")
