@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "bulkhead", targets: ["bulkhead"]),
         // Libraries for the fuzz targets (Fuzz/) and benchmarks; not a stable API.
         .library(name: "BulkheadBoot", targets: ["Boot"]),
+        .library(name: "BulkheadVirtio", targets: ["Virtio"]),
         .library(name: "BulkheadDevices", targets: ["Devices"]),
         .library(name: "BulkheadVMM", targets: ["VMM"]),
     ],
@@ -24,7 +25,8 @@ let package = Package(
         .target(name: "CKVM"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "Boot"),
-        .target(name: "Devices"),
+        .target(name: "Virtio"),
+        .target(name: "Devices", dependencies: ["Virtio"]),
         .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices"]),
         .executableTarget(
             name: "bulkhead",
@@ -32,6 +34,7 @@ let package = Package(
         ),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
