@@ -34,6 +34,8 @@ let package = Package(
         fuzzTarget("FuzzHypercall", ["BulkheadBoot", "BulkheadVMM"]),
         fuzzTarget("FuzzSerial", ["BulkheadDevices"]),
         fuzzTarget("FuzzPageTables", ["BulkheadBoot"]),
+        fuzzTarget("FuzzVirtqueue", ["BulkheadVirtio"]),
+        fuzzTarget("FuzzVirtioMMIO", ["BulkheadVirtio"]),
     ],
     swiftLanguageModes: [.v6]
 )
