@@ -1,0 +1,121 @@
+import Virtio
+
+/// A virtio device model: the device-type-specific half of a virtio device, driven by
+/// `VirtioMMIODevice`. Models are pure state machines; their I/O goes through back ends they are
+/// given (a block back end, an entropy source...), so every model runs in tests with no KVM.
+public protocol VirtioDeviceModel: AnyObject {
+    var deviceType: Virtio.DeviceType { get }
+    /// Device-specific feature bits offered (the transport adds the reserved ones it supports).
+    var features: UInt64 { get }
+    /// Maximum size of each queue; the count is the number of queues.
+    var queueSizes: [UInt16] { get }
+    /// Configuration space as the driver sees it.
+    var config: [UInt8] { get }
+    /// The driver wrote configuration space (most devices ignore it).
+    func configWrite(offset: Int, bytes: [UInt8])
+    /// Drop all state: the driver reset the device.
+    func reset()
+    /// Serve every available chain of queue `index`. Returns true if any chain was used.
+    /// Throws only for ring-level corruption, after which the device needs a reset.
+    func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool
+}
+
+extension VirtioDeviceModel {
+    public func configWrite(offset: Int, bytes: [UInt8]) {}
+}
+
+/// A complete virtio-mmio device: the transport's register state machine, the driver's queues
+/// and the device model. Pure: the VMM supplies guest memory and carries out the interrupt.
+///
+/// Not thread-safe: the VMM serialises calls (one lock per device).
+public final class VirtioMMIODevice {
+    public let model: VirtioDeviceModel
+    public private(set) var transport: MMIOTransport
+    public private(set) var queues: [SplitQueue?]
+    /// Chains refused (broken) and ring errors seen: a hostile driver is visible here.
+    public private(set) var ringErrors: UInt64 = 0
+
+    public init(model: VirtioDeviceModel) {
+        self.model = model
+        let offered = model.features | Virtio.Feature.indirectDescriptors | Virtio.Feature.eventIndex
+        transport = MMIOTransport(deviceID: model.deviceType.rawValue, features: offered,
+                                  queueSizes: model.queueSizes, config: model.config)
+        queues = Array(repeating: nil, count: model.queueSizes.count)
+    }
+
+    public func read(offset: UInt64, size: Int) -> UInt64 { transport.read(offset: offset, size: size) }
+
+    /// A guest write to the window. Returns true when the driver should be interrupted.
+    public func write(offset: UInt64, size: Int, value: UInt64, ram: GuestRAM) -> Bool {
+        var interrupt = false
+        for action in transport.write(offset: offset, size: size, value: value) {
+            switch action {
+            case .reset:
+                model.reset()
+                queues = Array(repeating: nil, count: queues.count)
+                transport.configChanged(model.config)
+                _ = transport.write(offset: MMIOTransport.Register.interruptAck.rawValue, size: 4, value: 0xffff_ffff)
+            case .featuresAccepted:
+                break
+            case .queueReady(let i, let q):
+                do {
+                    try q.validate(in: ram)
+                    queues[i] = q
+                } catch {
+                    ringErrors += 1
+                    transport.disableQueue(i)
+                }
+            case .driverOK:
+                break
+            case .notify(let i):
+                interrupt = notify(queue: i, ram: ram) || interrupt
+            case .configWrite(let o, let bytes):
+                model.configWrite(offset: o, bytes: bytes)
+            }
+        }
+        return interrupt
+    }
+
+    /// The driver rang queue `index`'s doorbell (from an ioeventfd, or a QueueNotify exit).
+    /// Returns true when the driver should be interrupted.
+    public func notify(queue index: Int, ram: GuestRAM) -> Bool {
+        guard transport.running, queues.indices.contains(index), var q = queues[index] else { return false }
+        do {
+            let used = try model.process(queue: index, &q, ram: ram)
+            let wanted = used && q.shouldNotify(ram)
+            queues[index] = q
+            guard wanted else { return false }
+            transport.signalUsedBuffers()
+            return true
+        } catch {
+            // §2.1.2: a ring the device cannot trust is reported, not guessed at.
+            ringErrors += 1
+            queues[index] = nil
+            transport.needsReset()
+            return true
+        }
+    }
+}
+
+extension SplitQueue {
+    /// Pops every available chain and hands it to `handle`, which returns the number of bytes it
+    /// wrote into the chain. Broken chains are returned to the driver with nothing written.
+    /// Returns whether anything was used.
+    public mutating func serveAll(ram: GuestRAM, onBroken: (VirtqueueError) -> Void = { _ in },
+                                  _ handle: (DescriptorChain) -> UInt32) throws(VirtqueueError) -> Bool {
+        var used = false
+        // At most one queue's worth per call, so a driver that keeps publishing cannot starve
+        // the other queues and devices.
+        for _ in 0..<Int(size) {
+            guard let next = try pop(from: ram) else { break }
+            let written: UInt32
+            switch next.result {
+            case .success(let chain): written = handle(chain)
+            case .failure(let e): onBroken(e); written = 0
+            }
+            if next.head < size { try push(head: next.head, written: written, to: ram) }
+            used = true
+        }
+        return used
+    }
+}
