@@ -27,6 +27,10 @@ public enum GuestLayout {
     public static let hypercallPage: UInt64 = 0xC000_0000
     public static let faultPage: UInt64 = 0xC000_1000
     public static let maxMemory: UInt64 = mmioHole
+    /// Virtio-mmio windows, one page each from here (docs/guest-abi.md, "Devices").
+    public static let deviceWindows: UInt64 = 0xD000_0000
+    public static let deviceWindowsEnd: UInt64 = 0xD000_0000 + UInt64(maxDevices) * pageSize
+    public static func deviceWindow(_ i: Int) -> UInt64 { deviceWindows + UInt64(i) * pageSize }
     public static let bootInfoMagic: UInt64 = 0x3154_4F4F_424B_4842 // "BHKBOOT1"
     public static let abiVersion: UInt32 = 1
 

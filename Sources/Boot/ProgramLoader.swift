@@ -1,3 +1,16 @@
+/// A device's register window as the guest sees it (an entry of the boot-information device list).
+public struct DeviceWindow: Equatable, Sendable {
+    /// The virtio device type.
+    public var kind: UInt32
+    public var irq: UInt32
+    public var base: UInt64
+    public var size: UInt64
+
+    public init(kind: UInt32, irq: UInt32, base: UInt64, size: UInt64) {
+        self.kind = kind; self.irq = irq; self.base = base; self.size = size
+    }
+}
+
 /// What the VMM is asked to start.
 public struct BootConfiguration: Equatable, Sendable {
     public var memorySize: UInt64
@@ -6,12 +19,16 @@ public struct BootConfiguration: Equatable, Sendable {
     /// Install the IDT and CPL0 fault stubs (on by default). Without them any fault is a triple
     /// fault and its reason is lost; the switch exists to diagnose exactly that path.
     public var faultHandlers: Bool
+    /// Device windows to map (user read-write, no-execute) and list in the boot information.
+    public var devices: [DeviceWindow]
 
-    public init(memorySize: UInt64 = 64 << 20, vcpus: Int = 1, commandLine: String = "", faultHandlers: Bool = true) {
+    public init(memorySize: UInt64 = 64 << 20, vcpus: Int = 1, commandLine: String = "", faultHandlers: Bool = true,
+                devices: [DeviceWindow] = []) {
         self.memorySize = memorySize
         self.vcpus = vcpus
         self.commandLine = commandLine
         self.faultHandlers = faultHandlers
+        self.devices = devices
     }
 }
 
@@ -110,6 +127,19 @@ public enum ProgramLoader {
             throw .configuration("command line is \(cmd.count) bytes (at most \(GuestLayout.maxCommandLine))")
         }
         guard !cmd.contains(0) else { throw .configuration("command line contains a NUL byte") }
+        guard config.devices.count <= GuestLayout.maxDevices else {
+            throw .configuration("\(config.devices.count) devices (at most \(GuestLayout.maxDevices))")
+        }
+        for (i, d) in config.devices.enumerated() {
+            let (end, o) = d.base.addingReportingOverflow(d.size)
+            guard !o, d.size > 0, d.base % GuestLayout.pageSize == 0, d.size % GuestLayout.pageSize == 0,
+                  d.base >= GuestLayout.deviceWindows, end <= GuestLayout.deviceWindowsEnd else {
+                throw .configuration("device \(i) window 0x\(String(d.base, radix: 16))+0x\(String(d.size, radix: 16)) is not page-aligned inside the device area")
+            }
+            for e in config.devices[..<i] where d.base < e.base + e.size && e.base < end {
+                throw .configuration("device windows \(i) and another overlap")
+            }
+        }
     }
 
     public static func plan(image bytes: [UInt8], config: BootConfiguration) throws(BootError) -> BootPlan {
@@ -136,6 +166,10 @@ public enum ProgramLoader {
             try pt.map(virtual: GuestLayout.bootInfo, physical: GuestLayout.bootInfo, size: GuestLayout.bootInfoSize, flags: [.user])
             regions.append(MemoryRegion(start: GuestLayout.bootInfo, size: GuestLayout.bootInfoSize, kind: .bootInfo, flags: [.user]))
             try pt.map(virtual: GuestLayout.hypercallPage, physical: GuestLayout.hypercallPage, size: page, flags: [.user])
+            // Device register windows: the guest program's drivers poke them directly.
+            for d in config.devices {
+                try pt.map(virtual: d.base, physical: d.base, size: d.size, flags: [.user, .writable])
+            }
             // Program segments, page-rounded, with their own rights.
             for s in image.segments {
                 let start = alignDown(s.address, page), end = alignUp(s.end, page)
@@ -208,7 +242,11 @@ public enum ProgramLoader {
         w.put(GuestLayout.bootInfo + GuestLayout.memoryMapOffset, at: 48)
         w.put(UInt64(map.count), at: 56)
         w.put(GuestLayout.bootInfo + GuestLayout.deviceListOffset, at: 64)
-        w.put(UInt64(0), at: 72)
+        w.put(UInt64(config.devices.count), at: 72)
+        for (i, d) in config.devices.enumerated() {
+            let o = Int(GuestLayout.deviceListOffset) + i * 24
+            w.put(d.kind, at: o); w.put(d.irq, at: o + 4); w.put(d.base, at: o + 8); w.put(d.size, at: o + 16)
+        }
         for (i, e) in map.enumerated() {
             let o = Int(GuestLayout.memoryMapOffset) + i * 24
             w.put(e.0, at: o); w.put(e.1, at: o + 8); w.put(e.2.rawValue, at: o + 16)

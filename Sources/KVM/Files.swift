@@ -92,3 +92,22 @@ public func environment(_ name: String) -> String? {
 public func ignoreBrokenPipe() {
     signal(SIGPIPE, SIG_IGN)
 }
+
+/// `count` bytes from the kernel's random source (getrandom), or nil if it failed.
+public func randomBytes(_ count: Int) -> [UInt8]? {
+    guard count >= 0 else { return nil }
+    var out = [UInt8](repeating: 0, count: count)
+    var done = 0
+    while done < count {
+        let n = out.withUnsafeMutableBytes { buf -> Int in
+            // SAFETY: writes at most count - done bytes after `done` inside the array's storage.
+            getrandom(buf.baseAddress?.advanced(by: done), count - done, 0)
+        }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return nil
+        }
+        done += n
+    }
+    return out
+}

@@ -123,3 +123,26 @@ public final class VirtualMachine: @unchecked Sendable {
         return VCPU(id: id, fd: owned, run: p, runSize: size)
     }
 }
+
+extension VirtualMachine {
+    /// Makes a guest write of `length` bytes of `value` to `address` (MMIO) signal `eventfd`
+    /// inside the kernel, without an exit to user space: the doorbell of a virtqueue.
+    public func registerDoorbell(address: UInt64, length: UInt32, value: UInt64, eventfd: EventFD) throws(KVMError) {
+        var req = kvm_ioeventfd()
+        req.datamatch = value
+        req.addr = address
+        req.len = length
+        req.fd = eventfd.fd.rawValue
+        req.flags = CKVM_IOEVENTFD_FLAG_DATAMATCH
+        // SAFETY: `req` lives on the stack for the duration of the ioctl.
+        _ = try check("KVM_IOEVENTFD") {
+            withUnsafeMutablePointer(to: &req) { ckvm_ioctl_ptr(fd.rawValue, CKVM_IOEVENTFD, $0) }
+        }
+    }
+}
+
+/// Capability numbers the VMM asks about.
+public enum CKVMCapabilities {
+    public static let ioeventfd = CKVM_CAP_IOEVENTFD
+    public static let irqfd = CKVM_CAP_IRQFD
+}

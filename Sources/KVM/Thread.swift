@@ -86,3 +86,15 @@ public func monotonicNanoseconds() -> UInt64 {
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
+
+/// Waits until at least one of `fds` is readable (or `timeoutMilliseconds` pass; -1 waits for
+/// ever). Returns which ones are readable; an empty array on timeout or interruption.
+public func waitReadable(_ fds: [Int32], timeoutMilliseconds: Int32) -> [Bool] {
+    var polled = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    let n = polled.withUnsafeMutableBufferPointer { buf -> Int32 in
+        // SAFETY: poll reads and writes exactly `buf.count` pollfd entries of the array's storage.
+        poll(buf.baseAddress, nfds_t(buf.count), timeoutMilliseconds)
+    }
+    guard n > 0 else { return [] }
+    return polled.map { $0.revents & Int16(POLLIN | POLLERR | POLLHUP) != 0 }
+}

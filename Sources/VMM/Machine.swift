@@ -2,6 +2,7 @@ import Boot
 import Devices
 import KVM
 import Synchronization
+import Virtio
 
 /// How a VM ended.
 public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
@@ -38,17 +39,31 @@ public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// Everything `Machine.run` needs besides the image.
-public struct MachineConfiguration: Sendable {
+public struct MachineConfiguration {
     public var boot: BootConfiguration
     /// Stop the VM after this many seconds (nil: no limit).
     public var timeout: Double?
     public var cpuid: CPUIDPolicy
     public var console: ConsoleSink
     public var kvmPath: String
+    /// Virtio devices, attached in this order at `GuestLayout.deviceWindow(i)`.
+    public var devices: [VirtioDeviceModel]
 
     public init(boot: BootConfiguration, timeout: Double? = nil, cpuid: CPUIDPolicy = CPUIDPolicy(),
-                console: ConsoleSink = .standardOutput(), kvmPath: String = "/dev/kvm") {
+                console: ConsoleSink = .standardOutput(), kvmPath: String = "/dev/kvm",
+                devices: [VirtioDeviceModel] = []) {
         self.boot = boot; self.timeout = timeout; self.cpuid = cpuid; self.console = console; self.kvmPath = kvmPath
+        self.devices = devices
+    }
+
+    /// The boot configuration with the device windows filled in.
+    var bootWithDevices: BootConfiguration {
+        var b = boot
+        b.devices = devices.enumerated().map { i, m in
+            DeviceWindow(kind: m.deviceType.rawValue, irq: UInt32(5 + i), base: GuestLayout.deviceWindow(i),
+                         size: MMIOTransport.windowSize)
+        }
+        return b
     }
 }
 
@@ -124,7 +139,7 @@ struct LiveEnvironment: HypercallEnvironment {
 public enum Machine {
     /// Builds the boot plan without touching KVM (validates the image and configuration).
     public static func plan(image: [UInt8], configuration: MachineConfiguration) throws(MachineError) -> BootPlan {
-        do { return try ProgramLoader.plan(image: image, config: configuration.boot) } catch { throw .boot(error) }
+        do { return try ProgramLoader.plan(image: image, config: configuration.bootWithDevices) } catch { throw .boot(error) }
     }
 
     public static func run(image: [UInt8], configuration: MachineConfiguration) throws(MachineError) -> RunReport {
@@ -161,6 +176,9 @@ public enum Machine {
             vcpus = created
         } catch { throw .kvm(error) }
 
+        let bus: DeviceBus
+        do { bus = try attachDevices(configuration.devices, plan: plan, memory: memory, vm: vm, system: system) } catch { throw .kvm(error) }
+
         let wakers: [EventFD]
         let control: RunControl
         do {
@@ -174,7 +192,7 @@ public enum Machine {
         var threads: [OSThread] = []
         for (i, vcpu) in vcpus.enumerated() {
             let runner = VCPURunner(index: i, vcpu: vcpu, waker: wakers[i], control: control, env: env,
-                                    serial: serial, plan: plan, memory: memory)
+                                    serial: serial, plan: plan, memory: memory, bus: bus)
             do {
                 threads.append(try OSThread.spawn {
                     let r = runner.run()
@@ -183,6 +201,16 @@ public enum Machine {
             } catch {
                 control.finish(.vcpuFailure(vcpu: i, reason: "cannot start its thread: \(error)"))
                 break
+            }
+        }
+
+        // Queue doorbells are served on their own thread, never on a vCPU thread.
+        var deviceThread: OSThread?
+        let stopDevices: EventFD
+        do { stopDevices = try EventFD() } catch { throw .kvm(error) }
+        if bus.devices.contains(where: { !$0.doorbells.isEmpty }) {
+            do { deviceThread = try OSThread.spawn { bus.serve(until: stopDevices) } } catch {
+                control.finish(.vcpuFailure(vcpu: 0, reason: "cannot start the device thread: \(error)"))
             }
         }
 
@@ -201,6 +229,8 @@ public enum Machine {
             }
         }
         for t in threads { t.join() }
+        stopDevices.signal()
+        deviceThread?.join()
 
         var stats = HypercallStatistics()
         var first: UInt64?
@@ -211,6 +241,30 @@ public enum Machine {
         withExtendedLifetime((vm, vcpus, memory)) {}
         return RunReport(outcome: control.result ?? .vcpuFailure(vcpu: 0, reason: "no outcome"),
                          statistics: stats, startNanoseconds: start, firstHypercallNanoseconds: first)
+    }
+
+    /// Creates each device at its window and registers one ioeventfd doorbell per queue.
+    static func attachDevices(_ models: [VirtioDeviceModel], plan: BootPlan, memory: GuestMemory,
+                              vm: VirtualMachine, system: KVMSystem) throws(KVMError) -> DeviceBus {
+        let ram = ProgramDMAView(memory: memory, plan: plan)
+        let useDoorbells = system.checkExtension(CKVMCapabilities.ioeventfd) > 0
+        var attached: [AttachedDevice] = []
+        for (i, model) in models.enumerated() {
+            let base = GuestLayout.deviceWindow(i)
+            var bells: [EventFD] = []
+            if useDoorbells {
+                for q in model.queueSizes.indices {
+                    let bell = try EventFD()
+                    try vm.registerDoorbell(address: base + MMIOTransport.Register.queueNotify.rawValue,
+                                            length: 4, value: UInt64(q), eventfd: bell)
+                    bells.append(bell)
+                }
+            }
+            let window = DeviceWindow(kind: model.deviceType.rawValue, irq: UInt32(5 + i), base: base,
+                                      size: MMIOTransport.windowSize)
+            attached.append(AttachedDevice(window: window, device: VirtioMMIODevice(model: model), doorbells: bells))
+        }
+        return DeviceBus(devices: attached, ram: ram)
     }
 
     static func specialRegisters(_ s: InitialCPUState) -> SpecialRegisters {
@@ -240,6 +294,7 @@ struct VCPURunner: @unchecked Sendable {
     let serial: Locked<Serial16550>
     let plan: BootPlan
     let memory: GuestMemory
+    let bus: DeviceBus
 
     func run() -> (HypercallStatistics, UInt64?) {
         var stats = HypercallStatistics()
@@ -255,6 +310,10 @@ struct VCPURunner: @unchecked Sendable {
             switch exit {
             case .mmioRead(let address, let length):
                 guard address >= GuestLayout.hypercallPage, address < GuestLayout.hypercallPage + GuestLayout.pageSize else {
+                    if let (device, offset) = bus.device(at: address) {
+                        vcpu.completeMMIORead(bus.read(device, offset: offset, size: length))
+                        continue
+                    }
                     control.finish(.vcpuFailure(vcpu: index, reason: "read of unassigned MMIO address 0x\(String(address, radix: 16))"))
                     continue
                 }
@@ -278,6 +337,8 @@ struct VCPURunner: @unchecked Sendable {
             case .mmioWrite(let address, let length, let value):
                 if address == GuestLayout.faultPage && length == 1 {
                     control.finish(fault(vector: Int(value & 0xff)))
+                } else if let (device, offset) = bus.device(at: address) {
+                    bus.write(device, offset: offset, size: length, value: value)
                 } else {
                     control.finish(.vcpuFailure(vcpu: index, reason: "write to unassigned MMIO address 0x\(String(address, radix: 16))"))
                 }

@@ -3,7 +3,7 @@ import Boot
 /// One channel through which a guest can reach the VMM.
 public struct SurfaceChannel: Equatable, Sendable {
     public enum Kind: String, Sendable, CaseIterable {
-        case mmio, pio, hypercall, exit
+        case mmio, pio, virtqueue, hypercall, exit
     }
     public var kind: Kind
     public var name: String
@@ -29,6 +29,14 @@ public enum AttackSurface {
                        threat: "8-byte reads at offset 0 perform a hypercall; any other access returns bad-argument; mapped read-only for CPL3"),
         SurfaceChannel(kind: .mmio, name: "fault-report", location: range(GuestLayout.faultPage, GuestLayout.pageSize),
                        threat: "supervisor-only mapping written by the VMM's own CPL0 fault stubs; a CPL3 write page-faults; ends the VM"),
+        SurfaceChannel(kind: .mmio, name: "virtio-mmio", location: range(GuestLayout.deviceWindows, GuestLayout.deviceWindowsEnd - GuestLayout.deviceWindows),
+                       threat: "one 4 KiB virtio-mmio v2 window per configured device; register state machine validates every write (virtio 1.2 4.2.2); forbidden writes ignored and counted; QueueNotify served by ioeventfd"),
+    ]
+
+    /// Virtqueues the device models serve (their contents are parsed by the device threads).
+    public static let virtqueues: [SurfaceChannel] = [
+        SurfaceChannel(kind: .virtqueue, name: "virtio-rng.requestq", location: "device 4, queue 0",
+                       threat: "chains parsed with a time-to-live and RAM checks; device writes only into CPL3-writable RAM; at most 64 KiB per request"),
     ]
 
     /// Port I/O ranges handled by the VMM.
@@ -53,7 +61,7 @@ public enum AttackSurface {
     /// KVM exit reasons the run loop handles. Anything else ends the VM as an internal error.
     public static let exits: [SurfaceChannel] = [
         SurfaceChannel(kind: .exit, name: "KVM_EXIT_MMIO", location: "exit 6",
-                       threat: "dispatched by address to the MMIO channels above; any other address ends the VM"),
+                       threat: "dispatched by address to the MMIO channels above (hypercall page, fault page, device windows); any other address ends the VM"),
         SurfaceChannel(kind: .exit, name: "KVM_EXIT_IO", location: "exit 2",
                        threat: "dispatched by port to the PIO channels above; other ports read 0xff and ignore writes"),
         SurfaceChannel(kind: .exit, name: "KVM_EXIT_HLT", location: "exit 5",
@@ -70,7 +78,7 @@ public enum AttackSurface {
                        threat: "guest-requested reset or shutdown: ends the VM"),
     ]
 
-    public static var all: [SurfaceChannel] { mmio + pio + hypercalls + exits }
+    public static var all: [SurfaceChannel] { mmio + pio + virtqueues + hypercalls + exits }
 
     /// One channel per line: kind, name, location, threat.
     public static func text() -> String {

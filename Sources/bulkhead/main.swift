@@ -1,5 +1,6 @@
 import ArgumentParser
 import Boot
+import Devices
 import KVM
 import VMM
 
@@ -52,6 +53,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("hide-cpu-feature"), help: "Hide a CPU feature from the guest (\(CPUIDPolicy.Feature.allCases.map(\.rawValue).joined(separator: ", "))). Repeatable.")
     var hiddenFeatures: [String] = []
 
+    @Flag(help: "Attach a virtio-rng device (entropy from the host kernel's getrandom).")
+    var rng = false
+
     @Flag(help: "Print hypercall statistics to standard error when the guest ends.")
     var stats = false
 
@@ -101,7 +105,8 @@ struct Run: ParsableCommand {
             boot: BootConfiguration(memorySize: memory << 20, vcpus: vcpus, commandLine: cmdline, faultHandlers: !noFaultHandlers),
             timeout: timeout,
             cpuid: CPUIDPolicy(hidden: Set(hiddenFeatures.compactMap(CPUIDPolicy.Feature.init(rawValue:)))),
-            console: sink)
+            console: sink,
+            devices: devices())
         let report: RunReport
         do { report = try Machine.run(image: bytes, configuration: config) } catch {
             printError("\(error)")
@@ -120,6 +125,13 @@ struct Run: ParsableCommand {
         if stats { printError(statistics(report.statistics)) }
         if report.outcome != .exited(status: 0) { printError(report.outcome.description) }
         if report.outcome.exitCode != 0 { throw ExitCode(report.outcome.exitCode) }
+    }
+
+    /// The virtio devices the options ask for, in window order.
+    func devices() -> [VirtioDeviceModel] {
+        var models: [VirtioDeviceModel] = []
+        if rng { models.append(VirtioRNG(source: randomBytes)) }
+        return models
     }
 
     func statistics(_ s: HypercallStatistics) -> String {

@@ -90,6 +90,26 @@ struct CLIRunTests {
         #expect(r.stderr.contains("too small for 8 vCPU(s)"))
     }
 
+    /// What `make run` does: no image, no BULKHEAD_GUEST_DIR; the built-in guest is found next
+    /// to the build products.
+    @Test(.enabled(if: guests == root + "/.build/guests", "guests are elsewhere"))
+    func builtInGuestIsFoundWithoutConfiguration() throws {
+        var env = ProcessInfo.processInfo.environment
+        env.removeValue(forKey: "BULKHEAD_GUEST_DIR")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["run"]
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = Pipe()
+        try p.run()
+        let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(o.contains("Hello from a Bulkhead guest"))
+    }
+
     @Test func exitStatusIsTheGuests() throws {
         #expect(try bulkhead(["run", guests + "/exitcode.elf", "--cmdline", "9"]).status == 9)
     }

@@ -77,6 +77,14 @@ static const size_t CKVM_RUN_DIRTY_REGS = offsetof(struct kvm_run, kvm_dirty_reg
 static const size_t CKVM_RUN_SYNC_REGS = offsetof(struct kvm_run, s.regs.regs);
 static const size_t CKVM_RUN_SYNC_SREGS = offsetof(struct kvm_run, s.regs.sregs);
 
+// Doorbells and interrupts: ioeventfd / irqfd (KVM_CAP_IOEVENTFD, KVM_CAP_IRQFD).
+static const unsigned long CKVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned long CKVM_IRQFD = KVM_IRQFD;
+static const int CKVM_CAP_IOEVENTFD = KVM_CAP_IOEVENTFD;
+static const int CKVM_CAP_IRQFD = KVM_CAP_IRQFD;
+static const uint32_t CKVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
+static const uint32_t CKVM_IOEVENTFD_FLAG_DEASSIGN = KVM_IOEVENTFD_FLAG_DEASSIGN;
+
 // Non-variadic ioctl(2) wrappers: Swift cannot call a C variadic function.
 int ckvm_ioctl(int fd, unsigned long request, unsigned long arg);
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);

@@ -1,0 +1,101 @@
+import Boot
+import Devices
+import KVM
+import Virtio
+
+extension GuestMemory: GuestRAM {
+    public func copyOut(at address: UInt64, count: Int) -> [UInt8]? { try? read(at: address, count: count) }
+    public func copyIn(_ bytes: [UInt8], at address: UInt64) -> Bool { (try? write(bytes, at: address)) != nil }
+    public func isRAM(_ address: UInt64, length: UInt64) -> Bool { contains(address, length: length) }
+}
+
+/// Guest RAM as a guest program's devices may see it: device reads only where the program may
+/// read at CPL3, device writes only where it may write.
+///
+/// Without this a program could hand a device a buffer in its page tables, its IDT or its own
+/// read-only code and have the device write there for it: DMA is confined to what the guest
+/// could do itself.
+final class ProgramDMAView: GuestRAM, @unchecked Sendable {
+    // Sendable: immutable; GuestMemory is thread-safe for copies.
+    let memory: GuestMemory
+    let plan: BootPlan
+
+    init(memory: GuestMemory, plan: BootPlan) { self.memory = memory; self.plan = plan }
+
+    func copyOut(at address: UInt64, count: Int) -> [UInt8]? {
+        guard count >= 0, plan.userCanAccess(address, length: UInt64(count), rights: [.user]) else { return nil }
+        return memory.copyOut(at: address, count: count)
+    }
+
+    func copyIn(_ bytes: [UInt8], at address: UInt64) -> Bool {
+        guard plan.userCanAccess(address, length: UInt64(bytes.count), rights: [.user, .writable]) else { return false }
+        return memory.copyIn(bytes, at: address)
+    }
+
+    func isRAM(_ address: UInt64, length: UInt64) -> Bool {
+        plan.userCanAccess(address, length: length, rights: [.user]) && memory.contains(address, length: length)
+    }
+}
+
+/// A virtio device attached to a VM: its window, its state behind a lock, its doorbells.
+final class AttachedDevice: Sendable {
+    let window: DeviceWindow
+    let device: Locked<VirtioMMIODevice>
+    /// One ioeventfd per queue (nil when the host's KVM has no ioeventfd support: notifications
+    /// then arrive as MMIO exits and are served on the vCPU thread).
+    let doorbells: [EventFD]
+
+    init(window: DeviceWindow, device: VirtioMMIODevice, doorbells: [EventFD]) {
+        self.window = window
+        self.device = Locked(device)
+        self.doorbells = doorbells
+    }
+}
+
+/// The devices of one VM, found by guest-physical address.
+final class DeviceBus: Sendable {
+    let devices: [AttachedDevice]
+    let ram: GuestRAM & Sendable
+
+    init(devices: [AttachedDevice], ram: GuestRAM & Sendable) {
+        self.devices = devices
+        self.ram = ram
+    }
+
+    func device(at address: UInt64) -> (AttachedDevice, UInt64)? {
+        for d in devices where address >= d.window.base && address - d.window.base < d.window.size {
+            return (d, address - d.window.base)
+        }
+        return nil
+    }
+
+    func read(_ d: AttachedDevice, offset: UInt64, size: Int) -> UInt64 {
+        d.device.withLock { $0.read(offset: offset, size: size) }
+    }
+
+    func write(_ d: AttachedDevice, offset: UInt64, size: Int, value: UInt64) {
+        _ = d.device.withLock { $0.write(offset: offset, size: size, value: value, ram: ram) }
+    }
+
+    /// The device thread: waits on every doorbell and serves the queue that rang, until `stop`
+    /// is signalled. Queue processing never runs on a vCPU thread when doorbells exist.
+    func serve(until stop: EventFD) {
+        var fds: [Int32] = [stop.fd.rawValue]
+        var owners: [(AttachedDevice, Int, EventFD)] = []
+        for d in devices {
+            for (q, bell) in d.doorbells.enumerated() {
+                fds.append(bell.fd.rawValue)
+                owners.append((d, q, bell))
+            }
+        }
+        while true {
+            let ready = waitReadable(fds, timeoutMilliseconds: -1)
+            if ready.first == true { return }
+            for (i, isReady) in ready.dropFirst().enumerated() where isReady {
+                let (d, q, bell) = owners[i]
+                bell.drain()
+                _ = d.device.withLock { $0.notify(queue: q, ram: ram) }
+            }
+        }
+    }
+}
