@@ -205,3 +205,34 @@ func walk(_ plan: BootPlan, _ va: UInt64) -> (physical: UInt64, flags: PageFlags
         #expect(b.pages().map(\.bytes) == before)
     }
 }
+
+@Suite struct DeviceWindowTests {
+    @Test func windowsAreMappedAndListed() throws {
+        let devices = [DeviceWindow(kind: 4, irq: 5, base: GuestLayout.deviceWindow(0), size: 0x1000),
+                       DeviceWindow(kind: 2, irq: 6, base: GuestLayout.deviceWindow(1), size: 0x1000)]
+        let plan = try ProgramLoader.plan(image: ELFBuilder().build(), config: BootConfiguration(devices: devices))
+        #expect(walk(plan, 0xd000_0050)?.flags == [.user, .writable])
+        #expect(walk(plan, 0xd000_1000)?.flags == [.user, .writable])
+        #expect(walk(plan, 0xd000_2000) == nil)
+        #expect(!plan.userCanAccess(0xd000_0000, length: 4, rights: [])) // not RAM: no DMA there
+        let info = try #require(plan.chunks.first { $0.address == GuestLayout.bootInfo }?.bytes)
+        let r = ByteReader(info)
+        #expect(r.u64(72) == 2)
+        let list = Int(r.u64(64) - GuestLayout.bootInfo)
+        #expect(r.u32(list) == 4 && r.u32(list + 4) == 5 && r.u64(list + 8) == 0xd000_0000 && r.u64(list + 16) == 0x1000)
+        #expect(r.u32(list + 24) == 2 && r.u64(list + 32) == 0xd000_1000)
+    }
+
+    @Test func badWindowsAreRefused() {
+        func refused(_ d: [DeviceWindow]) -> Bool {
+            (try? ProgramLoader.plan(image: ELFBuilder().build(), config: BootConfiguration(devices: d))) == nil
+        }
+        #expect(refused([DeviceWindow(kind: 4, irq: 5, base: 0xc000_0000, size: 0x1000)]))  // hypercall page
+        #expect(refused([DeviceWindow(kind: 4, irq: 5, base: 0xd000_0800, size: 0x1000)]))  // unaligned
+        #expect(refused([DeviceWindow(kind: 4, irq: 5, base: 0xd000_0000, size: 0)]))
+        #expect(refused([DeviceWindow(kind: 4, irq: 5, base: 0xd000_0000, size: 0x2000),
+                         DeviceWindow(kind: 2, irq: 6, base: 0xd000_1000, size: 0x1000)]))  // overlap
+        #expect(refused([DeviceWindow(kind: 4, irq: 5, base: UInt64.max - 0xfff, size: 0x1000)]))
+        #expect(refused((0..<33).map { DeviceWindow(kind: 4, irq: 5, base: GuestLayout.deviceWindow($0), size: 0x1000) }))
+    }
+}

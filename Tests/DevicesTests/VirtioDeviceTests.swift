@@ -1,0 +1,125 @@
+import Testing
+import Virtio
+@testable import Devices
+
+/// Drives a VirtioMMIODevice the way a guest driver does, over an ArrayRAM.
+struct Driver {
+    let ram = ArrayRAM(base: 0, size: 0x2_0000)
+    let device: VirtioMMIODevice
+    var availIdx: UInt16 = 0
+    let size: UInt16 = 8
+
+    init(_ model: VirtioDeviceModel) { device = VirtioMMIODevice(model: model) }
+
+    @discardableResult
+    func w(_ r: MMIOTransport.Register, _ v: UInt32) -> Bool {
+        device.write(offset: r.rawValue, size: 4, value: UInt64(v), ram: ram)
+    }
+    func r(_ r: MMIOTransport.Register) -> UInt32 { UInt32(device.read(offset: r.rawValue, size: 4)) }
+
+    func initialise(features: UInt64 = Virtio.Feature.version1) {
+        w(.status, 0); w(.status, 1); w(.status, 3)
+        w(.driverFeaturesSel, 0); w(.driverFeatures, UInt32(truncatingIfNeeded: features))
+        w(.driverFeaturesSel, 1); w(.driverFeatures, UInt32(truncatingIfNeeded: features >> 32))
+        w(.status, 11)
+        w(.queueSel, 0); w(.queueNum, UInt32(size))
+        w(.queueDescLow, 0x1000); w(.queueDriverLow, 0x2000); w(.queueDeviceLow, 0x3000)
+        w(.queueReady, 1)
+        w(.status, 15)
+    }
+
+    func descriptor(_ i: UInt16, _ address: UInt64, _ length: UInt32, _ flags: UInt16, next: UInt16 = 0) {
+        var b: [UInt8] = []
+        for s in stride(from: 0, to: 64, by: 8) { b.append(UInt8(truncatingIfNeeded: address >> UInt64(s))) }
+        for s in stride(from: 0, to: 32, by: 8) { b.append(UInt8(truncatingIfNeeded: length >> UInt32(s))) }
+        b += [UInt8(flags & 0xff), UInt8(flags >> 8), UInt8(next & 0xff), UInt8(next >> 8)]
+        _ = ram.copyIn(b, at: 0x1000 + 16 * UInt64(i))
+    }
+
+    mutating func publish(_ head: UInt16) {
+        _ = ram.copyIn([UInt8(head & 0xff), UInt8(head >> 8)], at: 0x2004 + 2 * UInt64(availIdx % size))
+        availIdx &+= 1
+        _ = ram.copyIn([UInt8(availIdx & 0xff), UInt8(availIdx >> 8)], at: 0x2002)
+    }
+
+    var usedIdx: UInt16 { UInt16(ram.bytes[0x3002]) | UInt16(ram.bytes[0x3003]) << 8 }
+    func usedLength(_ slot: Int) -> UInt32 {
+        let o = 0x3004 + 8 * slot + 4
+        return UInt32(ram.bytes[o]) | UInt32(ram.bytes[o + 1]) << 8 | UInt32(ram.bytes[o + 2]) << 16 | UInt32(ram.bytes[o + 3]) << 24
+    }
+}
+
+@Suite struct VirtioRNGTests {
+    @Test func fillsWritableBuffers() {
+        var d = Driver(VirtioRNG(source: { n in [UInt8](repeating: 0xa5, count: n) }))
+        d.initialise()
+        #expect(d.r(.deviceID) == 4)
+        #expect(d.r(.status) == 15)
+        d.descriptor(0, 0x8000, 100, Virtio.DescriptorFlag.write)
+        d.publish(0)
+        #expect(d.device.notify(queue: 0, ram: d.ram))  // interrupt wanted
+        #expect(d.usedIdx == 1 && d.usedLength(0) == 100)
+        #expect(d.ram.bytes[0x8000..<0x8064].allSatisfy { $0 == 0xa5 })
+        #expect(d.ram.bytes[0x8064] == 0)
+        #expect(d.r(.interruptStatus) == 1)
+    }
+
+    @Test func capsRequestsAndSurvivesAFailingSource() {
+        var calls: [Int] = []
+        var d = Driver(VirtioRNG(source: { n in calls.append(n); return nil }))
+        d.initialise()
+        d.descriptor(0, 0x8000, 0x1_0000, Virtio.DescriptorFlag.write)
+        d.publish(0)
+        _ = d.device.notify(queue: 0, ram: d.ram)
+        #expect(d.usedIdx == 1 && d.usedLength(0) == 0) // returned, nothing written
+        #expect(calls == [VirtioRNG.maxRequest])
+    }
+
+    @Test func brokenChainsAreReturnedAndCounted() {
+        let rng = VirtioRNG(source: { [UInt8](repeating: 1, count: $0) })
+        var d = Driver(rng)
+        d.initialise()
+        d.descriptor(0, 0x8000, 8, Virtio.DescriptorFlag.write | Virtio.DescriptorFlag.next, next: 0) // self-loop
+        d.publish(0)
+        d.descriptor(1, 0x1_fffc, 8, Virtio.DescriptorFlag.write) // past the end of RAM
+        d.publish(1)
+        d.descriptor(2, 0x9000, 4, Virtio.DescriptorFlag.write)
+        d.publish(2)
+        _ = d.device.notify(queue: 0, ram: d.ram)
+        #expect(d.usedIdx == 3)
+        #expect(d.usedLength(0) == 0 && d.usedLength(1) == 0 && d.usedLength(2) == 4)
+        #expect(rng.brokenChains == 2)
+        #expect(d.r(.status) & Virtio.Status.deviceNeedsReset.rawValue == 0)
+    }
+
+    @Test func ringCorruptionNeedsAReset() {
+        var d = Driver(VirtioRNG(source: { [UInt8](repeating: 1, count: $0) }))
+        d.initialise()
+        _ = d.ram.copyIn([0x40, 0], at: 0x2002) // avail idx jumps by 64 > queue size 8
+        #expect(d.device.notify(queue: 0, ram: d.ram))
+        #expect(d.r(.status) & Virtio.Status.deviceNeedsReset.rawValue != 0)
+        #expect(d.device.ringErrors == 1)
+        // Reset and re-initialise: the device works again.
+        _ = d.ram.copyIn([0, 0], at: 0x2002)
+        d.availIdx = 0
+        d.initialise()
+        #expect(d.r(.status) == 15)
+        d.descriptor(0, 0x8000, 4, Virtio.DescriptorFlag.write)
+        d.publish(0)
+        _ = d.device.notify(queue: 0, ram: d.ram)
+        #expect(d.usedLength(0) == 4)
+    }
+
+    @Test func queueOutsideRAMIsRefusedAtReady() {
+        let d = Driver(VirtioRNG(source: { [UInt8](repeating: 1, count: $0) }))
+        d.w(.status, 0); d.w(.status, 1); d.w(.status, 3)
+        d.w(.driverFeaturesSel, 1); d.w(.driverFeatures, 1)
+        d.w(.status, 11)
+        d.w(.queueSel, 0); d.w(.queueNum, 8)
+        d.w(.queueDescLow, 0x1_ffa0); d.w(.queueDriverLow, 0x2000); d.w(.queueDeviceLow, 0x3000)
+        d.w(.queueReady, 1)
+        #expect(d.r(.queueReady) == 0)
+        #expect(d.device.ringErrors == 1)
+        #expect(!d.device.notify(queue: 0, ram: d.ram))
+    }
+}
