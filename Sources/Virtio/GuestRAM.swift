@@ -12,14 +12,14 @@ public protocol GuestRAM: AnyObject {
 }
 
 extension GuestRAM {
-    func u16(at a: UInt64) -> UInt16? {
+    public func u16(at a: UInt64) -> UInt16? {
         guard let b = copyOut(at: a, count: 2) else { return nil }
         return UInt16(b[0]) | UInt16(b[1]) << 8
     }
 
-    func store(_ v: UInt16, at a: UInt64) -> Bool { copyIn([UInt8(v & 0xff), UInt8(v >> 8)], at: a) }
+    public func store(_ v: UInt16, at a: UInt64) -> Bool { copyIn([UInt8(v & 0xff), UInt8(v >> 8)], at: a) }
 
-    func store(_ v: UInt32, at a: UInt64) -> Bool {
+    public func store(_ v: UInt32, at a: UInt64) -> Bool {
         copyIn([UInt8(v & 0xff), UInt8((v >> 8) & 0xff), UInt8((v >> 16) & 0xff), UInt8(v >> 24)], at: a)
     }
 }
