@@ -1,0 +1,51 @@
+/// Builds the kernel command line the guest sees: the operator's line with one
+/// `virtio_mmio.device=<size>@<base>:<irq>` per device.
+///
+/// The device entries go before a `--` word if there is one: Linux passes everything after `--`
+/// to init, so appending at the very end would hide the devices from the kernel. Words are split
+/// the way the kernel's `next_arg` splits them (white space outside double quotes), and an
+/// unbalanced double quote is refused, since it would swallow the device entries into the
+/// value of the last parameter.
+public enum LinuxCommandLine {
+    static func isSpace(_ b: UInt8) -> Bool {
+        b == 0x20 || (b >= 0x09 && b <= 0x0d) // ' ', \t \n \v \f \r: the kernel's isspace
+    }
+
+    /// The final command line (without the NUL).
+    public static func compose(_ commandLine: String, devices: [VirtioMMIODeviceInfo]) throws(LinuxBootError) -> [UInt8] {
+        let base = Array(commandLine.utf8)
+        guard !base.contains(0) else { throw .badCommandLine("it contains a NUL byte") }
+        guard base.lazy.filter({ $0 == 0x22 }).count % 2 == 0 else {
+            throw .badCommandLine("unbalanced double quote")
+        }
+        let extra = devices.map(\.commandLineParameter).joined(separator: " ")
+        guard !extra.isEmpty else { return base }
+
+        let split = initArgumentsStart(base)
+        var head = Array(base[..<split])
+        let tail = Array(base[split...])
+        while let last = head.last, isSpace(last) { head.removeLast() }
+        var out = head
+        if !out.isEmpty { out.append(0x20) }
+        out += Array(extra.utf8)
+        if !tail.isEmpty { out.append(0x20); out += tail }
+        return out
+    }
+
+    /// The index of the first word that is `--` (bare or quoted), or the end of the line.
+    static func initArgumentsStart(_ line: [UInt8]) -> Int {
+        var i = 0
+        while i < line.count {
+            while i < line.count, isSpace(line[i]) { i += 1 }
+            let start = i
+            var inQuote = false
+            while i < line.count, inQuote || !isSpace(line[i]) {
+                if line[i] == 0x22 { inQuote.toggle() }
+                i += 1
+            }
+            let word = line[start..<i]
+            if word.elementsEqual([0x2d, 0x2d]) || word.elementsEqual([0x22, 0x2d, 0x2d, 0x22]) { return start }
+        }
+        return line.count
+    }
+}
