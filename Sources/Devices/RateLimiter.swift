@@ -1,0 +1,74 @@
+/// A token bucket: `capacity` tokens, refilled at `ratePerSecond`. Time is passed in (monotonic
+/// nanoseconds), so the bucket is a pure value that tests drive with a fake clock.
+public struct TokenBucket: Equatable, Sendable {
+    public let capacity: UInt64
+    public let ratePerSecond: UInt64
+    public private(set) var tokens: UInt64
+    private var lastRefill: UInt64
+
+    public init(capacity: UInt64, ratePerSecond: UInt64, now: UInt64) {
+        self.capacity = max(capacity, 1)
+        self.ratePerSecond = max(ratePerSecond, 1)
+        self.tokens = self.capacity
+        self.lastRefill = now
+    }
+
+    private mutating func refill(_ now: UInt64) {
+        guard now > lastRefill else { return }
+        let elapsed = now - lastRefill
+        // tokens = elapsed * rate / 1e9, without overflow for any elapsed time.
+        let (product, overflow) = elapsed.multipliedReportingOverflow(by: ratePerSecond)
+        let added = overflow ? capacity : product / 1_000_000_000
+        guard added > 0 else { return }
+        tokens = min(capacity, tokens &+ min(added, capacity))
+        // Keep the remainder: advance the clock only by the time the added tokens took.
+        lastRefill = added >= capacity ? now : lastRefill + added * 1_000_000_000 / ratePerSecond
+    }
+
+    /// Takes `n` tokens if they are there. A request larger than the whole bucket is allowed
+    /// once the bucket is full (and empties it), so large requests are slowed, never refused.
+    public mutating func take(_ n: UInt64, now: UInt64) -> Bool {
+        refill(now)
+        let need = min(n, capacity)
+        guard tokens >= need else { return false }
+        tokens -= need
+        return true
+    }
+
+    /// Nanoseconds until `n` tokens (at most a full bucket) will be there.
+    public mutating func delay(for n: UInt64, now: UInt64) -> UInt64 {
+        refill(now)
+        let need = min(n, capacity)
+        guard tokens < need else { return 0 }
+        let missing = need - tokens
+        return (missing * 1_000_000_000 + ratePerSecond - 1) / ratePerSecond
+    }
+}
+
+/// Per-device limits on operations and bytes per second. A guest that exceeds them is slowed:
+/// its requests wait in its own queue until the buckets refill; none is failed.
+public struct RateLimiter: Equatable, Sendable {
+    public var operations: TokenBucket?
+    public var bytes: TokenBucket?
+
+    public init(operations: TokenBucket? = nil, bytes: TokenBucket? = nil) {
+        self.operations = operations
+        self.bytes = bytes
+    }
+
+    /// Whether a request of `byteCount` bytes may go now; if so, its tokens are taken.
+    public mutating func admit(bytes byteCount: UInt64, now: UInt64) -> Bool {
+        var ops = operations, data = bytes
+        guard ops?.delay(for: 1, now: now) ?? 0 == 0, data?.delay(for: byteCount, now: now) ?? 0 == 0 else { return false }
+        _ = ops?.take(1, now: now)
+        _ = data?.take(byteCount, now: now)
+        operations = ops
+        bytes = data
+        return true
+    }
+
+    /// Nanoseconds until a request of `byteCount` bytes would be admitted.
+    public mutating func delay(bytes byteCount: UInt64, now: UInt64) -> UInt64 {
+        max(operations?.delay(for: 1, now: now) ?? 0, bytes?.delay(for: byteCount, now: now) ?? 0)
+    }
+}

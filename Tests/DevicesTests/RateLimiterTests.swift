@@ -1,0 +1,60 @@
+import Testing
+@testable import Devices
+
+@Suite struct RateLimiterTests {
+    let second: UInt64 = 1_000_000_000
+
+    @Test func bucketRefillsAtItsRate() {
+        var b = TokenBucket(capacity: 10, ratePerSecond: 10, now: 0)
+        for _ in 0..<10 { let ok = b.take(1, now: 0); #expect(ok) }
+        do { let ok = !b.take(1, now: 0); #expect(ok) }
+        do { let ok = b.delay(for: 1, now: 0) == second / 10; #expect(ok) }
+        do { let ok = !b.take(1, now: second / 20); #expect(ok) }
+        do { let ok = b.take(1, now: second / 10); #expect(ok) }
+        do { let ok = b.take(5, now: second / 10 + second / 2); #expect(ok) }
+        #expect(b.tokens == 0)
+    }
+
+    @Test func neverOverfillsAndSurvivesHugeGaps() {
+        var b = TokenBucket(capacity: 5, ratePerSecond: UInt64.max / 2, now: 0)
+        _ = b.take(5, now: 0)
+        do { let ok = b.take(5, now: UInt64.max); #expect(ok) }
+        #expect(b.tokens == 0)
+        var c = TokenBucket(capacity: 3, ratePerSecond: 1, now: 0)
+        _ = c.take(3, now: 0)
+        _ = c.take(0, now: 100 * second)
+        #expect(c.tokens == 3)
+    }
+
+    @Test func oversizeRequestsAreSlowedNotRefused() {
+        var b = TokenBucket(capacity: 100, ratePerSecond: 100, now: 0)
+        do { let ok = b.take(1000, now: 0); #expect(ok) }       // a full bucket admits it
+        do { let ok = !b.take(1000, now: second / 2); #expect(ok) }
+        do { let ok = b.delay(for: 1000, now: second / 2) == second / 2; #expect(ok) }
+        do { let ok = b.take(1000, now: second); #expect(ok) }
+    }
+
+    @Test func limiterNeedsBothBuckets() {
+        var l = RateLimiter(operations: TokenBucket(capacity: 2, ratePerSecond: 2, now: 0),
+                            bytes: TokenBucket(capacity: 4096, ratePerSecond: 4096, now: 0))
+        do { let ok = l.admit(bytes: 4096, now: 0); #expect(ok) }
+        do { let ok = !l.admit(bytes: 1, now: 0); #expect(ok) }          // bytes exhausted, ops left
+        #expect(l.operations?.tokens == 1)           // a refused request takes nothing
+        do { let ok = l.delay(bytes: 512, now: 0) == second / 8; #expect(ok) }
+        do { let ok = l.admit(bytes: 512, now: second / 8); #expect(ok) }
+        do { let ok = !l.admit(bytes: 0, now: second / 8); #expect(ok) } // ops exhausted
+        var open = RateLimiter()
+        do { let ok = open.admit(bytes: UInt64.max, now: 0); #expect(ok) }
+    }
+
+    /// Throughput under a limiter converges to the configured rate.
+    @Test func sustainedRateMatchesConfiguration() {
+        var l = RateLimiter(bytes: TokenBucket(capacity: 64 * 1024, ratePerSecond: 1 << 20, now: 0))
+        var now: UInt64 = 0, served: UInt64 = 0
+        while now < 10 * second {
+            if l.admit(bytes: 4096, now: now) { served += 4096 } else { now += l.delay(bytes: 4096, now: now) }
+        }
+        let rate = Double(served) / 10
+        #expect(rate > 0.99 * Double(1 << 20) && rate < 1.02 * Double(1 << 20) + 6554)
+    }
+}
