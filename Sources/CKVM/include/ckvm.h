@@ -89,4 +89,19 @@ static const uint32_t CKVM_IOEVENTFD_FLAG_DEASSIGN = KVM_IOEVENTFD_FLAG_DEASSIGN
 int ckvm_ioctl(int fd, unsigned long request, unsigned long arg);
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
 
+// ---- File I/O for disk back ends (Sources/KVM/FileIO.swift) ----
+// fallocate(2) mode bits: <linux/falloc.h> defines them as macros Swift's Glibc does not surface.
+#include <linux/falloc.h>
+static const int CKVM_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
+static const int CKVM_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
+static const int CKVM_FALLOC_FL_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
+// glibc declares fallocate(2) only under _GNU_SOURCE, which Swift's Glibc module does not set;
+// this forwards to the system call unchanged (-1 and errno on failure).
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t length) {
+    return (int)syscall(SYS_fallocate, fd, mode, offset, length);
+}
+// ---- end of file I/O ----
+
 #endif
