@@ -172,6 +172,41 @@ extension UnsafeRawBufferPointer {
         return value
     }
 
+    /// Calls `body` with each whitespace-separated word, in order, until it returns false.
+    public func forEachWord(_ body: (UnsafeRawBufferPointer) -> Bool) {
+        guard let base = baseAddress else { return }
+        func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0a || b == 0x0d }
+        var i = 0
+        while i < count {
+            while i < count && isSpace(self[i]) { i += 1 }
+            let start = i
+            while i < count && !isSpace(self[i]) { i += 1 }
+            if i > start && !body(UnsafeRawBufferPointer(start: base + start, count: i - start)) { return }
+        }
+    }
+
+    /// Word `index` (0-based) of the whitespace-separated words, or nil.
+    public func word(_ index: Int) -> UnsafeRawBufferPointer? {
+        var found: UnsafeRawBufferPointer? = nil
+        var n = 0
+        forEachWord { word in
+            if n == index { found = word; return false }
+            n += 1
+            return true
+        }
+        return found
+    }
+
+    /// True when one of the whitespace-separated words equals `string`.
+    public func containsWord(_ string: StaticString) -> Bool {
+        var found = false
+        forEachWord { word in
+            if word.equals(string) { found = true; return false }
+            return true
+        }
+        return found
+    }
+
     /// True when the bytes equal the string literal.
     public func equals(_ string: StaticString) -> Bool {
         guard count == string.utf8CodeUnitCount else { return false }

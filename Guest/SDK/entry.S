@@ -68,6 +68,16 @@ bh_ud2:
         ud2
         .size   bh_ud2, . - bh_ud2
 
+// void bh_cpu_relax(void): `pause`, for spin-wait loops (polling a virtqueue's used ring).
+        .section .text.bh_cpu_relax, "ax", @progbits
+        .globl  bh_cpu_relax
+        .type   bh_cpu_relax, @function
+        .p2align 4
+bh_cpu_relax:
+        pause
+        ret
+        .size   bh_cpu_relax, . - bh_cpu_relax
+
 // ---- the C library functions the compiler emits calls to -----------------
 // Code runs at CPL3 with DF = 0 (rflags = 0x2 at entry), so rep movsb/stosb
 // are fine and fast.
