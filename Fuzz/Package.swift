@@ -36,6 +36,7 @@ let package = Package(
         fuzzTarget("FuzzPageTables", ["BulkheadBoot"]),
         fuzzTarget("FuzzVirtqueue", ["BulkheadVirtio"]),
         fuzzTarget("FuzzVirtioMMIO", ["BulkheadVirtio"]),
+        fuzzTarget("FuzzVirtioBlock", ["BulkheadDevices", "BulkheadVirtio"]),
     ],
     swiftLanguageModes: [.v6]
 )
