@@ -34,6 +34,7 @@ let package = Package(
         fuzzTarget("FuzzHypercall", ["BulkheadBoot", "BulkheadVMM"]),
         fuzzTarget("FuzzSerial", ["BulkheadDevices"]),
         fuzzTarget("FuzzPageTables", ["BulkheadBoot"]),
+        fuzzTarget("FuzzLinuxImage", ["BulkheadBoot"]),
         fuzzTarget("FuzzVirtqueue", ["BulkheadVirtio"]),
         fuzzTarget("FuzzVirtioMMIO", ["BulkheadVirtio"]),
         fuzzTarget("FuzzVirtioBlock", ["BulkheadDevices", "BulkheadVirtio"]),

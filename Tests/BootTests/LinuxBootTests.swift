@@ -187,8 +187,12 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         // Linux 6.x writes the value as 8 bytes.
         v.notes = [VmlinuxBuilder.pvhNote64(0x100_0080)]
         #expect(try LinuxKernel.parse(v.build()).kind == .pvh(entry32: 0x100_0080))
-        // 8-byte aligned note areas pad to 8.
+        // 8-byte aligned note areas pad to 8 from each note's start: the value of a "Xen" note
+        // is at +16 (12 + 4 is already aligned), the next note at +24.
         v.noteAlign = 8
+        v.notes = [VmlinuxBuilder.pvhNote64(0x100_0080), VmlinuxBuilder.Note(name: Array("GNU".utf8) + [0], type: 5, desc: [1, 2, 3])]
+        #expect(v.noteBytes().count == 24 + 24)
+        #expect(Array(v.noteBytes()[16..<20]) == [0x80, 0, 0, 1])
         #expect(try LinuxKernel.parse(v.build()).kind == .pvh(entry32: 0x100_0080))
         // Found in an SHT_NOTE section when no PT_NOTE segment carries it.
         v = VmlinuxBuilder(); v.notes = [VmlinuxBuilder.pvhNote(0x100_0004)]; v.placement = .section
@@ -213,6 +217,9 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         #expect(noteError(v) != nil)
         v.noteSizeOverride = nil; v.noteOffsetSkew = 2
         #expect(noteError(v)?.contains("not 4-byte aligned") == true)
+        v.noteOffsetSkew = 4; v.noteAlign = 8
+        #expect(noteError(v)?.contains("not 8-byte aligned") == true)
+        v.noteOffsetSkew = 0; v.noteAlign = 4
         v = VmlinuxBuilder(); v.notes = [VmlinuxBuilder.pvhNote64(0x1_0100_0000)]
         #expect(noteError(v)?.contains("above 4 GiB") == true)
         v.notes = [VmlinuxBuilder.pvhNote(0x100_0000), VmlinuxBuilder.pvhNote(0x100_0004)]
@@ -301,9 +308,10 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         #expect(plan.commandLine == "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5")
     }
 
-    @Test func e820MapIsSortedAndCoversRAM() {
+    @Test func e820MapIsSortedAndCoversRAM() throws {
+        #expect(throws: LinuxBootError.self) { try LinuxBootPlanner.memoryMap(memorySize: 0) }
         for mem: UInt64 in [2 << 20, 64 << 20, 3 << 30] {
-            let map = LinuxBootPlanner.memoryMap(memorySize: mem)
+            let map = try LinuxBootPlanner.memoryMap(memorySize: mem)
             #expect(map.first?.address == 0 && map.last?.end == mem)
             for (a, b) in zip(map, map.dropFirst()) { #expect(a.end == b.address) }
             #expect(map.allSatisfy { $0.size > 0 })
@@ -322,6 +330,7 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         #expect(testDisk.commandLineParameter == "virtio_mmio.device=4K@0xd0000000:5")
         #expect(testNet.commandLineParameter == "virtio_mmio.device=1M@0xd0100000:6")
         #expect(VirtioMMIODeviceInfo(base: 0xd000_0000, size: 0x3000, irq: 7).commandLineParameter == "virtio_mmio.device=12K@0xd0000000:7")
+        #expect(VirtioMMIODeviceInfo(DeviceWindow(kind: 4, irq: 5, base: 0xd000_0000, size: 0x1000)) == testDisk)
         let plan = try linuxPlan(BzImageBuilder().build(), commandLine: "console=ttyS0 root=/dev/vda", devices: [testDisk, testNet])
         #expect(plan.commandLine == "console=ttyS0 root=/dev/vda virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=1M@0xd0100000:6")
         #expect(plan.devices == [testDisk, testNet])

@@ -107,12 +107,13 @@ struct VmlinuxBuilder {
         func pad(_ n: Int) -> Int { let p = noteAlign == 8 ? 8 : 4; return (n + p - 1) / p * p }
         var out: [UInt8] = []
         for n in notes {
-            var w = ByteWriter(size: 12 + pad(n.name.count) + pad(n.desc.count))
+            let descOffset = pad(12 + n.name.count)
+            var w = ByteWriter(size: descOffset + pad(n.desc.count))
             w.put(UInt32(n.name.count), at: 0)
             w.put(n.descsz ?? UInt32(n.desc.count), at: 4)
             w.put(n.type, at: 8)
             w.put(n.name, at: 12)
-            w.put(n.desc, at: 12 + pad(n.name.count))
+            w.put(n.desc, at: descOffset)
             out += w.bytes
         }
         return out

@@ -56,7 +56,7 @@ public enum LinuxBootPlanner {
         let initrdRange = try initrd.map { bytes throws(LinuxBootError) in
             try placeInitrd(size: UInt64(bytes.count), kernel: kernel, memorySize: memorySize)
         }
-        let map = memoryMap(memorySize: memorySize)
+        let map = try memoryMap(memorySize: memorySize)
 
         var chunks: [LinuxBootPlan.Chunk] = []
         for s in kernel.segments where s.fileSize > 0 {
@@ -76,14 +76,9 @@ public enum LinuxBootPlanner {
                                 bytes: startInfoPage(memoryMap: map, initrd: initrdRange)))
             cpu = .protectedMode(entry: entry, startInfo: LinuxBootLayout.startInfo)
         case .elf64(let entry), .bzImage(let entry):
-            var tables = PageTableBuilder(poolBase: LinuxBootLayout.pageTablePool, poolPages: LinuxBootLayout.pageTablePoolPages)
-            do {
-                try tables.map(virtual: 0, physical: 0, size: LinuxBootLayout.identityMapSize, flags: [.writable, .executable])
-            } catch {
-                throw .pageTables(error)
-            }
-            for p in tables.pages() { chunks.append(.init(address: p.address, bytes: p.bytes)) }
-            tablePages = tables.pagesUsed
+            let tables = try identityMap.get()
+            for p in tables.pages { chunks.append(.init(address: p.address, bytes: p.bytes)) }
+            tablePages = tables.pages.count
             chunks.append(.init(address: LinuxBootLayout.zeroPage,
                                 bytes: zeroPage(kernel: kernel, memoryMap: map, initrd: initrdRange)))
             cpu = .longMode(entry: entry, pageTableRoot: tables.root, zeroPage: LinuxBootLayout.zeroPage)
@@ -93,6 +88,25 @@ public enum LinuxBootPlanner {
             commandLineAddress: LinuxBootLayout.commandLine, commandLineMaximum: kernel.commandLineMaximum,
             kernel: kernel.footprint, initrd: initrdRange, pageTablePages: tablePages, memorySize: memorySize,
             devices: devices)
+    }
+
+    struct IdentityMap: Sendable {
+        var pages: [(address: UInt64, bytes: [UInt8])]
+        var root: UInt64
+    }
+
+    /// The boot page tables: the same for every plan (2 MiB pages identity-mapping the first
+    /// 4 GiB, supervisor, writable, executable), so built once.
+    static let identityMap: Result<IdentityMap, LinuxBootError> = buildIdentityMap()
+
+    static func buildIdentityMap() -> Result<IdentityMap, LinuxBootError> {
+        var tables = PageTableBuilder(poolBase: LinuxBootLayout.pageTablePool, poolPages: LinuxBootLayout.pageTablePoolPages)
+        do throws(PageTableError) {
+            try tables.map(virtual: 0, physical: 0, size: LinuxBootLayout.identityMapSize, flags: [.writable, .executable])
+        } catch {
+            return .failure(.pageTables(error))
+        }
+        return .success(IdentityMap(pages: tables.pages(), root: tables.root))
     }
 
     static func validate(memorySize: UInt64) throws(LinuxBootError) {
@@ -147,8 +161,9 @@ public enum LinuxBootPlanner {
     }
 
     /// RAM below the boot area and the EBDA, the boot area and the legacy hole reserved, RAM
-    /// from 1 MiB to the end. `memorySize` is at least 2 MiB and below the MMIO hole.
-    public static func memoryMap(memorySize: UInt64) -> [E820Entry] {
+    /// from 1 MiB to the end.
+    public static func memoryMap(memorySize: UInt64) throws(LinuxBootError) -> [E820Entry] {
+        try validate(memorySize: memorySize)
         let L = LinuxBootLayout.self
         return [
             E820Entry(address: 0, size: L.bootAreaStart, kind: .ram),

@@ -135,8 +135,9 @@ extension LinuxKernel {
     }
 
     /// Walks one note area and returns the PVH entry if it holds one. Each note is a 12-byte
-    /// header (namesz, descsz, type), the name and the value, each padded to 4 bytes (8 when
-    /// the area is 8-byte aligned).
+    /// header (namesz, descsz, type), the name, then the value at the next multiple of the
+    /// area's alignment (4 bytes, or 8 when the area is 8-byte aligned) from the note's start,
+    /// and the next note at the next multiple after the value.
     static func pvhNote(_ bytes: [UInt8], offset: UInt64, size: UInt64, align: UInt64, what: String) throws(LinuxBootError) -> UInt32? {
         let r = ByteReader(bytes)
         let fileSize = UInt64(bytes.count)
@@ -146,16 +147,16 @@ extension LinuxKernel {
         guard !o, end <= fileSize else {
             throw .badNote("\(what) at \(offset)+\(size) runs past the end of the \(fileSize)-byte file")
         }
-        guard offset % 4 == 0 else { throw .badNote("\(what) at file offset \(offset) is not 4-byte aligned") }
         let pad: UInt64 = align == 8 ? 8 : 4
-        func padded(_ n: UInt64) -> UInt64 { (n + pad - 1) / pad * pad } // n < 2^32: no overflow
+        guard offset % pad == 0 else { throw .badNote("\(what) at file offset \(offset) is not \(pad)-byte aligned") }
+        func padded(_ n: UInt64) -> UInt64 { (n + pad - 1) / pad * pad } // n < 2^32 + 12: no overflow
         var found: UInt32? = nil
         var p = offset
         while p < end {
             guard end - p >= 12 else { throw .badNote("\(what): a note header at \(p) is cut off by the end of the area") }
             let namesz = UInt64(r.u32(Int(p))), descsz = UInt64(r.u32(Int(p) + 4)), type = r.u32(Int(p) + 8)
             let nameStart = p + 12
-            let descStart = nameStart + padded(namesz)
+            let descStart = p + padded(12 + namesz)
             guard descStart <= end, descStart + descsz <= end else {
                 throw .badNote("\(what): a note of type \(type) at \(p) (name \(namesz) bytes, value \(descsz) bytes) runs past the end of the area")
             }

@@ -10,7 +10,8 @@
 ///    (load address + 0x200) through the 64-bit boot protocol.
 ///
 /// Every field used is checked against the file and against the other fields with checked
-/// arithmetic: the image may come from a tenant.
+/// arithmetic: the image may come from a tenant. Only `parse` makes a `LinuxKernel`, and its
+/// fields are constants, so the planner can rely on what parse checked.
 public struct LinuxKernel: Equatable, Sendable {
     public enum Kind: Equatable, Sendable {
         /// PVH: 32-bit protected mode at this physical address, `ebx` = hvm_start_info.
@@ -24,11 +25,11 @@ public struct LinuxKernel: Equatable, Sendable {
     /// File bytes to place at a guest-physical address; memory past `fileSize` up to
     /// `memorySize` is zero (fresh guest RAM).
     public struct Segment: Equatable, Sendable {
-        public var physicalAddress: UInt64
-        public var fileOffset: UInt64
-        public var fileSize: UInt64
-        public var memorySize: UInt64
-        public var executable: Bool
+        public let physicalAddress: UInt64
+        public let fileOffset: UInt64
+        public let fileSize: UInt64
+        public let memorySize: UInt64
+        public let executable: Bool
 
         public var end: UInt64 { physicalAddress + memorySize }
     }
@@ -36,35 +37,35 @@ public struct LinuxKernel: Equatable, Sendable {
     /// The fields of a bzImage setup header that the planner uses, plus the raw header bytes
     /// (from 0x1f1 to its end) that are copied into the zero page.
     public struct SetupHeader: Equatable, Sendable {
-        public var protocolVersion: UInt16
-        public var setupSectors: Int
-        public var loadFlags: UInt8
-        public var xloadFlags: UInt16
-        public var kernelAlignment: UInt32
-        public var relocatable: Bool
-        public var preferredAddress: UInt64
-        public var initSize: UInt32
-        public var commandLineSize: UInt32
-        public var initrdAddressMax: UInt32
+        public let protocolVersion: UInt16
+        public let setupSectors: Int
+        public let loadFlags: UInt8
+        public let xloadFlags: UInt16
+        public let kernelAlignment: UInt32
+        public let relocatable: Bool
+        public let preferredAddress: UInt64
+        public let initSize: UInt32
+        public let commandLineSize: UInt32
+        public let initrdAddressMax: UInt32
         /// Bytes `0x1f1 ..< 0x202 + image[0x201]` of the image.
-        public var bytes: [UInt8]
+        public let bytes: [UInt8]
     }
 
-    public var kind: Kind
+    public let kind: Kind
     /// The loadable parts: one for a bzImage (its protected-mode code), the PT_LOAD segments of
     /// a vmlinux, sorted by address.
-    public var segments: [Segment]
+    public let segments: [Segment]
     /// The memory the kernel needs to itself from the moment it starts: for a bzImage its
     /// `init_size` from the load address, for a vmlinux the span of its segments.
-    public var footprint: Range<UInt64>
+    public let footprint: Range<UInt64>
     /// The longest command line (without its NUL) this kernel accepts.
-    public var commandLineMaximum: Int
+    public let commandLineMaximum: Int
     /// The highest address (inclusive) the initrd may occupy.
-    public var initrdAddressMax: UInt64
+    public let initrdAddressMax: UInt64
     /// Present for a bzImage.
-    public var setupHeader: SetupHeader?
+    public let setupHeader: SetupHeader?
     /// The image itself; segments refer to it by offset.
-    public var image: [UInt8]
+    public let image: [UInt8]
 
     /// The physical address the kernel is entered at.
     public var entry: UInt64 {
