@@ -146,3 +146,47 @@ public enum CKVMCapabilities {
     public static let ioeventfd = CKVM_CAP_IOEVENTFD
     public static let irqfd = CKVM_CAP_IRQFD
 }
+
+extension VirtualMachine {
+    /// Creates the in-kernel PIC, IOAPIC and local APICs (Linux guests). Secondary vCPUs then
+    /// start in the wait-for-SIPI state and are brought up by the guest.
+    public func createInterruptController() throws(KVMError) {
+        _ = try check("KVM_CREATE_IRQCHIP") { ckvm_ioctl(fd.rawValue, CKVM_CREATE_IRQCHIP, 0) }
+    }
+
+    /// Creates the in-kernel i8254 timer (Linux calibrates against it).
+    public func createTimer() throws(KVMError) {
+        var config = kvm_pit_config()
+        // SAFETY: `config` lives on the stack for the duration of the ioctl.
+        _ = try check("KVM_CREATE_PIT2") {
+            withUnsafeMutablePointer(to: &config) { ckvm_ioctl_ptr(fd.rawValue, CKVM_CREATE_PIT2, $0) }
+        }
+    }
+
+    /// Where KVM may put the three pages it needs for real-mode emulation on Intel hosts.
+    public func setTSSAddress(_ address: UInt64) throws(KVMError) {
+        _ = try check("KVM_SET_TSS_ADDR") { ckvm_ioctl(fd.rawValue, CKVM_SET_TSS_ADDR, UInt(address)) }
+    }
+
+    /// Drives interrupt line `irq` of the in-kernel irqchip to `level`.
+    public func setInterruptLine(_ irq: UInt32, level: Bool) throws(KVMError) {
+        var req = kvm_irq_level()
+        req.irq = irq
+        req.level = level ? 1 : 0
+        // SAFETY: `req` lives on the stack for the duration of the ioctl.
+        _ = try check("KVM_IRQ_LINE") {
+            withUnsafeMutablePointer(to: &req) { ckvm_ioctl_ptr(fd.rawValue, CKVM_IRQ_LINE, $0) }
+        }
+    }
+
+    /// Makes a signal on `eventfd` inject interrupt `gsi` inside the kernel (no ioctl per interrupt).
+    public func registerInterrupt(gsi: UInt32, eventfd: EventFD) throws(KVMError) {
+        var req = kvm_irqfd()
+        req.fd = UInt32(bitPattern: eventfd.fd.rawValue)
+        req.gsi = gsi
+        // SAFETY: `req` lives on the stack for the duration of the ioctl.
+        _ = try check("KVM_IRQFD") {
+            withUnsafeMutablePointer(to: &req) { ckvm_ioctl_ptr(fd.rawValue, CKVM_IRQFD, $0) }
+        }
+    }
+}

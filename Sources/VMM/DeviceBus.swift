@@ -44,11 +44,19 @@ final class AttachedDevice: Sendable {
     /// One ioeventfd per queue (nil when the host's KVM has no ioeventfd support: notifications
     /// then arrive as MMIO exits and are served on the vCPU thread).
     let doorbells: [EventFD]
+    /// The irqfd of the device's interrupt line (Linux guests); nil for guest programs, which poll.
+    let interrupt: EventFD?
 
-    init(window: DeviceWindow, device: VirtioMMIODevice, doorbells: [EventFD]) {
+    init(window: DeviceWindow, device: VirtioMMIODevice, doorbells: [EventFD], interrupt: EventFD? = nil) {
         self.window = window
         self.device = Locked(device)
         self.doorbells = doorbells
+        self.interrupt = interrupt
+    }
+
+    /// Tells the driver about used buffers or a configuration change.
+    func raiseInterrupt(if wanted: Bool) {
+        if wanted { interrupt?.signal() }
     }
 }
 
@@ -74,7 +82,7 @@ final class DeviceBus: Sendable {
     }
 
     func write(_ d: AttachedDevice, offset: UInt64, size: Int, value: UInt64) {
-        _ = d.device.withLock { $0.write(offset: offset, size: size, value: value, ram: ram) }
+        d.raiseInterrupt(if: d.device.withLock { $0.write(offset: offset, size: size, value: value, ram: ram) })
     }
 
     /// The device thread: waits on every doorbell and serves the queue that rang, until `stop`
@@ -94,7 +102,7 @@ final class DeviceBus: Sendable {
             for (i, isReady) in ready.dropFirst().enumerated() where isReady {
                 let (d, q, bell) = owners[i]
                 bell.drain()
-                _ = d.device.withLock { $0.notify(queue: q, ram: ram) }
+                d.raiseInterrupt(if: d.device.withLock { $0.notify(queue: q, ram: ram) })
             }
         }
     }

@@ -74,15 +74,19 @@ public struct RunReport: Sendable {
     /// Monotonic time (ns) at which the VMM started, and at which it served the first hypercall.
     public var startNanoseconds: UInt64
     public var firstHypercallNanoseconds: UInt64?
+    /// After a timeout: the instruction pointer of each vCPU when it was stopped.
+    public var stoppedAt: [Int: UInt64] = [:]
 }
 
 public enum MachineError: Error, CustomStringConvertible, Sendable {
     case boot(BootError)
     case kvm(KVMError)
     case memory(GuestMemoryError)
+    case linux(LinuxBootError)
 
     public var description: String {
         switch self {
+        case .linux(let e): return e.description
         case .boot(let e): return e.description
         case .kvm(let e): return e.description
         case .memory(let e): return "cannot load the guest: \(e)"
@@ -117,6 +121,11 @@ final class RunControl: Sendable {
     }
 
     var result: RunOutcome? { outcome.withLock { $0 } }
+
+    /// Where each vCPU was when a timeout stopped it (for the report).
+    private let stoppedAt = Mutex<[Int: UInt64]>([:])
+    func recordStoppedAt(vcpu: Int, rip: UInt64) { stoppedAt.withLock { $0[vcpu] = rip } }
+    var stoppedRIPs: [Int: UInt64] { stoppedAt.withLock { $0 } }
 }
 
 /// The hypercall environment of a live VM: its RAM, its access map, its console.
@@ -145,6 +154,40 @@ public enum Machine {
     public static func run(image: [UInt8], configuration: MachineConfiguration) throws(MachineError) -> RunReport {
         let start = monotonicNanoseconds()
         let plan = try self.plan(image: image, configuration: configuration)
+        return try execute(.program(plan), configuration: configuration, start: start)
+    }
+
+    /// Validates a Linux kernel (and initrd) and builds its boot plan without touching KVM.
+    public static func planLinux(kernel: [UInt8], initrd: [UInt8]?, configuration: MachineConfiguration) throws(MachineError) -> LinuxBootPlan {
+        do {
+            let parsed = try LinuxKernel.parse(kernel)
+            let boot = configuration.bootWithDevices
+            return try LinuxBootPlanner.plan(kernel: parsed, initrd: initrd, commandLine: boot.commandLine,
+                                             memorySize: boot.memorySize, devices: boot.devices.map(VirtioMMIODeviceInfo.init))
+        } catch { throw .linux(error) }
+    }
+
+    /// Boots a Linux kernel directly (bzImage, vmlinux or PVH) with the UART on COM1 as its console.
+    public static func runLinux(kernel: [UInt8], initrd: [UInt8]?, configuration: MachineConfiguration) throws(MachineError) -> RunReport {
+        let start = monotonicNanoseconds()
+        let plan = try planLinux(kernel: kernel, initrd: initrd, configuration: configuration)
+        return try execute(.linux(plan), configuration: configuration, start: start)
+    }
+
+    enum Guest {
+        case program(BootPlan)
+        case linux(LinuxBootPlan)
+
+        var chunks: [BootPlan.Chunk] {
+            switch self {
+            case .program(let p): return p.chunks
+            case .linux(let p): return p.chunks
+            }
+        }
+        var programPlan: BootPlan? { if case .program(let p) = self { return p }; return nil }
+    }
+
+    static func execute(_ guest: Guest, configuration: MachineConfiguration, start: UInt64) throws(MachineError) -> RunReport {
         let vcpus: [VCPU]
         let memory: GuestMemory
         let system: KVMSystem
@@ -154,21 +197,39 @@ public enum Machine {
             vm = try system.createVM()
             memory = try GuestMemory(base: 0, size: configuration.boot.memorySize)
             try vm.map(memory, slot: 0)
+            if case .linux = guest {
+                try vm.setTSSAddress(LinuxTSSAddress)
+                try vm.createInterruptController()
+                try vm.createTimer()
+            }
         } catch { throw .kvm(error) }
         do {
-            for chunk in plan.chunks { try memory.write(chunk.bytes, at: chunk.address) }
+            for chunk in guest.chunks { try memory.write(chunk.bytes, at: chunk.address) }
         } catch { throw .memory(error) }
         do {
             let supported = try system.supportedCPUID()
             var created: [VCPU] = []
-            for (i, state) in plan.cpus.enumerated() {
+            for i in 0..<configuration.boot.vcpus {
                 let vcpu = try vm.createVCPU(id: UInt32(i))
                 try vcpu.setCPUID(configuration.cpuid.apply(to: supported, vcpu: i))
-                try vcpu.setSpecialRegisters(specialRegisters(state))
-                var regs = Registers()
-                regs.rip = state.rip; regs.rsp = state.rsp; regs.rdi = state.rdi; regs.rsi = state.rsi
-                regs.rflags = state.rflags
-                try vcpu.setRegisters(regs)
+                switch guest {
+                case .program(let plan):
+                    let state = plan.cpus[i]
+                    try vcpu.setSpecialRegisters(specialRegisters(state))
+                    var regs = Registers()
+                    regs.rip = state.rip; regs.rsp = state.rsp; regs.rdi = state.rdi; regs.rsi = state.rsi
+                    regs.rflags = state.rflags
+                    try vcpu.setRegisters(regs)
+                case .linux(let plan):
+                    // Only the boot vCPU starts; the kernel wakes the others with INIT/SIPI.
+                    if i == 0 {
+                        try vcpu.setSpecialRegisters(specialRegisters(plan.cpu))
+                        var regs = Registers()
+                        regs.rip = plan.cpu.rip; regs.rsp = plan.cpu.rsp; regs.rsi = plan.cpu.rsi
+                        regs.rbx = plan.cpu.rbx; regs.rflags = plan.cpu.rflags
+                        try vcpu.setRegisters(regs)
+                    }
+                }
                 try vcpu.resetFPU()
                 vcpu.enableSyncRegisters()
                 created.append(vcpu)
@@ -177,7 +238,13 @@ public enum Machine {
         } catch { throw .kvm(error) }
 
         let bus: DeviceBus
-        do { bus = try attachDevices(configuration.devices, plan: plan, memory: memory, vm: vm, system: system) } catch { throw .kvm(error) }
+        do {
+            let ram: GuestRAM & Sendable
+            if let plan = guest.programPlan { ram = ProgramDMAView(memory: memory, plan: plan) } else { ram = memory }
+            let interrupts: Bool
+            if case .linux = guest { interrupts = true } else { interrupts = false }
+            bus = try attachDevices(configuration.devices, ram: ram, interrupts: interrupts, vm: vm, system: system)
+        } catch { throw .kvm(error) }
 
         let wakers: [EventFD]
         let control: RunControl
@@ -185,14 +252,14 @@ public enum Machine {
             wakers = try vcpus.map { _ throws(KVMError) in try EventFD() }
             control = try RunControl(kickers: vcpus.map(\.kicker), wakers: wakers)
         } catch { throw .kvm(error) }
-        let env = LiveEnvironment(memory: memory, plan: plan, console: configuration.console, start: start)
-        let serial = Locked(Serial16550())
+        let env = guest.programPlan.map { LiveEnvironment(memory: memory, plan: $0, console: configuration.console, start: start) }
+        let serial = SerialPort(console: configuration.console, vm: guest.programPlan == nil ? vm : nil)
         let results = Locked<[(HypercallStatistics, UInt64?)]>([])
 
         var threads: [OSThread] = []
         for (i, vcpu) in vcpus.enumerated() {
             let runner = VCPURunner(index: i, vcpu: vcpu, waker: wakers[i], control: control, env: env,
-                                    serial: serial, plan: plan, memory: memory, bus: bus)
+                                    serial: serial, plan: guest.programPlan, memory: memory, bus: bus)
             do {
                 threads.append(try OSThread.spawn {
                     let r = runner.run()
@@ -240,13 +307,17 @@ public enum Machine {
         }
         withExtendedLifetime((vm, vcpus, memory)) {}
         return RunReport(outcome: control.result ?? .vcpuFailure(vcpu: 0, reason: "no outcome"),
-                         statistics: stats, startNanoseconds: start, firstHypercallNanoseconds: first)
+                         statistics: stats, startNanoseconds: start, firstHypercallNanoseconds: first,
+                         stoppedAt: control.stoppedRIPs)
     }
 
+    /// Three pages below 4 GiB that Intel KVM may use for real-mode emulation (never RAM here).
+    static let LinuxTSSAddress: UInt64 = 0xfffb_d000
+
     /// Creates each device at its window and registers one ioeventfd doorbell per queue.
-    static func attachDevices(_ models: [VirtioDeviceModel], plan: BootPlan, memory: GuestMemory,
+    /// With `interrupts`, each device also gets an irqfd on its IRQ line (Linux guests).
+    static func attachDevices(_ models: [VirtioDeviceModel], ram: GuestRAM & Sendable, interrupts: Bool,
                               vm: VirtualMachine, system: KVMSystem) throws(KVMError) -> DeviceBus {
-        let ram = ProgramDMAView(memory: memory, plan: plan)
         let useDoorbells = system.checkExtension(CKVMCapabilities.ioeventfd) > 0
         var attached: [AttachedDevice] = []
         for (i, model) in models.enumerated() {
@@ -262,9 +333,31 @@ public enum Machine {
             }
             let window = DeviceWindow(kind: model.deviceType.rawValue, irq: UInt32(5 + i), base: base,
                                       size: MMIOTransport.windowSize)
-            attached.append(AttachedDevice(window: window, device: VirtioMMIODevice(model: model), doorbells: bells))
+            var interrupt: EventFD?
+            if interrupts {
+                let e = try EventFD()
+                try vm.registerInterrupt(gsi: window.irq, eventfd: e)
+                interrupt = e
+            }
+            attached.append(AttachedDevice(window: window, device: VirtioMMIODevice(model: model), doorbells: bells,
+                                           interrupt: interrupt))
         }
         return DeviceBus(devices: attached, ram: ram)
+    }
+
+    static func specialRegisters(_ c: LinuxCPUState) -> SpecialRegisters {
+        func seg(_ s: SegmentState) -> Segment {
+            Segment(base: s.base, limit: s.limit, selector: s.selector, type: s.type, present: s.present,
+                    dpl: s.dpl, db: s.defaultSize32, s: s.codeOrData, l: s.long, g: s.granularity)
+        }
+        var r = SpecialRegisters()
+        r.cs = seg(c.cs); r.ds = seg(c.ds); r.es = seg(c.es); r.fs = seg(c.fs); r.gs = seg(c.gs); r.ss = seg(c.ss)
+        r.tr = seg(c.tr)
+        r.ldt = Segment(type: 0x2, unusable: true)
+        r.gdt = DescriptorTable(base: c.gdtBase, limit: c.gdtLimit)
+        r.idt = DescriptorTable(base: c.idtBase, limit: c.idtLimit)
+        r.cr0 = c.cr0; r.cr3 = c.cr3; r.cr4 = c.cr4; r.efer = c.efer
+        return r
     }
 
     static func specialRegisters(_ s: InitialCPUState) -> SpecialRegisters {
@@ -290,9 +383,10 @@ struct VCPURunner: @unchecked Sendable {
     let vcpu: VCPU
     let waker: EventFD
     let control: RunControl
-    let env: LiveEnvironment
-    let serial: Locked<Serial16550>
-    let plan: BootPlan
+    /// Hypercalls, the fault page and guard pages exist for guest programs only (nil for Linux).
+    let env: LiveEnvironment?
+    let serial: SerialPort
+    let plan: BootPlan?
     let memory: GuestMemory
     let bus: DeviceBus
 
@@ -309,9 +403,14 @@ struct VCPURunner: @unchecked Sendable {
             }
             switch exit {
             case .mmioRead(let address, let length):
-                guard address >= GuestLayout.hypercallPage, address < GuestLayout.hypercallPage + GuestLayout.pageSize else {
+                guard let env, address >= GuestLayout.hypercallPage, address < GuestLayout.hypercallPage + GuestLayout.pageSize else {
                     if let (device, offset) = bus.device(at: address) {
                         vcpu.completeMMIORead(bus.read(device, offset: offset, size: length))
+                        continue
+                    }
+                    if plan == nil {
+                        // A kernel probing for hardware that is not there: reads as all ones.
+                        vcpu.completeMMIORead(UInt64.max)
                         continue
                     }
                     control.finish(.vcpuFailure(vcpu: index, reason: "read of unassigned MMIO address 0x\(String(address, radix: 16))"))
@@ -335,30 +434,24 @@ struct VCPURunner: @unchecked Sendable {
                     control.finish(.exited(status: status))
                 }
             case .mmioWrite(let address, let length, let value):
-                if address == GuestLayout.faultPage && length == 1 {
+                if plan != nil, address == GuestLayout.faultPage, length == 1 {
                     control.finish(fault(vector: Int(value & 0xff)))
                 } else if let (device, offset) = bus.device(at: address) {
                     bus.write(device, offset: offset, size: length, value: value)
+                } else if plan == nil {
+                    continue // a kernel's write to absent hardware is dropped
                 } else {
                     control.finish(.vcpuFailure(vcpu: index, reason: "write to unassigned MMIO address 0x\(String(address, radix: 16))"))
                 }
             case .ioIn(let port, let size, let count):
                 var bytes: [UInt8] = []
                 for _ in 0..<(size * count) {
-                    if port >= 0x3f8 && port <= 0x3ff {
-                        let (v, _) = serial.withLock { $0.read(offset: UInt8(port - 0x3f8)) }
-                        bytes.append(v)
-                    } else {
-                        bytes.append(0xff)
-                    }
+                    bytes.append(SerialPort.com1.contains(port) ? serial.read(port: port) : 0xff)
                 }
                 vcpu.completeIOIn(bytes)
             case .ioOut(let port, _, let data):
-                if port >= 0x3f8 && port <= 0x3ff {
-                    for b in data {
-                        let effects = serial.withLock { $0.write(offset: UInt8(port - 0x3f8), value: b) }
-                        if let out = effects.output { env.console.write([out]) }
-                    }
+                if SerialPort.com1.contains(port) {
+                    for b in data { serial.write(port: port, value: b) }
                 }
             case .interrupted:
                 continue
@@ -376,11 +469,15 @@ struct VCPURunner: @unchecked Sendable {
                 control.finish(.vcpuFailure(vcpu: index, reason: "unhandled KVM exit reason \(reason)"))
             }
         }
+        if case .timedOut? = control.result, let r = try? vcpu.registers() {
+            control.recordStoppedAt(vcpu: index, rip: r.rip)
+        }
         return (stats, firstHypercall)
     }
 
     /// Reads the exception frame the CPU pushed on this vCPU's kernel stack.
     func fault(vector: Int) -> RunOutcome {
+        guard let plan else { return .vcpuFailure(vcpu: index, reason: "fault report without fault handlers") }
         var report = FaultReport(vcpu: index, vector: vector, errorCode: nil, rip: 0, rsp: 0, address: nil)
         guard let regs = try? vcpu.registers() else { return .fault(report) }
         let stackTop = GuestLayout.kernelStackTop(index)
@@ -410,5 +507,35 @@ final class Locked<Value>: @unchecked Sendable {
 
     func withLock<R>(_ body: (inout Value) -> R) -> R {
         mutex.withLock { _ in body(&value) }
+    }
+}
+
+/// COM1: the 16550 state machine, its console, and (for Linux guests) its interrupt line, IRQ 4.
+final class SerialPort: Sendable {
+    static let com1: ClosedRange<UInt16> = 0x3f8...0x3ff
+    static let irq: UInt32 = 4
+    private let uart = Locked(Serial16550())
+    let console: ConsoleSink
+    private let vm: VirtualMachine?
+
+    init(console: ConsoleSink, vm: VirtualMachine?) {
+        self.console = console
+        self.vm = vm
+    }
+
+    func read(port: UInt16) -> UInt8 {
+        let (value, effects) = uart.withLock { $0.read(offset: UInt8(port - Self.com1.lowerBound)) }
+        apply(effects)
+        return value
+    }
+
+    func write(port: UInt16, value: UInt8) {
+        let effects = uart.withLock { $0.write(offset: UInt8(port - Self.com1.lowerBound), value: value) }
+        apply(effects)
+    }
+
+    private func apply(_ e: Serial16550.Effects) {
+        if let out = e.output { console.write([out]) }
+        if let level = e.interrupt, let vm { try? vm.setInterruptLine(Self.irq, level: level) }
     }
 }

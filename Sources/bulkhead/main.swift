@@ -35,6 +35,12 @@ struct Run: ParsableCommand {
     @Argument(help: "The guest program (a static 64-bit ELF executable). Default: the built-in hello guest.")
     var image: String?
 
+    @Option(help: "Boot this Linux kernel (bzImage, vmlinux or a PVH ELF) instead of a guest program; its console is COM1.")
+    var kernel: String?
+
+    @Option(help: "Initial RAM disk for --kernel.")
+    var initrd: String?
+
     @Option(help: "Guest memory in MiB.")
     var memory: UInt64 = 64
 
@@ -73,48 +79,34 @@ struct Run: ParsableCommand {
             throw ValidationError("--memory must be between 1 and \(GuestLayout.maxMemory >> 20) MiB")
         }
         if let t = timeout { guard t > 0, t.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") } }
+        if kernel != nil && image != nil { throw ValidationError("give either IMAGE or --kernel, not both") }
+        if initrd != nil && kernel == nil { throw ValidationError("--initrd needs --kernel") }
         for f in hiddenFeatures where CPUIDPolicy.Feature(rawValue: f) == nil {
             throw ValidationError("unknown CPU feature '\(f)' (known: \(CPUIDPolicy.Feature.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
     }
 
     func run() throws {
-        let path: String
-        if let image { path = image } else {
-            guard let p = GuestCatalog.locate(GuestCatalog.defaultGuest) else {
-                printError("the built-in '\(GuestCatalog.defaultGuest)' guest is not built; run Guest/build.sh (searched: \(GuestCatalog.searchDirectories.joined(separator: ", ")))")
-                throw ExitCode(Status.unavailable)
-            }
-            path = p
-        }
-        let bytes: [UInt8]
-        do { bytes = try readFile(path, limit: Int(memory << 20)) } catch {
-            printError("cannot read guest image \(path): \(error)")
-            throw ExitCode(Status.badImage)
-        }
-        let sink: ConsoleSink
-        if let console {
-            do { sink = try ConsoleSink.file(console) } catch {
-                printError("cannot open console file: \(error)")
-                throw ExitCode(Status.internalError)
+        let config = configuration(console: try consoleSink())
+        let report: RunReport
+        if let kernel {
+            let kernelBytes = try readImage(kernel, what: "kernel")
+            let initrdBytes = try initrd.map { try readImage($0, what: "initrd") }
+            do { report = try Machine.runLinux(kernel: kernelBytes, initrd: initrdBytes, configuration: config) } catch {
+                try fail(error)
             }
         } else {
-            sink = .standardOutput()
-        }
-        let config = MachineConfiguration(
-            boot: BootConfiguration(memorySize: memory << 20, vcpus: vcpus, commandLine: cmdline, faultHandlers: !noFaultHandlers),
-            timeout: timeout,
-            cpuid: CPUIDPolicy(hidden: Set(hiddenFeatures.compactMap(CPUIDPolicy.Feature.init(rawValue:)))),
-            console: sink,
-            devices: devices())
-        let report: RunReport
-        do { report = try Machine.run(image: bytes, configuration: config) } catch {
-            printError("\(error)")
-            switch error {
-            case .boot(.elf): throw ExitCode(Status.badImage)
-            case .boot: throw ExitCode(ExitCode.validationFailure.rawValue)
-            case .kvm(.deviceUnavailable), .kvm(.missingCapability), .kvm(.unsupportedAPIVersion): throw ExitCode(Status.unavailable)
-            default: throw ExitCode(Status.internalError)
+            let path: String
+            if let image { path = image } else {
+                guard let p = GuestCatalog.locate(GuestCatalog.defaultGuest) else {
+                    printError("the built-in '\(GuestCatalog.defaultGuest)' guest is not built; run Guest/build.sh (searched: \(GuestCatalog.searchDirectories.joined(separator: ", ")))")
+                    throw ExitCode(Status.unavailable)
+                }
+                path = p
+            }
+            let bytes = try readImage(path, what: "guest image")
+            do { report = try Machine.run(image: bytes, configuration: config) } catch {
+                try fail(error)
             }
         }
         if reportTiming {
@@ -124,7 +116,45 @@ struct Run: ParsableCommand {
         }
         if stats { printError(statistics(report.statistics)) }
         if report.outcome != .exited(status: 0) { printError(report.outcome.description) }
+        if !report.stoppedAt.isEmpty {
+            printError("stopped at: " + report.stoppedAt.sorted { $0.key < $1.key }
+                .map { "vCPU \($0.key) rip 0x\(String($0.value, radix: 16))" }.joined(separator: ", "))
+        }
         if report.outcome.exitCode != 0 { throw ExitCode(report.outcome.exitCode) }
+    }
+
+    func configuration(console sink: ConsoleSink) -> MachineConfiguration {
+        MachineConfiguration(
+            boot: BootConfiguration(memorySize: memory << 20, vcpus: vcpus, commandLine: cmdline, faultHandlers: !noFaultHandlers),
+            timeout: timeout,
+            cpuid: CPUIDPolicy(hidden: Set(hiddenFeatures.compactMap(CPUIDPolicy.Feature.init(rawValue:)))),
+            console: sink,
+            devices: devices())
+    }
+
+    func consoleSink() throws -> ConsoleSink {
+        guard let console else { return .standardOutput() }
+        do { return try ConsoleSink.file(console) } catch {
+            printError("cannot open console file: \(error)")
+            throw ExitCode(Status.internalError)
+        }
+    }
+
+    func readImage(_ path: String, what: String) throws -> [UInt8] {
+        do { return try readFile(path, limit: Int(memory << 20)) } catch {
+            printError("cannot read \(what) \(path): \(error)")
+            throw ExitCode(Status.badImage)
+        }
+    }
+
+    func fail(_ error: MachineError) throws -> Never {
+        printError("\(error)")
+        switch error {
+        case .boot(.elf), .linux: throw ExitCode(Status.badImage)
+        case .boot: throw ExitCode(ExitCode.validationFailure.rawValue)
+        case .kvm(.deviceUnavailable), .kvm(.missingCapability), .kvm(.unsupportedAPIVersion): throw ExitCode(Status.unavailable)
+        default: throw ExitCode(Status.internalError)
+        }
     }
 
     /// The virtio devices the options ask for, in window order.

@@ -85,6 +85,13 @@ static const int CKVM_CAP_IRQFD = KVM_CAP_IRQFD;
 static const uint32_t CKVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
 static const uint32_t CKVM_IOEVENTFD_FLAG_DEASSIGN = KVM_IOEVENTFD_FLAG_DEASSIGN;
 
+// Interrupt controllers and timers for Linux guests.
+static const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
+static const int CKVM_CAP_IRQCHIP = KVM_CAP_IRQCHIP;
+static const int CKVM_CAP_PIT2 = KVM_CAP_PIT2;
+
 // Non-variadic ioctl(2) wrappers: Swift cannot call a C variadic function.
 int ckvm_ioctl(int fd, unsigned long request, unsigned long arg);
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
