@@ -331,7 +331,8 @@ struct Hostile {
         // Queue layouts the device must refuse at QueueReady.
         queueLayoutCheck("queue whose descriptor table is not guest RAM", desc: notRAM)
         queueLayoutCheck("queue whose descriptor table is in the VMM system area (0x1000)", desc: 0x1000)
-        queueLayoutCheck("queue whose used ring is in the boot-information block (read-only)", used: info.address)
+        queueLayoutCheck("queue whose used ring is in the boot-information block (read-only)", used: info.address,
+                         mustNotWrite: info.address)
         queueLayoutCheck("queue whose used ring is misaligned (+2)", used: address(of: disk.queue.usedRing) + 2)
         queueLayoutCheck("queue of size 3 (not a power of two)", size: 3)
 
@@ -366,8 +367,12 @@ struct Hostile {
     }
 
     /// Sets up queue 0 with one part replaced, sets QueueReady and expects it refused (QueueReady
-    /// reads 0, or DEVICE_NEEDS_RESET, or QueueNum did not take the bad size).
-    mutating func queueLayoutCheck(_ what: StaticString, desc: UInt64? = nil, used: UInt64? = nil, size: UInt32? = nil) {
+    /// reads 0, or DEVICE_NEEDS_RESET, or QueueNum did not take the bad size). With
+    /// `mustNotWrite` (a used ring in memory the program may only read), accepting the layout is
+    /// also fine as long as the device never writes there: the program then sends one request
+    /// and expects DEVICE_NEEDS_RESET or no answer, with the memory unchanged.
+    mutating func queueLayoutCheck(_ what: StaticString, desc: UInt64? = nil, used: UInt64? = nil, size: UInt32? = nil,
+                                   mustNotWrite: UInt64? = nil) {
         var t = disk.transport
         do throws(VirtioError) {
             try t.negotiate(wanted: VirtioBlock.defaultFeatures)
@@ -390,9 +395,25 @@ struct Hostile {
         t.write32(VirtioMMIO.Register.queueDeviceHigh, UInt32(truncatingIfNeeded: u >> 32))
         t.write32(VirtioMMIO.Register.queueReady, 1)
         let ready = t.read32(VirtioMMIO.Register.queueReady) == 1
-        let refused: Bool
-        let observed: StaticString
-        if size != nil {
+        var refused: Bool
+        var observed: StaticString
+        if let guarded = mustNotWrite, ready && !t.needsReset {
+            // Accepted: the device must still never write there.
+            let bytes = 6 + 8 * Int(q.size)
+            let before = scratch + 8192
+            let watched = UnsafeRawPointer(bitPattern: UInt(guarded))!
+            before.copyMemory(from: watched, byteCount: bytes)
+            t.setStatus(VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK | VirtioStatus.driverOK)
+            disk.queue.restart()
+            let r = begin(VirtioBlock.RequestType.read)
+            let outcome = send([r.header(), writable(address(of: scratch), UInt32(sectorSize)), r.statusByte])
+            let unchanged = memcmp(before, watched, bytes) == 0
+            refused = unchanged && (outcome == .needsReset || outcome == .timeout)
+            observed = !unchanged ? "accepted, and the device wrote there"
+                : outcome == .needsReset ? "accepted; first request: needs reset, memory unchanged"
+                : outcome == .timeout ? "accepted; first request: nothing came back, memory unchanged"
+                : "accepted; first request answered"
+        } else if size != nil {
             refused = !sizeTaken || !ready || t.needsReset
             observed = !sizeTaken ? "QueueNum kept its old value" : !ready ? "QueueReady refused" : "size 3 accepted"
         } else {
