@@ -119,7 +119,7 @@ func verify(_ chain: DescriptorChain, expected: Result<BlockRequest, BlockReques
         let failing = operation(of: request).map { backend.failing.contains($0) } ?? false
         if status != BlockStatus.ok.rawValue {
             check(status == BlockStatus.ioError.rawValue && failing,
-                  "accepted \(request) failed with \(String(describing: status)) without an injected failure")
+                  "accepted \(summary(.success(request))) failed with \(String(describing: status)) without an injected failure")
             check(written == 1, "a failed request reported \(written) bytes")
             check(backend.bytes == before, "a failed request changed the disk")
             return
@@ -145,6 +145,6 @@ func verify(_ chain: DescriptorChain, expected: Result<BlockRequest, BlockReques
                 model.replaceSubrange(start..<start + Int(s.sectors) * 512, with: repeatElement(0, count: Int(s.sectors) * 512))
             }
         }
-        check(backend.bytes == model, "\(request) changed the disk outside its ranges")
+        check(backend.bytes == model, "\(summary(.success(request))) changed the disk outside its ranges")
     }
 }
