@@ -36,7 +36,7 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices"]),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         .testTarget(name: "CLITests", dependencies: ["bulkhead", "KVM"]),
     ],

@@ -35,6 +35,8 @@ public enum AttackSurface {
 
     /// Virtqueues the device models serve (their contents are parsed by the device threads).
     public static let virtqueues: [SurfaceChannel] = [
+        SurfaceChannel(kind: .virtqueue, name: "virtio-blk.requestq", location: "device 2, queue 0",
+                       threat: "request header, data and status parsed from the chain with checked sector arithmetic; range within capacity; at most 4 MiB per request; writes refused on read-only disks; flush is fdatasync before completion"),
         SurfaceChannel(kind: .virtqueue, name: "virtio-rng.requestq", location: "device 4, queue 0",
                        threat: "chains parsed with a time-to-live and RAM checks; device writes only into CPL3-writable RAM; at most 64 KiB per request"),
     ]

@@ -62,6 +62,12 @@ struct Run: ParsableCommand {
     @Flag(help: "Attach a virtio-rng device (entropy from the host kernel's getrandom).")
     var rng = false
 
+    @Option(help: "Attach a raw disk image as a virtio-blk device (size a multiple of 512 bytes). Repeatable.")
+    var disk: [String] = []
+
+    @Option(name: .customLong("read-only-disk"), help: "Attach a raw disk image read-only. Repeatable.")
+    var readOnlyDisks: [String] = []
+
     @Flag(help: "Print hypercall statistics to standard error when the guest ends.")
     var stats = false
 
@@ -87,7 +93,8 @@ struct Run: ParsableCommand {
     }
 
     func run() throws {
-        let config = configuration(console: try consoleSink())
+        let models = try devices()
+        let config = configuration(console: try consoleSink(), devices: models)
         let report: RunReport
         if let kernel {
             let kernelBytes = try readImage(kernel, what: "kernel")
@@ -123,13 +130,13 @@ struct Run: ParsableCommand {
         if report.outcome.exitCode != 0 { throw ExitCode(report.outcome.exitCode) }
     }
 
-    func configuration(console sink: ConsoleSink) -> MachineConfiguration {
+    func configuration(console sink: ConsoleSink, devices models: [VirtioDeviceModel]) -> MachineConfiguration {
         MachineConfiguration(
             boot: BootConfiguration(memorySize: memory << 20, vcpus: vcpus, commandLine: cmdline, faultHandlers: !noFaultHandlers),
             timeout: timeout,
             cpuid: CPUIDPolicy(hidden: Set(hiddenFeatures.compactMap(CPUIDPolicy.Feature.init(rawValue:)))),
             console: sink,
-            devices: devices())
+            devices: models)
     }
 
     func consoleSink() throws -> ConsoleSink {
@@ -157,9 +164,20 @@ struct Run: ParsableCommand {
         }
     }
 
-    /// The virtio devices the options ask for, in window order.
-    func devices() -> [VirtioDeviceModel] {
+    /// The virtio devices the options ask for, in window order: disks, then the rng. Disk images
+    /// are opened here, once; the device model only ever sees the open descriptor.
+    func devices() throws -> [VirtioDeviceModel] {
         var models: [VirtioDeviceModel] = []
+        for (path, readOnly) in disk.map({ ($0, false) }) + readOnlyDisks.map({ ($0, true) }) {
+            do {
+                let fd = readOnly ? try FileDescriptor.open(readOnly: path) : try FileDescriptor.open(readWrite: path)
+                let backend = try FileBlockBackend(fd: fd)
+                models.append(VirtioBlock(backend: backend, readOnly: readOnly, id: "bulkhead-disk\(models.count)"))
+            } catch {
+                printError("cannot attach disk \(path): \(error)")
+                throw ExitCode(Status.badImage)
+            }
+        }
         if rng { models.append(VirtioRNG(source: randomBytes)) }
         return models
     }

@@ -160,3 +160,39 @@ struct CLINoKVMTests {
         #expect(e.contains("not a usable KVM device"))
     }
 }
+
+@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+struct DurabilityTests {
+    /// The guest writes a pattern and flushes; the VMM is then killed with SIGKILL. A second VM
+    /// finds every flushed sector in the image file.
+    @Test(.timeLimit(.minutes(2)))
+    func flushedDataSurvivesSIGKILL() throws {
+        let path = NSTemporaryDirectory() + "bulkhead-durable-\(getpid()).img"
+        FileManager.default.createFile(atPath: path, contents: Data(count: 8 << 20))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["run", guests + "/blk.elf", "--disk", path, "--cmdline", "write hold", "--timeout", "60"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = Pipe()
+        try p.run()
+        // Wait for the guest to report its flush complete, then kill the VMM outright.
+        var seen = ""
+        let handle = out.fileHandleForReading
+        while !seen.contains("blk: flushed") {
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            seen += String(decoding: chunk, as: UTF8.self)
+        }
+        #expect(seen.contains("blk: flushed"), "\(seen)")
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGKILL)
+
+        let verify = try bulkhead(["run", guests + "/blk.elf", "--read-only-disk", path, "--cmdline", "verify"])
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        #expect(verify.stdout.contains("blk: verified"))
+    }
+}

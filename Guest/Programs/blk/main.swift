@@ -238,6 +238,8 @@ func guestMain(_ bootInfoAddress: UInt64, _ vcpu: UInt64) {
     let doWrite = commandLine.containsWord("write")
     let doVerify = commandLine.containsWord("verify")
     let doReadOnlyCheck = commandLine.containsWord("readonly-check")
+    // `hold`: after the flush, say so and wait for ever (a test then kills the VMM).
+    let doHold = commandLine.containsWord("hold")
 
     if doReadOnlyCheck {
         guard disk.capacity > 0 else { fail("readonly-check needs a non-empty disk") }
@@ -277,6 +279,10 @@ func guestMain(_ bootInfoAddress: UInt64, _ vcpu: UInt64) {
             try disk.flush()
         } catch {
             fail("flush", error)
+        }
+        if doHold {
+            Console.writeLine("blk: flushed")
+            parkForever()
         }
     }
     if doWrite || doVerify {
