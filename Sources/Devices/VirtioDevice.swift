@@ -35,8 +35,14 @@ public final class VirtioMMIODevice {
     /// Chains refused (broken) and ring errors seen: a hostile driver is visible here.
     public private(set) var ringErrors: UInt64 = 0
 
-    public init(model: VirtioDeviceModel) {
+    /// Per-queue rate limits (nil: unlimited). Each queue gets its own buckets.
+    public let rateLimit: RateLimiter?
+    private var throttles: [ThrottleBox?]
+
+    public init(model: VirtioDeviceModel, rateLimit: RateLimiter? = nil) {
         self.model = model
+        self.rateLimit = rateLimit
+        self.throttles = model.queueSizes.map { _ in rateLimit.map { ThrottleBox(QueueThrottle(limiter: $0)) } }
         let offered = model.features | Virtio.Feature.indirectDescriptors | Virtio.Feature.eventIndex
         transport = MMIOTransport(deviceID: model.deviceType.rawValue, features: offered,
                                   queueSizes: model.queueSizes, config: model.config)
@@ -76,12 +82,23 @@ public final class VirtioMMIODevice {
         return interrupt
     }
 
-    /// The driver rang queue `index`'s doorbell (from an ioeventfd, or a QueueNotify exit).
+    /// Nanoseconds until queue `index`, deferred by its rate limit, should be served again.
+    public func deferral(queue index: Int) -> UInt64? {
+        guard throttles.indices.contains(index) else { return nil }
+        return throttles[index]?.value.deferredFor
+    }
+
+    /// The driver rang queue `index`'s doorbell (from an ioeventfd, or a QueueNotify exit), or a
+    /// deferral expired. `now` is monotonic nanoseconds, for the rate limiter.
     /// Returns true when the driver should be interrupted.
-    public func notify(queue index: Int, ram: GuestRAM) -> Bool {
+    public func notify(queue index: Int, ram: GuestRAM, now: UInt64 = 0) -> Bool {
         guard transport.running, queues.indices.contains(index), var q = queues[index] else { return false }
+        let throttle = throttles[index]
+        throttle?.value.now = now
         do {
-            let used = try model.process(queue: index, &q, ram: ram)
+            let used = try QueueThrottling.$current.withValue(throttle) { () throws(VirtqueueError) -> Bool in
+                try model.process(queue: index, &q, ram: ram)
+            }
             let wanted = used && q.shouldNotify(ram)
             queues[index] = q
             guard wanted else { return false }
@@ -97,20 +114,60 @@ public final class VirtioMMIODevice {
     }
 }
 
+/// The rate limiting of one queue: its buckets, the time of the current processing pass (set by
+/// the VMM before it asks the model to serve the queue), and how long the queue must wait when
+/// the buckets ran dry.
+public struct QueueThrottle: Equatable, Sendable {
+    public var limiter: RateLimiter
+    public var now: UInt64 = 0
+    /// Set when a chain was deferred: nanoseconds until it can be served.
+    public var deferredFor: UInt64?
+
+    public init(limiter: RateLimiter) { self.limiter = limiter }
+}
+
+/// The throttle of the queue being served. Models do not see it; `serveAll` consults it.
+public enum QueueThrottling {
+    @TaskLocal public static var current: ThrottleBox?
+}
+
+/// The throttle of one queue, shared between the device and `serveAll`.
+public final class ThrottleBox: @unchecked Sendable {
+    // Sendable: used by one device thread at a time, under the device's own lock.
+    public var value: QueueThrottle
+    public init(_ value: QueueThrottle) { self.value = value }
+}
+
 extension SplitQueue {
     /// Pops every available chain and hands it to `handle`, which returns the number of bytes it
     /// wrote into the chain. Broken chains are returned to the driver with nothing written.
     /// Returns whether anything was used.
+    ///
+    /// Under a rate limit (`QueueThrottling.current`), a chain whose operation or bytes (readable
+    /// plus writable length) the buckets cannot cover yet is put back in the queue, and the
+    /// throttle records how long to wait: the guest is slowed, its requests are not failed.
     public mutating func serveAll(ram: GuestRAM, onBroken: (VirtqueueError) -> Void = { _ in },
                                   _ handle: (DescriptorChain) -> UInt32) throws(VirtqueueError) -> Bool {
         var used = false
+        let throttle = QueueThrottling.current
+        throttle?.value.deferredFor = nil
         // At most one queue's worth per call, so a driver that keeps publishing cannot starve
         // the other queues and devices.
         for _ in 0..<Int(size) {
             guard let next = try pop(from: ram) else { break }
             let written: UInt32
             switch next.result {
-            case .success(let chain): written = handle(chain)
+            case .success(let chain):
+                if let t = throttle {
+                    let bytes = chain.readableLength + chain.writableLength
+                    let now = t.value.now
+                    if !t.value.limiter.admit(bytes: bytes, now: now) {
+                        t.value.deferredFor = max(1, t.value.limiter.delay(bytes: bytes, now: now))
+                        undoPop()
+                        return used
+                    }
+                }
+                written = handle(chain)
             case .failure(let e): onBroken(e); written = 0
             }
             if next.head < size { try push(head: next.head, written: written, to: ram) }

@@ -85,6 +85,17 @@ final class DeviceBus: Sendable {
         d.raiseInterrupt(if: d.device.withLock { $0.write(offset: offset, size: size, value: value, ram: ram) })
     }
 
+    /// Serves queue `q` of `d` now; returns when it must be served again if its rate limit
+    /// deferred a request (monotonic nanoseconds), nil otherwise.
+    func serve(_ d: AttachedDevice, queue q: Int) -> UInt64? {
+        let now = monotonicNanoseconds()
+        let (interrupt, deferral) = d.device.withLock { dev in
+            (dev.notify(queue: q, ram: ram, now: now), dev.deferral(queue: q))
+        }
+        d.raiseInterrupt(if: interrupt)
+        return deferral.map { now + $0 }
+    }
+
     /// The device thread: waits on every doorbell and serves the queue that rang, until `stop`
     /// is signalled. Queue processing never runs on a vCPU thread when doorbells exist.
     func serve(until stop: EventFD) {
@@ -96,13 +107,25 @@ final class DeviceBus: Sendable {
                 owners.append((d, q, bell))
             }
         }
+        // Queues a rate limit deferred, and when to serve them again.
+        var deferred: [Int: UInt64] = [:]
         while true {
-            let ready = waitReadable(fds, timeoutMilliseconds: -1)
+            var timeout: Int32 = -1
+            if let next = deferred.values.min() {
+                let now = monotonicNanoseconds()
+                timeout = next <= now ? 0 : Int32(clamping: (next - now + 999_999) / 1_000_000)
+            }
+            let ready = waitReadable(fds, timeoutMilliseconds: timeout)
             if ready.first == true { return }
             for (i, isReady) in ready.dropFirst().enumerated() where isReady {
                 let (d, q, bell) = owners[i]
                 bell.drain()
-                d.raiseInterrupt(if: d.device.withLock { $0.notify(queue: q, ram: ram) })
+                deferred[i] = serve(d, queue: q)
+            }
+            let now = monotonicNanoseconds()
+            for (i, when) in deferred where when <= now {
+                let (d, q, _) = owners[i]
+                deferred[i] = serve(d, queue: q)
             }
         }
     }

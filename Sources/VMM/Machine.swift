@@ -48,6 +48,8 @@ public struct MachineConfiguration {
     public var kvmPath: String
     /// Virtio devices, attached in this order at `GuestLayout.deviceWindow(i)`.
     public var devices: [VirtioDeviceModel]
+    /// Rate limits by device index (each queue of the device gets its own buckets).
+    public var rateLimits: [Int: RateLimiter] = [:]
 
     public init(boot: BootConfiguration, timeout: Double? = nil, cpuid: CPUIDPolicy = CPUIDPolicy(),
                 console: ConsoleSink = .standardOutput(), kvmPath: String = "/dev/kvm",
@@ -243,7 +245,8 @@ public enum Machine {
             if let plan = guest.programPlan { ram = ProgramDMAView(memory: memory, plan: plan) } else { ram = memory }
             let interrupts: Bool
             if case .linux = guest { interrupts = true } else { interrupts = false }
-            bus = try attachDevices(configuration.devices, ram: ram, interrupts: interrupts, vm: vm, system: system)
+            bus = try attachDevices(configuration.devices, rateLimits: configuration.rateLimits, ram: ram,
+                                    interrupts: interrupts, vm: vm, system: system)
         } catch { throw .kvm(error) }
 
         let wakers: [EventFD]
@@ -316,7 +319,7 @@ public enum Machine {
 
     /// Creates each device at its window and registers one ioeventfd doorbell per queue.
     /// With `interrupts`, each device also gets an irqfd on its IRQ line (Linux guests).
-    static func attachDevices(_ models: [VirtioDeviceModel], ram: GuestRAM & Sendable, interrupts: Bool,
+    static func attachDevices(_ models: [VirtioDeviceModel], rateLimits: [Int: RateLimiter], ram: GuestRAM & Sendable, interrupts: Bool,
                               vm: VirtualMachine, system: KVMSystem) throws(KVMError) -> DeviceBus {
         let useDoorbells = system.checkExtension(CKVMCapabilities.ioeventfd) > 0
         var attached: [AttachedDevice] = []
@@ -339,7 +342,7 @@ public enum Machine {
                 try vm.registerInterrupt(gsi: window.irq, eventfd: e)
                 interrupt = e
             }
-            attached.append(AttachedDevice(window: window, device: VirtioMMIODevice(model: model), doorbells: bells,
+            attached.append(AttachedDevice(window: window, device: VirtioMMIODevice(model: model, rateLimit: rateLimits[i]), doorbells: bells,
                                            interrupt: interrupt))
         }
         return DeviceBus(devices: attached, ram: ram)

@@ -123,6 +123,10 @@ public struct SplitQueue: Equatable, Sendable {
     /// `nextUsed` when the driver was last notified (for event-index suppression).
     private var signalledUsed: UInt16 = 0
 
+    /// Put back the chain `pop` just took, so that it is taken again later (a rate-limited
+    /// device defers it). Only valid right after a `pop` that returned a chain.
+    public mutating func undoPop() { nextAvail &-= 1 }
+
     public init(size: UInt16, descriptorTable: UInt64, availRing: UInt64, usedRing: UInt64,
                 indirectAllowed: Bool = false, eventIndex: Bool = false) {
         self.size = size; self.descriptorTable = descriptorTable; self.availRing = availRing

@@ -68,6 +68,15 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("read-only-disk"), help: "Attach a raw disk image read-only. Repeatable.")
     var readOnlyDisks: [String] = []
 
+    @Option(name: .customLong("disk-ops-limit"), help: "Limit each disk to this many requests per second (bursts of one second's worth).")
+    var diskOpsLimit: UInt64?
+
+    @Option(name: .customLong("disk-bytes-limit"), help: "Limit each disk to this many bytes per second.")
+    var diskBytesLimit: UInt64?
+
+    @Option(name: .customLong("rng-bytes-limit"), help: "Limit the rng to this many bytes per second.")
+    var rngBytesLimit: UInt64?
+
     @Flag(help: "Print hypercall statistics to standard error when the guest ends.")
     var stats = false
 
@@ -85,6 +94,9 @@ struct Run: ParsableCommand {
             throw ValidationError("--memory must be between 1 and \(GuestLayout.maxMemory >> 20) MiB")
         }
         if let t = timeout { guard t > 0, t.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") } }
+        for (name, v) in [("--disk-ops-limit", diskOpsLimit), ("--disk-bytes-limit", diskBytesLimit), ("--rng-bytes-limit", rngBytesLimit)] {
+            if let v, v == 0 { throw ValidationError("\(name) must be at least 1") }
+        }
         if kernel != nil && image != nil { throw ValidationError("give either IMAGE or --kernel, not both") }
         if initrd != nil && kernel == nil { throw ValidationError("--initrd needs --kernel") }
         for f in hiddenFeatures where CPUIDPolicy.Feature(rawValue: f) == nil {
@@ -94,7 +106,8 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let models = try devices()
-        let config = configuration(console: try consoleSink(), devices: models)
+        var config = configuration(console: try consoleSink(), devices: models)
+        config.rateLimits = rateLimits(for: models)
         let report: RunReport
         if let kernel {
             let kernelBytes = try readImage(kernel, what: "kernel")
@@ -162,6 +175,23 @@ struct Run: ParsableCommand {
         case .kvm(.deviceUnavailable), .kvm(.missingCapability), .kvm(.unsupportedAPIVersion): throw ExitCode(Status.unavailable)
         default: throw ExitCode(Status.internalError)
         }
+    }
+
+    /// The rate limits the options ask for, by device index.
+    func rateLimits(for models: [VirtioDeviceModel]) -> [Int: RateLimiter] {
+        let now = monotonicNanoseconds()
+        func bucket(_ rate: UInt64?) -> TokenBucket? { rate.map { TokenBucket(capacity: $0, ratePerSecond: $0, now: now) } }
+        var limits: [Int: RateLimiter] = [:]
+        for (i, m) in models.enumerated() {
+            switch m.deviceType {
+            case .block where diskOpsLimit != nil || diskBytesLimit != nil:
+                limits[i] = RateLimiter(operations: bucket(diskOpsLimit), bytes: bucket(diskBytesLimit))
+            case .entropy where rngBytesLimit != nil:
+                limits[i] = RateLimiter(bytes: bucket(rngBytesLimit))
+            default: break
+            }
+        }
+        return limits
     }
 
     /// The virtio devices the options ask for, in window order: disks, then the rng. Disk images

@@ -133,6 +133,13 @@ struct CLIRunTests {
         #expect(r.stderr.contains("hypercalls: version=") && r.stderr.contains("exit=1"))
     }
 
+    @Test func rateLimitedDevicesAreSlowedNotFailed() throws {
+        let r = try bulkhead(["run", guests + "/rng.elf", "--rng", "--rng-bytes-limit", "64"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("rng: ok"))
+        #expect(try bulkhead(["run", "--rng-bytes-limit", "0"]).status == 64)
+    }
+
     @Test func hiddenCPUFeaturesStillRun() throws {
         let r = try bulkhead(["run", "--hide-cpu-feature", "cx16", "--hide-cpu-feature", "xsave", guests + "/cpu.elf"])
         #expect(r.status == 0, "\(r.stderr)")

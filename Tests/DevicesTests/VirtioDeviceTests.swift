@@ -9,7 +9,9 @@ struct Driver {
     var availIdx: UInt16 = 0
     let size: UInt16 = 8
 
-    init(_ model: VirtioDeviceModel) { device = VirtioMMIODevice(model: model) }
+    init(_ model: VirtioDeviceModel, rateLimit: RateLimiter? = nil) {
+        device = VirtioMMIODevice(model: model, rateLimit: rateLimit)
+    }
 
     @discardableResult
     func w(_ r: MMIOTransport.Register, _ v: UInt32) -> Bool {
@@ -121,5 +123,33 @@ struct Driver {
         #expect(d.r(.queueReady) == 0)
         #expect(d.device.ringErrors == 1)
         #expect(!d.device.notify(queue: 0, ram: d.ram))
+    }
+}
+
+@Suite struct RateLimitedDeviceTests {
+    /// A limited queue defers what its buckets cannot cover, tells the VMM when to come back, and
+    /// serves the rest then: slowed, never failed.
+    @Test func deferredChainsAreServedLater() {
+        let second: UInt64 = 1_000_000_000
+        let limit = RateLimiter(bytes: TokenBucket(capacity: 100, ratePerSecond: 100, now: 0))
+        var d = Driver(VirtioRNG(source: { [UInt8](repeating: 7, count: $0) }))
+        d = Driver(d.device.model, rateLimit: limit)
+        d.initialise()
+        for i: UInt16 in 0..<3 {
+            d.descriptor(i, 0x8000 + 0x100 * UInt64(i), 64, Virtio.DescriptorFlag.write)
+            d.publish(i)
+        }
+        _ = d.device.notify(queue: 0, ram: d.ram, now: 0)
+        #expect(d.usedIdx == 1)                                   // 64 of 100 bytes
+        let wait = d.device.deferral(queue: 0)
+        #expect(wait == 28 * second / 100)                        // 28 more bytes at 100/s
+        _ = d.device.notify(queue: 0, ram: d.ram, now: second / 10)
+        #expect(d.usedIdx == 1)                                   // still too early
+        _ = d.device.notify(queue: 0, ram: d.ram, now: second)
+        #expect(d.usedIdx == 2)
+        _ = d.device.notify(queue: 0, ram: d.ram, now: 2 * second)
+        #expect(d.usedIdx == 3)
+        #expect(d.device.deferral(queue: 0) == nil)
+        #expect((0..<3).allSatisfy { d.usedLength($0) == 64 })
     }
 }
