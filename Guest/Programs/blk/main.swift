@@ -10,6 +10,8 @@
 //                   first was killed): `blk: verified N sectors`
 //   readonly-check  reads sector 0 and writes the same bytes back: exits 0 if the device
 //                   refuses (IOERR, UNSUPP or no status), 1 if the write succeeded
+//   hold            with `write`: after the FLUSH print `blk: flushed` and park for ever
+//                   (a test kills the VMM, then verifies the image with a second VM)
 //
 // The pattern covers sectors [0, min(capacity, 2048)) plus runs of 1 or 8 sectors at every
 // capacity/64-th sector and the last sector. Byte j of sector i is a function of (i, j):
