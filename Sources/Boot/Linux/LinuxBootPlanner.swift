@@ -40,7 +40,6 @@ public enum LinuxBootPlanner {
     public static let startInfoMagic: UInt32 = 0x336e_c578
     static let startInfoVersion: UInt32 = 1
     static let memmapEntrySize = 24
-    static let moduleEntrySize = 32
 
     public static func plan(kernel: LinuxKernel, initrd: [UInt8]?, commandLine: String, memorySize: UInt64,
                             devices: [VirtioMMIODeviceInfo]) throws(LinuxBootError) -> LinuxBootPlan {
