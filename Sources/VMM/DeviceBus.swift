@@ -35,6 +35,10 @@ final class ProgramDMAView: GuestRAM, @unchecked Sendable {
     func isRAM(_ address: UInt64, length: UInt64) -> Bool {
         plan.userCanAccess(address, length: length, rights: [.user]) && memory.contains(address, length: length)
     }
+
+    func isWritable(_ address: UInt64, length: UInt64) -> Bool {
+        plan.userCanAccess(address, length: length, rights: [.user, .writable]) && memory.contains(address, length: length)
+    }
 }
 
 /// A virtio device attached to a VM: its window, its state behind a lock, its doorbells.

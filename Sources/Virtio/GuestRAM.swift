@@ -9,9 +9,13 @@ public protocol GuestRAM: AnyObject {
     func copyIn(_ bytes: [UInt8], at address: UInt64) -> Bool
     /// Whether `[address, address+length)` is entirely guest RAM.
     func isRAM(_ address: UInt64, length: UInt64) -> Bool
+    /// Whether the device may write all of `[address, address+length)` (by default: it is RAM).
+    func isWritable(_ address: UInt64, length: UInt64) -> Bool
 }
 
 extension GuestRAM {
+    public func isWritable(_ address: UInt64, length: UInt64) -> Bool { isRAM(address, length: length) }
+
     public func u16(at a: UInt64) -> UInt16? {
         guard let b = copyOut(at: a, count: 2) else { return nil }
         return UInt16(b[0]) | UInt16(b[1]) << 8

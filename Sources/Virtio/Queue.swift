@@ -146,6 +146,10 @@ public struct SplitQueue: Equatable, Sendable {
         for (addr, len) in [(descriptorTable, 16 * n), (availRing, 6 + 2 * n), (usedRing, 6 + 8 * n)] {
             guard ram.isRAM(addr, length: len) else { throw .badLayout("ring at 0x\(String(addr, radix: 16)) is not guest RAM") }
         }
+        // The device writes the used ring: it must be memory the device may write (§2.7.8).
+        guard ram.isWritable(usedRing, length: 6 + 8 * n) else {
+            throw .badLayout("used ring at 0x\(String(usedRing, radix: 16)) is not writable guest RAM")
+        }
     }
 
     /// Takes the next available chain, or nil when the driver has published nothing new.

@@ -242,3 +242,25 @@ func failure(_ d: inout MockDriver) throws -> VirtqueueError? {
         }
     }
 }
+
+@Suite struct WritableUsedRingTests {
+    /// RAM whose first 8 KiB the device may read but not write (like a program's read-only pages).
+    final class PartlyReadOnly: GuestRAM {
+        let inner = ArrayRAM(base: 0, size: 0x1_0000)
+        func copyOut(at a: UInt64, count: Int) -> [UInt8]? { inner.copyOut(at: a, count: count) }
+        func copyIn(_ b: [UInt8], at a: UInt64) -> Bool { a >= 0x2000 && inner.copyIn(b, at: a) }
+        func isRAM(_ a: UInt64, length: UInt64) -> Bool { inner.isRAM(a, length: length) }
+        func isWritable(_ a: UInt64, length: UInt64) -> Bool { a >= 0x2000 && inner.isRAM(a, length: length) }
+    }
+
+    @Test func usedRingMustBeWritable() {
+        let ram = PartlyReadOnly()
+        #expect(throws: VirtqueueError.self) {
+            try SplitQueue(size: 8, descriptorTable: 0x3000, availRing: 0x4000, usedRing: 0x1000).validate(in: ram)
+        }
+        // Descriptors and the available ring are only read: read-only memory is fine for them.
+        #expect(throws: Never.self) {
+            try SplitQueue(size: 8, descriptorTable: 0x0, availRing: 0x1000, usedRing: 0x4000).validate(in: ram)
+        }
+    }
+}
