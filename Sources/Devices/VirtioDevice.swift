@@ -82,6 +82,13 @@ public final class VirtioMMIODevice {
         return interrupt
     }
 
+    func replaceQueues(_ qs: [SplitQueue?]) { queues = qs }
+    func signalUsedBuffers() { transport.signalUsedBuffers() }
+    func markBroken() {
+        ringErrors += 1
+        transport.needsReset()
+    }
+
     /// Nanoseconds until queue `index`, deferred by its rate limit, should be served again.
     public func deferral(queue index: Int) -> UInt64? {
         guard throttles.indices.contains(index) else { return nil }
@@ -174,5 +181,50 @@ extension SplitQueue {
             used = true
         }
         return used
+    }
+}
+
+/// What `VirtioBackendInput.receive` did.
+public struct ReceiveResult: Equatable, Sendable {
+    /// Chains were used: the driver may need an interrupt.
+    public var used: Bool
+    /// Input is waiting but the guest posted no buffer for it: stop polling the back end until the
+    /// driver next rings a doorbell of this device (otherwise the device thread would spin).
+    public var needsBuffers: Bool
+    public init(used: Bool, needsBuffers: Bool) { self.used = used; self.needsBuffers = needsBuffers }
+}
+
+/// A device model whose back end produces input on its own (network frames, stream data). The VMM
+/// polls `inputDescriptors` on the device thread and calls `receive` when one is readable.
+public protocol VirtioBackendInput: VirtioDeviceModel {
+    /// Descriptors whose readability means input for the guest (sockets the VMM was given).
+    var inputDescriptors: [Int32] { get }
+    /// Moves ready input into the guest's receive queue(s) (`queues[i]` is nil while queue i is
+    /// not ready). Throws only for ring-level corruption, as `process` does.
+    func receive(queues: inout [SplitQueue?], ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult
+}
+
+extension VirtioMMIODevice {
+    /// The back end has input. Returns (interrupt wanted, stop polling until the next doorbell).
+    public func backendInput(ram: GuestRAM) -> (interrupt: Bool, needsBuffers: Bool) {
+        guard transport.running, let input = model as? VirtioBackendInput else { return (false, false) }
+        var qs = queues
+        let before = queues.map { $0?.nextUsed }
+        do {
+            let r = try input.receive(queues: &qs, ram: ram)
+            var interrupt = false
+            for i in qs.indices {
+                // Only queues that gained used entries can want an interrupt.
+                guard var q = qs[i], q.nextUsed != before[i] else { continue }
+                if q.shouldNotify(ram) { interrupt = true }
+                qs[i] = q
+            }
+            replaceQueues(qs)
+            if interrupt { signalUsedBuffers() }
+            return (interrupt, r.needsBuffers)
+        } catch {
+            markBroken()
+            return (true, false)
+        }
     }
 }
