@@ -103,14 +103,21 @@ final class DeviceBus: Sendable {
     /// The device thread: waits on every doorbell and serves the queue that rang, until `stop`
     /// is signalled. Queue processing never runs on a vCPU thread when doorbells exist.
     func serve(until stop: EventFD) {
-        var fds: [Int32] = [stop.fd.rawValue]
-        var owners: [(AttachedDevice, Int, EventFD)] = []
-        for d in devices {
-            for (q, bell) in d.doorbells.enumerated() {
-                fds.append(bell.fd.rawValue)
-                owners.append((d, q, bell))
+        // Doorbells: one per queue of each device.
+        var bells: [(device: Int, queue: Int, fd: EventFD)] = []
+        for (di, d) in devices.enumerated() {
+            for (q, bell) in d.doorbells.enumerated() { bells.append((di, q, bell)) }
+        }
+        // Back-end inputs (sockets): one or more per device that produces input.
+        var inputs: [(device: Int, fd: Int32)] = []
+        for (di, d) in devices.enumerated() {
+            if let m = d.device.withLock({ $0.model as? VirtioBackendInput }) {
+                for fd in m.inputDescriptors { inputs.append((di, fd)) }
             }
         }
+        // Devices whose input waits for the guest to post buffers: their inputs are not polled
+        // until the device's next doorbell (otherwise a readable socket would spin this thread).
+        var starved = Set<Int>()
         // Queues a rate limit deferred, and when to serve them again.
         var deferred: [Int: UInt64] = [:]
         while true {
@@ -119,17 +126,31 @@ final class DeviceBus: Sendable {
                 let now = monotonicNanoseconds()
                 timeout = next <= now ? 0 : Int32(clamping: (next - now + 999_999) / 1_000_000)
             }
+            let polledInputs = inputs.filter { !starved.contains($0.device) }
+            let fds = [stop.fd.rawValue] + bells.map { $0.fd.fd.rawValue } + polledInputs.map(\.fd)
             let ready = waitReadable(fds, timeoutMilliseconds: timeout)
             if ready.first == true { return }
+            var inputDevices = Set<Int>()
             for (i, isReady) in ready.dropFirst().enumerated() where isReady {
-                let (d, q, bell) = owners[i]
-                bell.drain()
-                deferred[i] = serve(d, queue: q)
+                if i < bells.count {
+                    let b = bells[i]
+                    b.fd.drain()
+                    deferred[i] = serve(devices[b.device], queue: b.queue)
+                    // A doorbell may have posted receive buffers: try the input again.
+                    if starved.remove(b.device) != nil { inputDevices.insert(b.device) }
+                } else {
+                    inputDevices.insert(polledInputs[i - bells.count].device)
+                }
+            }
+            for di in inputDevices {
+                let d = devices[di]
+                let (interrupt, needsBuffers) = d.device.withLock { $0.backendInput(ram: ram) }
+                d.raiseInterrupt(if: interrupt)
+                if needsBuffers { starved.insert(di) }
             }
             let now = monotonicNanoseconds()
             for (i, when) in deferred where when <= now {
-                let (d, q, _) = owners[i]
-                deferred[i] = serve(d, queue: q)
+                deferred[i] = serve(devices[bells[i].device], queue: bells[i].queue)
             }
         }
     }

@@ -278,7 +278,7 @@ public enum Machine {
         var deviceThread: OSThread?
         let stopDevices: EventFD
         do { stopDevices = try EventFD() } catch { throw .kvm(error) }
-        if bus.devices.contains(where: { !$0.doorbells.isEmpty }) {
+        if bus.devices.contains(where: { !$0.doorbells.isEmpty || $0.device.withLock { $0.model is VirtioBackendInput } }) {
             do { deviceThread = try OSThread.spawn { bus.serve(until: stopDevices) } } catch {
                 control.finish(.vcpuFailure(vcpu: 0, reason: "cannot start the device thread: \(error)"))
             }
