@@ -50,6 +50,9 @@ public struct MachineConfiguration {
     public var devices: [VirtioDeviceModel]
     /// Rate limits by device index (each queue of the device gets its own buckets).
     public var rateLimits: [Int: RateLimiter] = [:]
+    /// Serve queue doorbells with KVM ioeventfds (default). Off: every QueueNotify is an MMIO exit
+    /// served on the vCPU thread (for measuring what ioeventfd saves).
+    public var doorbellsInKernel = true
 
     public init(boot: BootConfiguration, timeout: Double? = nil, cpuid: CPUIDPolicy = CPUIDPolicy(),
                 console: ConsoleSink = .standardOutput(), kvmPath: String = "/dev/kvm",
@@ -246,7 +249,7 @@ public enum Machine {
             let interrupts: Bool
             if case .linux = guest { interrupts = true } else { interrupts = false }
             bus = try attachDevices(configuration.devices, rateLimits: configuration.rateLimits, ram: ram,
-                                    interrupts: interrupts, vm: vm, system: system)
+                                    interrupts: interrupts, doorbells: configuration.doorbellsInKernel, vm: vm, system: system)
         } catch { throw .kvm(error) }
 
         let wakers: [EventFD]
@@ -320,8 +323,8 @@ public enum Machine {
     /// Creates each device at its window and registers one ioeventfd doorbell per queue.
     /// With `interrupts`, each device also gets an irqfd on its IRQ line (Linux guests).
     static func attachDevices(_ models: [VirtioDeviceModel], rateLimits: [Int: RateLimiter], ram: GuestRAM & Sendable, interrupts: Bool,
-                              vm: VirtualMachine, system: KVMSystem) throws(KVMError) -> DeviceBus {
-        let useDoorbells = system.checkExtension(CKVMCapabilities.ioeventfd) > 0
+                              doorbells: Bool, vm: VirtualMachine, system: KVMSystem) throws(KVMError) -> DeviceBus {
+        let useDoorbells = doorbells && system.checkExtension(CKVMCapabilities.ioeventfd) > 0
         var attached: [AttachedDevice] = []
         for (i, model) in models.enumerated() {
             let base = GuestLayout.deviceWindow(i)

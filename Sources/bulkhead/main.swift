@@ -86,6 +86,9 @@ struct Run: ParsableCommand {
     @Flag(help: ArgumentHelp("Diagnostic: run without the IDT and fault handlers, so any guest fault is a triple fault.", visibility: .hidden))
     var noFaultHandlers = false
 
+    @Flag(help: ArgumentHelp("Benchmark: serve queue doorbells as MMIO exits instead of ioeventfds.", visibility: .hidden))
+    var noIoeventfd = false
+
     func validate() throws {
         guard vcpus >= 1 && vcpus <= GuestLayout.maxVCPUs else {
             throw ValidationError("--vcpus must be between 1 and \(GuestLayout.maxVCPUs)")
@@ -108,6 +111,7 @@ struct Run: ParsableCommand {
         let models = try devices()
         var config = configuration(console: try consoleSink(), devices: models)
         config.rateLimits = rateLimits(for: models)
+        config.doorbellsInKernel = !noIoeventfd
         let report: RunReport
         if let kernel {
             let kernelBytes = try readImage(kernel, what: "kernel")
