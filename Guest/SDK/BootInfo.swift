@@ -207,6 +207,20 @@ extension UnsafeRawBufferPointer {
         return found
     }
 
+    /// The value of the first whitespace-separated `key=value` word whose key equals `key`
+    /// (the bytes after the `=`, possibly empty), or nil if there is none.
+    public func value(of key: StaticString) -> UnsafeRawBufferPointer? {
+        let keyLength = key.utf8CodeUnitCount
+        var found: UnsafeRawBufferPointer? = nil
+        forEachWord { word in
+            guard word.count > keyLength, word[keyLength] == UInt8(ascii: "="),
+                  UnsafeRawBufferPointer(start: word.baseAddress, count: keyLength).equals(key) else { return true }
+            found = UnsafeRawBufferPointer(start: word.baseAddress! + keyLength + 1, count: word.count - keyLength - 1)
+            return false
+        }
+        return found
+    }
+
     /// True when the bytes equal the string literal.
     public func equals(_ string: StaticString) -> Bool {
         guard count == string.utf8CodeUnitCount else { return false }
