@@ -89,6 +89,13 @@ public final class VirtioMMIODevice {
         transport.needsReset()
     }
 
+    /// Whether queue `index` still has chains the model did not take (its back end was full, or
+    /// more than a queue's worth was published): the VMM comes back to it shortly.
+    public func hasPending(queue index: Int, ram: GuestRAM) -> Bool {
+        guard transport.running, queues.indices.contains(index), let q = queues[index] else { return false }
+        return q.hasPending(in: ram)
+    }
+
     /// Nanoseconds until queue `index`, deferred by its rate limit, should be served again.
     public func deferral(queue index: Int) -> UInt64? {
         guard throttles.indices.contains(index) else { return nil }

@@ -93,11 +93,15 @@ final class DeviceBus: Sendable {
     /// deferred a request (monotonic nanoseconds), nil otherwise.
     func serve(_ d: AttachedDevice, queue q: Int) -> UInt64? {
         let now = monotonicNanoseconds()
-        let (interrupt, deferral) = d.device.withLock { dev in
-            (dev.notify(queue: q, ram: ram, now: now), dev.deferral(queue: q))
+        let (interrupt, deferral, pending) = d.device.withLock { dev in
+            (dev.notify(queue: q, ram: ram, now: now), dev.deferral(queue: q), dev.hasPending(queue: q, ram: ram))
         }
         d.raiseInterrupt(if: interrupt)
-        return deferral.map { now + $0 }
+        if let deferral { return now + deferral }
+        // Work left with no rate limit in the way: the back end was full (a socket's buffer) or
+        // the driver published more than one pass takes. Come back in a millisecond rather than
+        // wait for a doorbell the driver may never ring.
+        return pending ? now + 1_000_000 : nil
     }
 
     /// The device thread: waits on every doorbell and serves the queue that rang, until `stop`

@@ -123,6 +123,12 @@ public struct SplitQueue: Equatable, Sendable {
     /// `nextUsed` when the driver was last notified (for event-index suppression).
     private var signalledUsed: UInt16 = 0
 
+    /// Whether the driver has published chains the device has not taken yet.
+    public func hasPending(in ram: GuestRAM) -> Bool {
+        guard let availIdx = ram.u16(at: availRing + 2) else { return false }
+        return availIdx != nextAvail
+    }
+
     /// Put back the chain `pop` just took, so that it is taken again later (a rate-limited
     /// device defers it). Only valid right after a `pop` that returned a chain.
     public mutating func undoPop() { nextAvail &-= 1 }
