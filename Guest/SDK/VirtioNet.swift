@@ -11,8 +11,8 @@
 // (3: `mtu`), VIRTIO_NET_F_STATUS (16: the link-up bit). Nothing else (no checksum or
 // segmentation offloads, no mergeable receive buffers, no control queue, no multiqueue).
 //
-// Memory (SDK heap, never freed): one receive buffer of `rxBufferSize` bytes (12 + the
-// largest frame, at least 12 + 1514) per receive descriptor, all posted at start-up as
+// Memory (SDK heap, never freed): one buffer of `bufferSize` bytes (12 + the largest frame,
+// 802.1Q-tagged: 12 + 18 + max(mtu, 1500)) per receive descriptor, all posted at start-up as
 // one-descriptor chains; one transmit buffer of the same kind per transmit descriptor. Each
 // chain is a single descriptor, so a chain's head is its descriptor index and names its
 // buffer. `send` copies header + frame into the head's transmit buffer; `receive` copies the
@@ -87,6 +87,9 @@ public enum Ethernet {
     public static let maxStandardFrame = 1514
     /// The smallest frame on a wire (without FCS); shorter ones are padded by real NICs.
     public static let minFrame = 60
+    /// An 802.1Q tag (4 bytes after the addresses, EtherType 0x8100).
+    public static let vlanTagSize = 4
+    public static let vlanEtherType: UInt16 = 0x8100
 
     public static func destination(_ frame: UnsafeRawPointer) -> MACAddress { MACAddress(loading: frame) }
     public static func source(_ frame: UnsafeRawPointer) -> MACAddress { MACAddress(loading: frame + 6) }
@@ -151,10 +154,11 @@ public struct VirtioNet {
     public private(set) var macFromDevice = false
     /// The MTU (config `mtu` with VIRTIO_NET_F_MTU, else 1500).
     public private(set) var mtu: Int = 1500
-    /// The largest frame `send` accepts: 14 + mtu.
+    /// The largest untagged frame `send` accepts: 14 + mtu (an 802.1Q-tagged frame, EtherType
+    /// 0x8100 at offset 12, may be 4 bytes longer).
     public var maxFrameSize: Int { Ethernet.headerSize + mtu }
-    /// Bytes per receive and per transmit buffer (12-byte header + largest frame), fixed at
-    /// start-up: 12 + 14 + max(mtu, 1500), at most 65535.
+    /// Bytes per receive and per transmit buffer (12-byte header + largest frame, tagged),
+    /// fixed at start-up: 12 + 18 + max(mtu, 1500), at most 65535.
     public let bufferSize: Int
     /// Receive buffers, one per receive descriptor (`rxQueue.size` × `bufferSize`).
     public let rxBuffers: UnsafeMutableRawPointer
@@ -182,10 +186,9 @@ public struct VirtioNet {
             mtu = Int(transport.config16(Config.mtu))
             if mtu < 68 { mtu = 68 }  // the device MUST offer at least 68 (§5.1.4.1)
         }
-        let bufferSize = min(VirtioNet.headerSize + Ethernet.headerSize + max(mtu, 1500), 65535)
-        if mtu > bufferSize - VirtioNet.headerSize - Ethernet.headerSize {
-            mtu = bufferSize - VirtioNet.headerSize - Ethernet.headerSize
-        }
+        let overhead = VirtioNet.headerSize + Ethernet.headerSize + Ethernet.vlanTagSize
+        let bufferSize = min(overhead + max(mtu, 1500), 65535)
+        if mtu > bufferSize - overhead { mtu = bufferSize - overhead }
         let rx = try transport.setupQueue(VirtioNet.receiveQueueIndex, maxSize: rxQueueSize)
         let tx = try transport.setupQueue(VirtioNet.transmitQueueIndex, maxSize: txQueueSize)
         guard let rxMemory = Heap.allocate(byteCount: Int(rx.size) * bufferSize, alignment: 4096),
@@ -302,13 +305,21 @@ public struct VirtioNet {
     }
 
     /// Sends one Ethernet frame (destination, source, EtherType, payload; no FCS) of
-    /// 14 ... `maxFrameSize` bytes: copies the zero header and the frame into a transmit
+    /// 14 ... `maxFrameSize` bytes (+ 4 if 802.1Q-tagged): copies the zero header and the frame into a transmit
     /// buffer, publishes it and rings the doorbell. If every transmit descriptor is in flight,
     /// waits (up to `timeout`, default `txQueue.timeout`) for the device to return one.
     /// Returns once the frame is queued, not sent: `flush` waits for the device.
     public mutating func send(_ frame: UnsafeRawBufferPointer, timeout: UInt64? = nil) throws(VirtioError) {
-        guard frame.count >= Ethernet.headerSize, frame.count <= maxFrameSize else { throw .badArgument }
+        guard isSendable(frame) else { throw .badArgument }
         try transmit(frame, timeout: timeout)
+    }
+
+    /// True if `send` accepts `frame`: 14 ... `maxFrameSize` bytes, or 4 more with an 802.1Q tag.
+    public func isSendable(_ frame: UnsafeRawBufferPointer) -> Bool {
+        guard frame.count >= Ethernet.headerSize, let base = frame.baseAddress else { return false }
+        if frame.count <= maxFrameSize { return true }
+        return frame.count <= maxFrameSize + Ethernet.vlanTagSize
+            && Ethernet.etherType(base) == Ethernet.vlanEtherType
     }
 
     /// `send` without the length checks (up to `bufferSize - 12` bytes, any length ≥ 0): for

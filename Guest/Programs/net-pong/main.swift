@@ -3,13 +3,13 @@
 //
 // Command-line word: count=K (default 100, at least 1): echo K frames, then stop.
 //
-// After initialising the device it prints `net-pong: ready mac <mac> mtu <mtu>` (start the
-// sender after this line: frames sent before the device has buffers may be lost). Each
+// After initialising the device it prints `net-pong: ready mac <mac> mtu <mtu>`. Each
 // received frame is sent back unchanged except for its addresses: destination = the frame's
 // source, source = the device's own MAC. Frames shorter than 14 bytes, frames whose source is
 // the device's own MAC (a reflection: echoing it could loop) and frames longer than the device
-// can send are ignored (counted). After K echoes it waits for the device to take every queued
-// frame, prints `net-pong: K frames echoed` and exits 0. Exit 1: nothing arrived for 10 s, or a
+// may send (`isSendable`) are ignored (counted). After K echoes it waits for the device to
+// take every queued frame, prints `net-pong: K frames echoed` and exits 0. Exit 1: nothing
+// arrived for 10 s, or a
 // device error (reason printed); 2: no network device or a bad command line.
 
 let idleTimeout: UInt64 = 10_000_000_000
@@ -78,7 +78,8 @@ func guestMain(_ bootInfoAddress: UInt64, _ vcpu: UInt64) {
             }
             exit(1)
         }
-        guard length >= Ethernet.headerSize, length <= net.maxFrameSize else {
+        let echo = UnsafeRawBufferPointer(start: frame, count: length)
+        guard length <= buffer.count, net.isSendable(echo) else {
             ignored += 1
             continue
         }
@@ -90,7 +91,7 @@ func guestMain(_ bootInfoAddress: UInt64, _ vcpu: UInt64) {
         sender.store(to: frame)
         own.store(to: frame + 6)
         do throws(VirtioError) {
-            try net.send(UnsafeRawBufferPointer(start: frame, count: length))
+            try net.send(echo)
         } catch {
             fail("send", error)
         }
