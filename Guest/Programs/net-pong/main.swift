@@ -9,8 +9,8 @@
 // the device's own MAC (a reflection: echoing it could loop) and frames longer than the device
 // may send (`isSendable`) are ignored (counted). After K echoes it waits for the device to
 // take every queued frame, prints `net-pong: K frames echoed` and exits 0. Exit 1: nothing
-// arrived for 10 s, or a
-// device error (reason printed); 2: no network device or a bad command line.
+// arrived for 10 s, or a device error (reason printed); 2: no network device or a bad
+// command line.
 
 let idleTimeout: UInt64 = 10_000_000_000
 
