@@ -38,6 +38,7 @@ let package = Package(
         fuzzTarget("FuzzVirtqueue", ["BulkheadVirtio"]),
         fuzzTarget("FuzzVirtioMMIO", ["BulkheadVirtio"]),
         fuzzTarget("FuzzVirtioBlock", ["BulkheadDevices", "BulkheadVirtio"]),
+        fuzzTarget("FuzzVirtioNet", ["BulkheadDevices", "BulkheadVirtio"]),
     ],
     swiftLanguageModes: [.v6]
 )
