@@ -214,7 +214,10 @@ public protocol VirtioBackendInput: VirtioDeviceModel {
 extension VirtioMMIODevice {
     /// The back end has input. Returns (interrupt wanted, stop polling until the next doorbell).
     public func backendInput(ram: GuestRAM) -> (interrupt: Bool, needsBuffers: Bool) {
-        guard transport.running, let input = model as? VirtioBackendInput else { return (false, false) }
+        guard let input = model as? VirtioBackendInput else { return (false, false) }
+        // Before DRIVER_OK (or after a reset) there is nowhere to put input: stop polling until the
+        // driver rings a doorbell, or a waiting frame would keep the device thread spinning.
+        guard transport.running else { return (false, true) }
         var qs = queues
         let before = queues.map { $0?.nextUsed }
         do {

@@ -112,12 +112,10 @@ final class DeviceBus: Sendable {
         for (di, d) in devices.enumerated() {
             for (q, bell) in d.doorbells.enumerated() { bells.append((di, q, bell)) }
         }
-        // Back-end inputs (sockets): one or more per device that produces input.
-        var inputs: [(device: Int, fd: Int32)] = []
-        for (di, d) in devices.enumerated() {
-            if let m = d.device.withLock({ $0.model as? VirtioBackendInput }) {
-                for fd in m.inputDescriptors { inputs.append((di, fd)) }
-            }
+        // Back-end inputs (sockets), read again every pass: a back end whose peer hung up stops
+        // listing its descriptor (a closed socket is readable for ever and would spin this thread).
+        let inputModels: [(device: Int, model: VirtioBackendInput)] = devices.enumerated().compactMap { di, d in
+            d.device.withLock { $0.model as? VirtioBackendInput }.map { (di, $0) }
         }
         // Devices whose input waits for the guest to post buffers: their inputs are not polled
         // until the device's next doorbell (otherwise a readable socket would spin this thread).
@@ -130,7 +128,11 @@ final class DeviceBus: Sendable {
                 let now = monotonicNanoseconds()
                 timeout = next <= now ? 0 : Int32(clamping: (next - now + 999_999) / 1_000_000)
             }
-            let polledInputs = inputs.filter { !starved.contains($0.device) }
+            var polledInputs: [(device: Int, fd: Int32)] = []
+            for (di, m) in inputModels where !starved.contains(di) {
+                let fds = devices[di].device.withLock { _ in m.inputDescriptors }
+                for fd in fds { polledInputs.append((di, fd)) }
+            }
             let fds = [stop.fd.rawValue] + bells.map { $0.fd.fd.rawValue } + polledInputs.map(\.fd)
             let ready = waitReadable(fds, timeoutMilliseconds: timeout)
             if ready.first == true { return }

@@ -68,6 +68,15 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("read-only-disk"), help: "Attach a raw disk image read-only. Repeatable.")
     var readOnlyDisks: [String] = []
 
+    @Option(name: .customLong("net-listen"), help: "Attach a virtio-net device whose frames go over a Unix SOCK_SEQPACKET socket created at this path; waits for one peer (another VM, or a switch) to connect.")
+    var netListen: String?
+
+    @Option(name: .customLong("net-connect"), help: "Attach a virtio-net device connected to a peer listening at this path.")
+    var netConnect: String?
+
+    @Option(help: "MAC address of the virtio-net device, aa:bb:cc:dd:ee:ff (default: a random locally administered one).")
+    var mac: String?
+
     @Option(name: .customLong("disk-ops-limit"), help: "Limit each disk to this many requests per second (bursts of one second's worth).")
     var diskOpsLimit: UInt64?
 
@@ -97,6 +106,8 @@ struct Run: ParsableCommand {
             throw ValidationError("--memory must be between 1 and \(GuestLayout.maxMemory >> 20) MiB")
         }
         if let t = timeout { guard t > 0, t.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") } }
+        if netListen != nil && netConnect != nil { throw ValidationError("give --net-listen or --net-connect, not both") }
+        if let mac, Run.parseMAC(mac) == nil { throw ValidationError("--mac must look like 52:54:00:12:34:56 (unicast)") }
         for (name, v) in [("--disk-ops-limit", diskOpsLimit), ("--disk-bytes-limit", diskBytesLimit), ("--rng-bytes-limit", rngBytesLimit)] {
             if let v, v == 0 { throw ValidationError("\(name) must be at least 1") }
         }
@@ -198,7 +209,8 @@ struct Run: ParsableCommand {
         return limits
     }
 
-    /// The virtio devices the options ask for, in window order: disks, then the rng. Disk images
+    /// The virtio devices the options ask for, in window order: disks, then the network device,
+    /// then the rng. Disk images
     /// are opened here, once; the device model only ever sees the open descriptor.
     func devices() throws -> [VirtioDeviceModel] {
         var models: [VirtioDeviceModel] = []
@@ -212,8 +224,32 @@ struct Run: ParsableCommand {
                 throw ExitCode(Status.badImage)
             }
         }
+        if let path = netListen ?? netConnect {
+            do {
+                let fd = netListen != nil ? try UnixSeqpacket.listenAndAccept(path) : try UnixSeqpacket.connect(path)
+                let address = mac.flatMap(Run.parseMAC) ?? Run.randomMAC()
+                models.append(try VirtioNet(backend: try SeqpacketFrameBackend(fd: fd), mac: address))
+            } catch {
+                printError("cannot attach the network device on \(path): \(error)")
+                throw ExitCode(Status.internalError)
+            }
+        }
         if rng { models.append(VirtioRNG(source: randomBytes)) }
         return models
+    }
+
+    static func parseMAC(_ text: String) -> [UInt8]? {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+        guard bytes.count == 6, bytes[0] & 1 == 0 else { return nil }
+        return bytes
+    }
+
+    static func randomMAC() -> [UInt8] {
+        var b = randomBytes(6) ?? [0, 0, 0, 0, 0, 1]
+        b[0] = (b[0] & 0xfe) | 0x02 // unicast, locally administered
+        return b
     }
 
     func statistics(_ s: HypercallStatistics) -> String {
