@@ -15,9 +15,12 @@
 // 802.1Q-tagged: 12 + 18 + max(mtu, 1500)) per receive descriptor, all posted at start-up as
 // one-descriptor chains; one transmit buffer of the same kind per transmit descriptor. Each
 // chain is a single descriptor, so a chain's head is its descriptor index and names its
-// buffer. `send` copies header + frame into the head's transmit buffer; `receive` copies the
-// frame out of the receive buffer and posts the buffer again at once. There are no interrupts:
-// both directions poll the used rings (`waitReceive` spins, then backs off with `wait`).
+// buffer. `send` copies header + frame into the head's transmit buffer and rings the doorbell
+// (or leaves that to `kickTransmit`, for batches); `receive` copies the frame out of the
+// receive buffer and posts the buffer again at once, ringing the receive doorbell when it finds
+// nothing more to take or a batch of buffers has piled up (a device that ran out of buffers
+// waits for a doorbell). There are no interrupts: both directions poll the used rings
+// (`waitReceive` spins, then backs off with `wait`).
 
 /// A 48-bit Ethernet address. `value` holds byte i (in wire order) in bits 8i..8i+7.
 public struct MACAddress: Equatable {
@@ -168,6 +171,14 @@ public struct VirtioNet {
     /// Frames handed to the device / returned by `receive`.
     public private(set) var framesSent: UInt64 = 0
     public private(set) var framesReceived: UInt64 = 0
+    /// Receive buffers posted again since the last receive doorbell. The doorbell is rung when
+    /// `receive` finds nothing more to take (so a device waiting for buffers always hears of
+    /// them before the driver goes idle) or once `rxNotifyBatch` buffers have piled up.
+    public private(set) var rxUnnotified = 0
+    /// See `rxUnnotified` (default: a quarter of the receive queue; 1 = after every frame).
+    public var rxNotifyBatch: Int
+    /// Frames published with `send(_:notify: false)` since the last transmit doorbell.
+    public private(set) var txUnnotified = 0
     /// Receive chains the device returned with less than a header (used length < 12: it could
     /// not use the buffer); they are posted again and skipped.
     public private(set) var rxEmpty: UInt64 = 0
@@ -201,6 +212,7 @@ public struct VirtioNet {
         self.txQueue = tx
         self.wantedFeatures = features
         self.bufferSize = bufferSize
+        self.rxNotifyBatch = max(1, Int(rx.size) / 4)
         self.rxBuffers = rxMemory
         self.txBuffers = txMemory
         self.mtu = mtu
@@ -234,6 +246,8 @@ public struct VirtioNet {
         }
         try transport.driverOK()
         rxQueue.notify()
+        rxUnnotified = 0
+        txUnnotified = 0
     }
 
     mutating func readConfig() {
@@ -284,6 +298,7 @@ public struct VirtioNet {
     /// ring the doorbell.
     mutating func postReceiveBuffer() throws(VirtioError) {
         let head = rxQueue.nextHead
+        rxUnnotified += 1
         var buffer = VirtqBuffer(address: address(of: rxBuffer(head)), length: UInt32(bufferSize), deviceWritable: true)
         let added = try withUnsafePointer(to: &buffer) { (p: UnsafePointer<VirtqBuffer>) throws(VirtioError) -> UInt16 in
             try rxQueue.add(UnsafeBufferPointer(start: p, count: 1))
@@ -306,12 +321,31 @@ public struct VirtioNet {
 
     /// Sends one Ethernet frame (destination, source, EtherType, payload; no FCS) of
     /// 14 ... `maxFrameSize` bytes (+ 4 if 802.1Q-tagged): copies the zero header and the frame into a transmit
-    /// buffer, publishes it and rings the doorbell. If every transmit descriptor is in flight,
-    /// waits (up to `timeout`, default `txQueue.timeout`) for the device to return one.
-    /// Returns once the frame is queued, not sent: `flush` waits for the device.
-    public mutating func send(_ frame: UnsafeRawBufferPointer, timeout: UInt64? = nil) throws(VirtioError) {
+    /// buffer, publishes it and rings the doorbell (with `notify: false` the doorbell waits for
+    /// `kickTransmit`, a full ring, `flush`, or a later `send`: the device may not look at the
+    /// queue before then). If every transmit descriptor is in flight, waits (up to `timeout`,
+    /// default `txQueue.timeout`) for the device to return one. Returns once the frame is
+    /// queued, not sent: `flush` waits for the device.
+    public mutating func send(_ frame: UnsafeRawBufferPointer, notify: Bool = true,
+                              timeout: UInt64? = nil) throws(VirtioError) {
         guard isSendable(frame) else { throw .badArgument }
-        try transmit(frame, timeout: timeout)
+        try transmit(frame, notify: notify, timeout: timeout)
+    }
+
+    /// Rings the transmit doorbell if frames were published without one.
+    public mutating func kickTransmit() {
+        if txUnnotified > 0 {
+            txQueue.notify()
+            txUnnotified = 0
+        }
+    }
+
+    /// Rings the receive doorbell if buffers were posted again without one.
+    public mutating func kickReceive() {
+        if rxUnnotified > 0 {
+            rxQueue.notify()
+            rxUnnotified = 0
+        }
     }
 
     /// True if `send` accepts `frame`: 14 ... `maxFrameSize` bytes, or 4 more with an 802.1Q tag.
@@ -324,9 +358,11 @@ public struct VirtioNet {
 
     /// `send` without the length checks (up to `bufferSize - 12` bytes, any length ≥ 0): for
     /// tests of what the device does with runt or oversized frames.
-    public mutating func transmit(_ frame: UnsafeRawBufferPointer, timeout: UInt64? = nil) throws(VirtioError) {
+    public mutating func transmit(_ frame: UnsafeRawBufferPointer, notify: Bool = true,
+                                  timeout: UInt64? = nil) throws(VirtioError) {
         guard frame.count <= bufferSize - VirtioNet.headerSize else { throw .badArgument }
         try reclaimTransmitted()
+        if txQueue.freeCount == 0 { kickTransmit() }
         while txQueue.freeCount == 0 {
             let element = try txQueue.waitUsed(timeout: timeout)
             guard element.known else { throw .badUsedID(element.id) }
@@ -343,13 +379,15 @@ public struct VirtioNet {
             try txQueue.add(UnsafeBufferPointer(start: p, count: 1))
         }
         txQueue.publish(added)
-        txQueue.notify()
+        txUnnotified += 1
+        if notify { kickTransmit() }
         framesSent &+= 1
     }
 
     /// Waits until the device has returned every transmit chain (every queued frame has left
     /// the guest). Throws `timeout` after `timeout` ns (default `txQueue.timeout`) without one.
     public mutating func flush(timeout: UInt64? = nil) throws(VirtioError) {
+        kickTransmit()
         try reclaimTransmitted()
         while txQueue.inFlight > 0 {
             let element = try txQueue.waitUsed(timeout: timeout)
@@ -379,12 +417,14 @@ public struct VirtioNet {
     /// the buffer is posted again afterwards). Returns false if nothing has arrived.
     @discardableResult
     public mutating func receive(_ body: (UnsafeRawBufferPointer) -> Void) throws(VirtioError) -> Bool {
-        var repost = false
-        defer { if repost { rxQueue.notify() } }
+        var took = false
+        defer {
+            // Idle (nothing more to take, or an error) or a batch's worth: tell the device.
+            if !took || rxUnnotified >= rxNotifyBatch { kickReceive() }
+        }
         while let element = try rxQueue.nextUsed() {
             guard element.known else { throw .badUsedID(element.id) }
             let head = UInt16(truncatingIfNeeded: element.id)
-            repost = true
             guard element.length <= UInt32(bufferSize) else {
                 try postReceiveBuffer()
                 throw .badUsedLength(element.length)
@@ -399,6 +439,7 @@ public struct VirtioNet {
                                         count: length - VirtioNet.headerSize))
             try postReceiveBuffer()
             framesReceived &+= 1
+            took = true
             return true
         }
         return false
