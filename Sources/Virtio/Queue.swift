@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Why a descriptor chain or a queue operation was refused. The device answers a broken chain by
 /// failing that request (or, for ring corruption, by asking for a reset); it never trusts it.
 public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -172,8 +174,11 @@ public struct SplitQueue: Equatable, Sendable {
         guard let head = ram.u16(at: slot) else { throw .memory(address: slot, length: 2) }
         nextAvail &+= 1
         if eventIndex {
-            // §2.7.10: publish avail_event so the driver notifies only for later buffers.
+            // §2.7.10: publish avail_event so the driver notifies only for later buffers. The
+            // next pop reads avail.idx after this store; x86 may let that load pass the store,
+            // and the driver could then skip a notification the device needs: fence.
             _ = ram.store(nextAvail, at: usedRing + 4 + 8 * UInt64(size))
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
         }
         do { return AvailableChain(head: head, result: .success(try parseChain(head: head, in: ram))) } catch {
             return AvailableChain(head: head, result: .failure(error))
@@ -248,6 +253,9 @@ public struct SplitQueue: Equatable, Sendable {
     /// (§2.7.7: the NO_INTERRUPT flag, or with VIRTIO_F_EVENT_IDX the used_event index).
     public mutating func shouldNotify(_ ram: GuestRAM) -> Bool {
         defer { signalledUsed = nextUsed }
+        // The used index was just stored; the driver's used_event / flags must be read after it
+        // is visible (a store-load pair x86 may reorder).
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
         if eventIndex {
             guard let usedEvent = ram.u16(at: availRing + 4 + 2 * UInt64(size)) else { return true }
             // Notify when used_event lies in (signalledUsed, nextUsed]: the vring_need_event rule.
