@@ -5,6 +5,13 @@ import Virtio
 ///
 /// The device checks every range against `sectorCount` before it calls the back end; back ends
 /// check again (defence in depth) and refuse a range outside the disk by failing.
+/// Guest memory that a back end can read a file into directly (one copy instead of two).
+public protocol DirectFileTarget: AnyObject {
+    /// Reads `count` bytes of `fd` at `fileOffset` into guest memory at `address`, which must be
+    /// memory the device may write. False on any failure.
+    func readFile(_ fd: Int32, fileOffset: UInt64, into address: UInt64, count: Int) -> Bool
+}
+
 public protocol BlockBackend: AnyObject {
     /// The disk's size in 512-byte sectors. Must not change while a device uses the back end.
     var sectorCount: UInt64 { get }
@@ -18,6 +25,13 @@ public protocol BlockBackend: AnyObject {
     func discard(sector: UInt64, sectors: UInt64) -> Bool
     /// Sets `sectors` sectors at `sector` to zero.
     func writeZeroes(sector: UInt64, sectors: UInt64) -> Bool
+    /// Reads `count` bytes at `sector` straight into the chain's writable buffers, in order.
+    /// nil: this back end or this memory cannot (the caller copies through a buffer instead).
+    func readDirect(sector: UInt64, count: Int, into chain: DescriptorChain, ram: GuestRAM) -> Bool?
+}
+
+extension BlockBackend {
+    public func readDirect(sector: UInt64, count: Int, into chain: DescriptorChain, ram: GuestRAM) -> Bool? { nil }
 }
 
 /// The operations of a `BlockBackend`.
@@ -488,12 +502,16 @@ public final class VirtioBlock: VirtioDeviceModel {
     private func execute(_ request: BlockRequest, chain: DescriptorChain, ram: GuestRAM) -> UInt32 {
         switch request {
         case .read(let sector, let n):
-            var data: [UInt8] = []
-            if n > 0 {
-                guard let d = backend.read(sector: sector, count: n), d.count == n else { return fail(.backend(.read), chain, ram) }
-                data = d
+            if n > 0, let direct = backend.readDirect(sector: sector, count: n, into: chain, ram: ram) {
+                guard direct else { return fail(.backend(.read), chain, ram) }
+            } else {
+                var data: [UInt8] = []
+                if n > 0 {
+                    guard let d = backend.read(sector: sector, count: n), d.count == n else { return fail(.backend(.read), chain, ram) }
+                    data = d
+                }
+                do { try chain.scatter(data, to: ram) } catch { return fail(.memory(error), chain, ram) }
             }
-            do { try chain.scatter(data, to: ram) } catch { return fail(.memory(error), chain, ram) }
             counters.reads += 1
             counters.bytesRead += UInt64(n)
             return finish(chain, ram: ram, status: .ok, dataWritten: n)

@@ -165,3 +165,24 @@ public final class GuestMemory: @unchecked Sendable {
         return n
     }
 }
+
+extension GuestMemory {
+    /// Reads `count` bytes of the file `fd` at `fileOffset` straight into guest memory at
+    /// `address` (one copy, no intermediate buffer). False when the file ends early or the read
+    /// fails; the range must be guest RAM.
+    public func copyFromFile(_ fd: Int32, fileOffset: UInt64, into address: UInt64, count: Int) throws(GuestMemoryError) -> Bool {
+        let off = try offset(of: address, length: UInt64(max(count, 0)))
+        var done = 0
+        while done < count {
+            // SAFETY: `off+done ..< off+count` lies inside the checked range of the mapping.
+            let n = pread(fd, region.advanced(by: off + done), count - done, off_t(fileOffset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            if n == 0 { return false }
+            done += n
+        }
+        return true
+    }
+}

@@ -15,7 +15,7 @@ extension GuestMemory: GuestRAM {
 /// Without this a program could hand a device a buffer in its page tables, its IDT or its own
 /// read-only code and have the device write there for it: DMA is confined to what the guest
 /// could do itself.
-final class ProgramDMAView: GuestRAM, @unchecked Sendable {
+final class ProgramDMAView: GuestRAM, DirectFileTarget, @unchecked Sendable {
     // Sendable: immutable; GuestMemory is thread-safe for copies.
     let memory: GuestMemory
     let plan: BootPlan
@@ -38,6 +38,11 @@ final class ProgramDMAView: GuestRAM, @unchecked Sendable {
 
     func isWritable(_ address: UInt64, length: UInt64) -> Bool {
         plan.userCanAccess(address, length: length, rights: [.user, .writable]) && memory.contains(address, length: length)
+    }
+
+    func readFile(_ fd: Int32, fileOffset: UInt64, into address: UInt64, count: Int) -> Bool {
+        guard count >= 0, isWritable(address, length: UInt64(count)) else { return false }
+        return memory.readFile(fd, fileOffset: fileOffset, into: address, count: count)
     }
 }
 

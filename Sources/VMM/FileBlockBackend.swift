@@ -1,4 +1,5 @@
 import Devices
+import Virtio
 import KVM
 #if canImport(Glibc)
 import Glibc
@@ -134,4 +135,26 @@ public final class FileBlockBackend: BlockBackend {
 
     /// Test hook: behave as if the file system lacked FALLOC_FL_ZERO_RANGE.
     func forceZeroRangeFallback() { zeroRangeUnsupported = true }
+}
+
+extension FileBlockBackend {
+    /// Reads straight into guest memory, buffer by buffer, when the memory allows it.
+    public func readDirect(sector: UInt64, count: Int, into chain: DescriptorChain, ram: GuestRAM) -> Bool? {
+        guard let target = ram as? DirectFileTarget else { return nil }
+        let (base, o) = sector.multipliedReportingOverflow(by: Self.sectorSize)
+        guard !o, count >= 0 else { return false }
+        var done = 0
+        for b in chain.writable where done < count {
+            let n = min(Int(b.length), count - done)
+            guard target.readFile(fd.rawValue, fileOffset: base + UInt64(done), into: b.address, count: n) else { return false }
+            done += n
+        }
+        return done == count
+    }
+}
+
+extension GuestMemory: DirectFileTarget {
+    public func readFile(_ fd: Int32, fileOffset: UInt64, into address: UInt64, count: Int) -> Bool {
+        (try? copyFromFile(fd, fileOffset: fileOffset, into: address, count: count)) ?? false
+    }
 }

@@ -1,4 +1,7 @@
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import KVM
 
 @Suite struct GuestMemoryTests {
@@ -56,5 +59,21 @@ import Testing
         e.signal(); e.signal()
         #expect(e.wait(nanoseconds: 1_000_000))
         #expect(e.drain() == 0)
+    }
+}
+
+@Suite struct GuestMemoryFileTests {
+    @Test func readsAFileStraightIntoGuestMemory() throws {
+        let path = "/tmp/bulkhead-gm-\(UInt64.random(in: 0..<UInt64.max))"
+        try FileDescriptor.open(writing: path).writeAll((0..<8192).map { UInt8(truncatingIfNeeded: $0 * 7) })
+        defer { _ = path.withCString { unlink($0) } }
+        let fd = try FileDescriptor.open(readOnly: path)
+        let m = try GuestMemory(base: 0x1000, size: 1 << 20)
+        #expect(try m.copyFromFile(fd.rawValue, fileOffset: 512, into: 0x2000, count: 4096))
+        #expect(try m.read(at: 0x2000, count: 4) == [UInt8(truncatingIfNeeded: 512 * 7), UInt8(truncatingIfNeeded: 513 * 7),
+                                                    UInt8(truncatingIfNeeded: 514 * 7), UInt8(truncatingIfNeeded: 515 * 7)])
+        #expect(try m.copyFromFile(fd.rawValue, fileOffset: 8000, into: 0x2000, count: 512) == false) // file ends early
+        #expect(throws: GuestMemoryError.self) { try m.copyFromFile(fd.rawValue, fileOffset: 0, into: 0x10_0000, count: 8192) }
+        #expect(throws: GuestMemoryError.self) { try m.copyFromFile(fd.rawValue, fileOffset: 0, into: UInt64.max - 10, count: 64) }
     }
 }
