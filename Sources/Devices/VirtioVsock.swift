@@ -1,0 +1,568 @@
+import Virtio
+
+/// What a `VsockHost` had for one connection.
+public enum VsockHostRead: Equatable, Sendable {
+    /// Bytes for the guest (never more than asked for, never empty).
+    case data([UInt8])
+    /// Nothing now; try again when the connection's descriptor is readable.
+    case empty
+    /// The host side closed: no more data will come.
+    case closed
+}
+
+/// The host side of virtio-vsock: where guest-initiated stream connections to the host (CID 2)
+/// go. The device validates every packet before it calls the host, so a host sees only
+/// connections and bytes the guest was allowed to make. Never blocks.
+public protocol VsockHost: AnyObject {
+    /// Opens a connection for a guest connecting to host port `port` (Firecracker maps this to
+    /// the Unix socket "PATH_PORT"). Returns a connection id, or nil when nothing listens there.
+    func connect(port: UInt32) -> UInt64?
+    /// Offers bytes to connection `id`; returns how many it accepted (0...bytes.count).
+    func send(_ id: UInt64, _ bytes: [UInt8]) -> Int
+    /// Reads at most `max` (> 0) bytes from connection `id`.
+    func receive(_ id: UInt64, max: Int) -> VsockHostRead
+    /// Closes connection `id` (the guest reset or shut it down). The id is not used again.
+    func close(_ id: UInt64)
+    /// A descriptor readable when connection `id` has data, for the VMM's poll loop; -1 if none.
+    func descriptor(_ id: UInt64) -> Int32
+}
+
+extension VsockHost {
+    public func descriptor(_ id: UInt64) -> Int32 { -1 }
+}
+
+/// A host in memory, for tests and fuzzers: `listening` ports accept, bytes from the guest
+/// collect per connection, bytes for the guest wait in `inbound`.
+public final class MemoryVsockHost: VsockHost {
+    public struct Connection: Equatable, Sendable {
+        public var port: UInt32
+        /// Everything the host accepted from the guest, in order.
+        public var received: [UInt8] = []
+        /// Bytes waiting for the guest.
+        public var inbound: [UInt8] = []
+        /// The host side is closing: after `inbound` drains, reads answer `.closed`.
+        public var hostClosed = false
+        /// Closed by the device.
+        public var closed = false
+        /// How many more bytes `send` accepts (nil: no limit).
+        public var sendCapacity: Int?
+    }
+
+    public var listening: Set<UInt32> = []
+    public private(set) var connections: [UInt64: Connection] = [:]
+    public private(set) var nextID: UInt64 = 1
+    /// The capacity new connections start with (nil: no limit).
+    public var defaultSendCapacity: Int?
+
+    public init(listening: Set<UInt32> = []) { self.listening = listening }
+
+    /// Connections not closed by the device.
+    public var openCount: Int { connections.values.filter { !$0.closed }.count }
+    /// All bytes every connection accepted.
+    public var totalReceived: Int { connections.values.reduce(0) { $0 + $1.received.count } }
+
+    public func connect(port: UInt32) -> UInt64? {
+        guard listening.contains(port) else { return nil }
+        let id = nextID
+        nextID += 1
+        connections[id] = Connection(port: port, sendCapacity: defaultSendCapacity)
+        return id
+    }
+
+    public func send(_ id: UInt64, _ bytes: [UInt8]) -> Int {
+        guard var c = connections[id], !c.closed else { return 0 }
+        let n = min(bytes.count, c.sendCapacity ?? .max)
+        c.received += bytes.prefix(n)
+        if let cap = c.sendCapacity { c.sendCapacity = cap - n }
+        connections[id] = c
+        return n
+    }
+
+    public func receive(_ id: UInt64, max: Int) -> VsockHostRead {
+        guard var c = connections[id], !c.closed else { return .closed }
+        if c.inbound.isEmpty { return c.hostClosed ? .closed : .empty }
+        let n = min(max, c.inbound.count)
+        let out = Array(c.inbound.prefix(n))
+        c.inbound.removeFirst(n)
+        connections[id] = c
+        return .data(out)
+    }
+
+    public func close(_ id: UInt64) { connections[id]?.closed = true }
+
+    /// Queues bytes for the guest on connection `id`.
+    public func deliver(_ bytes: [UInt8], to id: UInt64) { connections[id]?.inbound += bytes }
+    /// The host closes connection `id` (after its queued bytes).
+    public func hangUp(_ id: UInt64) { connections[id]?.hostClosed = true }
+    /// Lets connection `id` accept `n` more bytes.
+    public func setSendCapacity(_ n: Int?, for id: UInt64) { connections[id]?.sendCapacity = n }
+}
+
+/// `struct virtio_vsock_hdr` (virtio 1.2 §5.10.6): 44 bytes, little-endian.
+public struct VsockHeader: Equatable, Sendable {
+    public var srcCID: UInt64
+    public var dstCID: UInt64
+    public var srcPort: UInt32
+    public var dstPort: UInt32
+    public var len: UInt32
+    public var type: UInt16
+    public var op: UInt16
+    public var flags: UInt32
+    public var bufAlloc: UInt32
+    public var fwdCnt: UInt32
+
+    public static let size = 44
+
+    public init(srcCID: UInt64, dstCID: UInt64, srcPort: UInt32, dstPort: UInt32, len: UInt32 = 0,
+                type: UInt16 = VirtioVsock.typeStream, op: UInt16, flags: UInt32 = 0,
+                bufAlloc: UInt32 = 0, fwdCnt: UInt32 = 0) {
+        self.srcCID = srcCID; self.dstCID = dstCID; self.srcPort = srcPort; self.dstPort = dstPort
+        self.len = len; self.type = type; self.op = op; self.flags = flags
+        self.bufAlloc = bufAlloc; self.fwdCnt = fwdCnt
+    }
+
+    /// Decodes the first 44 bytes of `b` (nil when shorter).
+    public init?(_ b: [UInt8]) {
+        guard b.count >= Self.size else { return nil }
+        func u(_ o: Int, _ n: Int) -> UInt64 { (0..<n).reduce(0) { $0 | UInt64(b[o + $1]) << (8 * UInt64($1)) } }
+        srcCID = u(0, 8); dstCID = u(8, 8)
+        srcPort = UInt32(u(16, 4)); dstPort = UInt32(u(20, 4)); len = UInt32(u(24, 4))
+        type = UInt16(u(28, 2)); op = UInt16(u(30, 2))
+        flags = UInt32(u(32, 4)); bufAlloc = UInt32(u(36, 4)); fwdCnt = UInt32(u(40, 4))
+    }
+
+    public var bytes: [UInt8] {
+        func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+        return le(srcCID, 8) + le(dstCID, 8) + le(UInt64(srcPort), 4) + le(UInt64(dstPort), 4) + le(UInt64(len), 4)
+            + le(UInt64(type), 2) + le(UInt64(op), 2) + le(UInt64(flags), 4) + le(UInt64(bufAlloc), 4) + le(UInt64(fwdCnt), 4)
+    }
+}
+
+/// Why virtio-vsock refused a packet (or a chain). Each is counted in `VsockCounters.drops`.
+public enum VsockDrop: String, Error, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+    /// Fewer than 44 device-readable bytes: no complete header. Dropped, no reply.
+    case shortHeader
+    /// `src_cid` is not the guest's CID: spoofing. Dropped, no reply (the address is forged).
+    case spoofedSource
+    /// `dst_cid` is not the host (2). Answered with RST.
+    case wrongDestination
+    /// `type` is not STREAM. Answered with RST.
+    case badType
+    /// `len` exceeds the payload bytes present, or 64 KiB. Answered with RST.
+    case badLength
+    /// An op the device does not know (or one the guest may not send). Answered with RST.
+    case unknownOp
+    /// A packet (RW, SHUTDOWN, CREDIT_*) for a connection that does not exist. Answered with RST
+    /// (except RST itself).
+    case noConnection
+    /// RW data beyond the credit the device advertised, or after the guest's SHUTDOWN(SEND).
+    /// The connection is reset.
+    case creditOverrun
+    /// REQUEST while the connection table is full. Answered with RST.
+    case tableFull
+    /// REQUEST to a port where nothing listens. Answered with RST.
+    case connectRefused
+    /// REQUEST for a connection that already exists: both are reset.
+    case duplicateRequest
+    /// A receive chain whose writable bytes cannot hold a header: the packet meant for it is lost.
+    case rxChainTooSmall
+    /// The virtqueue refused the chain.
+    case brokenChain
+    /// Copying to or from guest memory failed.
+    case memory
+
+    public var description: String { rawValue }
+}
+
+/// What the device has done, for metrics. Counters only grow.
+public struct VsockCounters: Equatable, Sendable {
+    public var packetsFromGuest: UInt64 = 0
+    public var packetsToGuest: UInt64 = 0
+    /// Payload bytes the host accepted, and payload bytes delivered to the guest.
+    public var bytesToHost: UInt64 = 0
+    public var bytesToGuest: UInt64 = 0
+    public var connectionsOpened: UInt64 = 0
+    public var drops: [VsockDrop: UInt64] = [:]
+    public var lastDrop: VsockDrop?
+
+    public var totalDrops: UInt64 { drops.values.reduce(0, +) }
+    public subscript(drop: VsockDrop) -> UInt64 { drops[drop] ?? 0 }
+}
+
+/// Why a `VirtioVsock` configuration was refused.
+public enum VirtioVsockConfigError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// CIDs 0-2 are reserved (hypervisor, local, host); 0xffffffff is VMADDR_CID_ANY, and Linux
+    /// uses 32-bit CIDs.
+    case reservedCID(UInt64)
+
+    public var description: String {
+        switch self {
+        case .reservedCID(let c): return "guest CID \(c) is reserved; use 3...4294967294"
+        }
+    }
+}
+
+/// virtio-vsock (virtio 1.2 §5.10) as a pure state machine: guest-initiated STREAM connections
+/// to the host (CID 2), each handed to a `VsockHost`. Queues: 0 rx, 1 tx, 2 event (never used:
+/// there is no live migration). Configuration space: guest_cid le64. No feature bits are offered
+/// (stream only, as with no feature negotiated).
+///
+/// Threats (every header is the guest's):
+/// - Each TX chain is copied out once (at most 44 + 64 KiB bytes) and its header parsed from
+///   that copy. `src_cid` must be the guest's CID (anti-spoofing: dropped without reply),
+///   `dst_cid` the host, `type` STREAM, `len` at most the payload present and 64 KiB; anything
+///   else is answered with RST, and an existing connection with those ports is torn down.
+/// - Flow control (§5.10.6.3): the device advertises `bufferSize` bytes of buffer per
+///   connection. Data the host cannot take at once waits in that buffer; an RW that would
+///   overflow it is data beyond the advertised credit: the connection is reset. The host thus
+///   never holds more than a connection's worth per connection in the device.
+/// - Host to guest: data is read from the host only up to the guest's credit
+///   (buf_alloc - (tx_cnt - fwd_cnt), from the guest's latest header) and the receive chain's
+///   room, so the device never holds host data it cannot deliver.
+/// - Bounded state: at most `maxConnections` connections (more: RST) and `maxControl` queued
+///   control packets; when control packets back up (the guest posts no receive buffers), TX
+///   processing stops, leaving chains in the queue, until receive drains them.
+/// - Work per call: at most a queue's worth of chains per queue.
+public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
+    public static let hostCID: UInt64 = 2
+    public static let typeStream: UInt16 = 1
+    public enum Op {
+        public static let request: UInt16 = 1
+        public static let response: UInt16 = 2
+        public static let rst: UInt16 = 3
+        public static let shutdown: UInt16 = 4
+        public static let rw: UInt16 = 5
+        public static let creditUpdate: UInt16 = 6
+        public static let creditRequest: UInt16 = 7
+    }
+    /// VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE / _SEND.
+    public static let shutdownReceive: UInt32 = 1
+    public static let shutdownSend: UInt32 = 2
+
+    public static let receiveQueue = 0
+    public static let transmitQueue = 1
+    public static let eventQueue = 2
+    public static let queueSize: UInt16 = 256
+    public static let maxPayload = 64 * 1024
+    public static let maxConnections = 64
+    public static let maxControl = 2 * maxConnections + 32
+
+    public let deviceType = Virtio.DeviceType.vsock
+    public let features: UInt64 = 0
+    public let queueSizes: [UInt16] = [queueSize, queueSize, queueSize]
+    public let guestCID: UInt64
+    public let host: VsockHost
+    /// The buffer (and credit) the device advertises per connection for guest-to-host data.
+    public let bufferSize: UInt32
+    public private(set) var counters = VsockCounters()
+
+    struct Key: Equatable { var guestPort: UInt32, hostPort: UInt32 }
+
+    struct Connection {
+        var key: Key
+        var id: UInt64
+        /// Guest data the host has not accepted yet (at most `bufferSize`).
+        var toHost: [UInt8] = []
+        /// Bytes handed to the host (our fwd_cnt), and the value last told to the guest.
+        var fwdCnt: UInt32 = 0
+        var advertisedFwdCnt: UInt32 = 0
+        /// The guest's credit: its buf_alloc and fwd_cnt, and what we sent it (tx_cnt).
+        var peerBufAlloc: UInt32 = 0
+        var peerFwdCnt: UInt32 = 0
+        var txCnt: UInt32 = 0
+        var creditUpdateWanted = false
+        /// The guest will send no more / receive no more.
+        var guestShutSend = false
+        var guestShutReceive = false
+        /// The host closed; SHUTDOWN was queued for the guest.
+        var hostClosed = false
+
+        var peerFree: Int {
+            let inFlight = txCnt &- peerFwdCnt
+            return inFlight > peerBufAlloc ? 0 : Int(peerBufAlloc - inFlight)
+        }
+    }
+
+    struct Control { var key: Key, op: UInt16, flags: UInt32 = 0 }
+
+    private(set) var connections: [Connection] = []
+    private(set) var control: [Control] = []
+    /// TX stopped because `control` is full.
+    public private(set) var transmitBlocked = false
+    private var nextRoundRobin = 0
+
+    public var connectionCount: Int { connections.count }
+    public var pendingControlCount: Int { control.count }
+
+    public init(guestCID: UInt64, host: VsockHost, bufferSize: UInt32 = 64 * 1024) throws(VirtioVsockConfigError) {
+        guard guestCID >= 3, guestCID < 0xffff_ffff else { throw .reservedCID(guestCID) }
+        self.guestCID = guestCID
+        self.host = host
+        self.bufferSize = max(1, bufferSize)
+    }
+
+    public var config: [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: guestCID >> (8 * UInt64($0))) } }
+
+    /// Descriptors of connections that can take data for the guest now.
+    public var inputDescriptors: [Int32] {
+        connections.compactMap { c in
+            guard !c.hostClosed, !c.guestShutReceive, c.peerFree > 0 else { return nil }
+            let d = host.descriptor(c.id)
+            return d >= 0 ? d : nil
+        }
+    }
+
+    public func reset() {
+        for c in connections { host.close(c.id) }
+        connections = []
+        control = []
+        transmitBlocked = false
+    }
+
+    public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
+        switch index {
+        case Self.receiveQueue: return try fill(&queue, ram: ram).used
+        case Self.transmitQueue: return try transmitAll(&queue, ram: ram)
+        default: return false
+        }
+    }
+
+    public func receive(queues: inout [SplitQueue?], ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult {
+        flushAll()
+        guard queues.indices.contains(Self.receiveQueue), var rx = queues[Self.receiveQueue] else {
+            return ReceiveResult(used: false, needsBuffers: !control.isEmpty)
+        }
+        var r = try fill(&rx, ram: ram)
+        queues[Self.receiveQueue] = rx
+        // Control packets drained: TX that stopped for them can go on.
+        if transmitBlocked, control.count < Self.maxControl,
+           queues.indices.contains(Self.transmitQueue), var tx = queues[Self.transmitQueue] {
+            let txUsed = try transmitAll(&tx, ram: ram)
+            queues[Self.transmitQueue] = tx
+            let r2 = try fill(&rx, ram: ram)
+            queues[Self.receiveQueue] = rx
+            r = ReceiveResult(used: r.used || r2.used || txUsed, needsBuffers: r2.needsBuffers)
+        }
+        return r
+    }
+
+    // MARK: Transmit
+
+    func transmitAll(_ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
+        transmitBlocked = false
+        var used = false
+        for _ in 0..<Int(queue.size) {
+            // Each packet queues at most one control packet: stop while they back up.
+            guard control.count < Self.maxControl else { transmitBlocked = true; break }
+            guard let next = try queue.pop(from: ram) else { break }
+            switch next.result {
+            case .failure: record(.brokenChain)
+            case .success(let chain): transmit(chain, ram: ram)
+            }
+            // §5.10.6.2: the device writes nothing into a TX chain.
+            if next.head < queue.size { try queue.push(head: next.head, written: 0, to: ram) }
+            used = true
+        }
+        return used
+    }
+
+    /// Copies one TX chain out once (header and at most 64 KiB of payload) and handles it.
+    /// Writes nothing into guest memory.
+    public func transmit(_ chain: DescriptorChain, ram: GuestRAM) {
+        guard chain.readableLength >= UInt64(VsockHeader.size) else { record(.shortHeader); return }
+        let bytes: [UInt8]
+        do { bytes = try chain.gather(from: ram, limit: VsockHeader.size + Self.maxPayload) } catch {
+            record(.memory); return
+        }
+        guard let h = VsockHeader(bytes) else { record(.memory); return }
+        handle(h, payload: bytes[VsockHeader.size...])
+        flushAll()
+    }
+
+    /// Handles one packet from the guest.
+    func handle(_ h: VsockHeader, payload: ArraySlice<UInt8>) {
+        counters.packetsFromGuest += 1
+        guard h.srcCID == guestCID else { record(.spoofedSource); return }
+        let key = Key(guestPort: h.srcPort, hostPort: h.dstPort)
+        let index = connections.firstIndex { $0.key == key }
+        func refuse(_ why: VsockDrop) {
+            record(why)
+            if let i = index { drop(at: i) }
+            if h.op != Op.rst { control.append(Control(key: key, op: Op.rst)) }
+        }
+        guard h.dstCID == Self.hostCID else { return refuse(.wrongDestination) }
+        guard h.type == Self.typeStream else { return refuse(.badType) }
+        guard Int(h.len) <= Self.maxPayload, Int(h.len) <= payload.count else { return refuse(.badLength) }
+
+        if h.op == Op.request {
+            if index != nil { return refuse(.duplicateRequest) }
+            guard connections.count < Self.maxConnections else { return refuse(.tableFull) }
+            guard let id = host.connect(port: h.dstPort) else { return refuse(.connectRefused) }
+            counters.connectionsOpened += 1
+            connections.append(Connection(key: key, id: id, peerBufAlloc: h.bufAlloc, peerFwdCnt: h.fwdCnt))
+            control.append(Control(key: key, op: Op.response))
+            return
+        }
+        guard [Op.rst, Op.shutdown, Op.rw, Op.creditUpdate, Op.creditRequest].contains(h.op) else {
+            return refuse(.unknownOp)
+        }
+        guard let i = index else {
+            // RST for nothing: ignore (never answer RST with RST).
+            if h.op != Op.rst { refuse(.noConnection) }
+            return
+        }
+        // Every header carries the guest's credit.
+        connections[i].peerBufAlloc = h.bufAlloc
+        connections[i].peerFwdCnt = h.fwdCnt
+        switch h.op {
+        case Op.rst:
+            drop(at: i)
+        case Op.shutdown:
+            if h.flags & Self.shutdownSend != 0 { connections[i].guestShutSend = true }
+            if h.flags & Self.shutdownReceive != 0 { connections[i].guestShutReceive = true }
+            if connections[i].guestShutSend && connections[i].guestShutReceive {
+                // Both directions closed: the device ends the connection (§5.10.6.5).
+                drop(at: i)
+                control.append(Control(key: key, op: Op.rst))
+            }
+        case Op.rw:
+            let c = connections[i]
+            guard !c.guestShutSend, c.toHost.count + Int(h.len) <= Int(bufferSize) else {
+                return refuse(.creditOverrun)
+            }
+            connections[i].toHost += payload.prefix(Int(h.len))
+        case Op.creditRequest:
+            connections[i].creditUpdateWanted = true
+        default:
+            break   // CREDIT_UPDATE: the credit was taken above.
+        }
+    }
+
+    /// Closes connection `i` on the host and forgets it (and its queued control packets).
+    private func drop(at i: Int) {
+        let c = connections.remove(at: i)
+        host.close(c.id)
+        control.removeAll { $0.key == c.key }
+    }
+
+    /// Offers every connection's buffered guest data to the host.
+    func flushAll() {
+        for i in connections.indices where !connections[i].toHost.isEmpty {
+            let n = max(0, min(host.send(connections[i].id, connections[i].toHost), connections[i].toHost.count))
+            guard n > 0 else { continue }
+            connections[i].toHost.removeFirst(n)
+            connections[i].fwdCnt &+= UInt32(n)
+            counters.bytesToHost += UInt64(n)
+            // Tell the guest about freed space before it can run out of credit.
+            if connections[i].fwdCnt &- connections[i].advertisedFwdCnt >= bufferSize / 2 {
+                connections[i].creditUpdateWanted = true
+            }
+        }
+    }
+
+    // MARK: Receive
+
+    /// Fills receive chains: control packets first, then credit updates, then host data
+    /// (round robin, within the guest's credit). At most a queue's worth of chains.
+    func fill(_ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult {
+        var used = false
+        for _ in 0..<Int(queue.size) {
+            guard let next = try queue.pop(from: ram) else {
+                return ReceiveResult(used: used, needsBuffers: hasWork)
+            }
+            var written: UInt32 = 0
+            switch next.result {
+            case .failure:
+                record(.brokenChain)
+            case .success(let chain):
+                guard chain.writableLength >= UInt64(VsockHeader.size) else {
+                    // Nothing is taken for it: no packet is lost to a tiny buffer.
+                    record(.rxChainTooSmall)
+                    break
+                }
+                let room = Int(min(chain.writableLength - UInt64(VsockHeader.size), UInt64(Self.maxPayload)))
+                guard let (h, payload) = takePacket(room: room) else {
+                    // Nothing for the guest: the chain stays available.
+                    queue.undoPop()
+                    return ReceiveResult(used: used, needsBuffers: false)
+                }
+                written = deliver(h, payload, into: chain, ram: ram)
+            }
+            if next.head < queue.size { try queue.push(head: next.head, written: written, to: ram) }
+            used = true
+        }
+        return ReceiveResult(used: used, needsBuffers: false)
+    }
+
+    /// Whether a packet may be waiting for a receive buffer (control packets certainly; data
+    /// possibly, for a connection the guest gave credit).
+    private var hasWork: Bool {
+        if !control.isEmpty || connections.contains(where: { $0.creditUpdateWanted }) { return true }
+        return connections.contains { !$0.hostClosed && !$0.guestShutReceive && $0.peerFree > 0 }
+    }
+
+    private func header(_ c: Connection?, key: Key, op: UInt16, len: UInt32 = 0, flags: UInt32 = 0) -> VsockHeader {
+        VsockHeader(srcCID: Self.hostCID, dstCID: guestCID, srcPort: key.hostPort, dstPort: key.guestPort,
+                    len: len, op: op, flags: flags, bufAlloc: bufferSize, fwdCnt: c?.fwdCnt ?? 0)
+    }
+
+    /// The next packet for a chain with `room` payload bytes, or nil when there is none.
+    private func takePacket(room: Int) -> (VsockHeader, [UInt8])? {
+        if !control.isEmpty {
+            let k = control.removeFirst()
+            let i = connections.firstIndex { $0.key == k.key }
+            if let i { connections[i].advertisedFwdCnt = connections[i].fwdCnt }
+            return (header(i.map { connections[$0] }, key: k.key, op: k.op, flags: k.flags), [])
+        }
+        if let i = connections.firstIndex(where: { $0.creditUpdateWanted }) {
+            connections[i].creditUpdateWanted = false
+            connections[i].advertisedFwdCnt = connections[i].fwdCnt
+            return (header(connections[i], key: connections[i].key, op: Op.creditUpdate), [])
+        }
+        guard !connections.isEmpty else { return nil }
+        let n = connections.count
+        for step in 0..<n {
+            let i = (nextRoundRobin + step) % n
+            let c = connections[i]
+            guard !c.hostClosed, !c.guestShutReceive else { continue }
+            let want = min(room, c.peerFree)
+            guard want > 0 else { continue }
+            switch host.receive(c.id, max: want) {
+            case .empty:
+                continue
+            case .closed:
+                connections[i].hostClosed = true
+                connections[i].advertisedFwdCnt = c.fwdCnt
+                nextRoundRobin = (i + 1) % n
+                return (header(c, key: c.key, op: Op.shutdown, flags: Self.shutdownSend | Self.shutdownReceive), [])
+            case .data(var bytes):
+                if bytes.count > want { bytes = Array(bytes.prefix(want)) }   // a host that overreads
+                guard !bytes.isEmpty else { continue }
+                connections[i].txCnt &+= UInt32(bytes.count)
+                connections[i].advertisedFwdCnt = c.fwdCnt
+                nextRoundRobin = (i + 1) % n
+                return (header(c, key: c.key, op: Op.rw, len: UInt32(bytes.count)), bytes)
+            }
+        }
+        return nil
+    }
+
+    /// Writes header and payload into the chain's writable buffers. Returns the used length.
+    private func deliver(_ h: VsockHeader, _ payload: [UInt8], into chain: DescriptorChain, ram: GuestRAM) -> UInt32 {
+        let packet = h.bytes + payload
+        do {
+            guard try chain.scatter(packet, to: ram) == packet.count else { record(.memory); return 0 }
+        } catch {
+            record(.memory)
+            return 0
+        }
+        counters.packetsToGuest += 1
+        counters.bytesToGuest += UInt64(payload.count)
+        return UInt32(packet.count)
+    }
+
+    private func record(_ drop: VsockDrop) {
+        counters.drops[drop, default: 0] += 1
+        counters.lastDrop = drop
+    }
+}

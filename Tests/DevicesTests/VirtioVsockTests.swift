@@ -1,0 +1,288 @@
+import Testing
+import Virtio
+@testable import Devices
+
+/// The driver side of virtio-vsock over an `ArrayRAM`, driving the model directly: TX chains
+/// from packets, RX chains of a given size, and the packets the device wrote back.
+private struct VsockDriver {
+    static let size: UInt16 = 16
+    static let guestCID: UInt64 = 3
+    let ram = ArrayRAM(base: 0, size: 0x10_0000)
+    let host: MemoryVsockHost
+    let vsock: VirtioVsock
+    var queues: [SplitQueue?]
+    var availIdx: [UInt16] = [0, 0]
+    var nextDesc: [UInt16] = [0, 0]
+    var usedSeen: [UInt16] = [0, 0]
+    var cursor: UInt64 = 0x10000
+    var rxBuffers: [UInt16: GuestBuffer] = [:]
+
+    init(listening: Set<UInt32> = [1234], bufferSize: UInt32 = 64 * 1024) {
+        host = MemoryVsockHost(listening: listening)
+        vsock = try! VirtioVsock(guestCID: Self.guestCID, host: host, bufferSize: bufferSize)
+        var qs: [SplitQueue?] = []
+        for q in 0..<3 {
+            let base = UInt64(q) * 0x3000
+            let desc: UInt64 = 0x1000 + base, avail: UInt64 = 0x2000 + base, used: UInt64 = 0x3000 + base
+            qs.append(SplitQueue(size: Self.size, descriptorTable: desc, availRing: avail, usedRing: used))
+        }
+        queues = qs
+    }
+
+    mutating func add(_ q: Int, _ bytes: [UInt8], write: Bool) -> UInt16 {
+        let i = nextDesc[q]
+        nextDesc[q] = (i + 1) % Self.size
+        let addr = cursor
+        cursor += UInt64((bytes.count + 15) & ~15) + 16
+        if cursor > 0xf_0000 { cursor = 0x10000 }
+        _ = ram.copyIn(bytes, at: addr)
+        let l = queues[q]!
+        var d: [UInt8] = []
+        for s in stride(from: 0, to: 64, by: 8) { d.append(UInt8(truncatingIfNeeded: addr >> UInt64(s))) }
+        for s in stride(from: 0, to: 32, by: 8) { d.append(UInt8(truncatingIfNeeded: UInt32(bytes.count) >> UInt32(s))) }
+        d += [write ? 2 : 0, 0, 0, 0]
+        _ = ram.copyIn(d, at: l.descriptorTable + 16 * UInt64(i))
+        _ = ram.store(i, at: l.availRing + 4 + 2 * UInt64(availIdx[q] % Self.size))
+        availIdx[q] &+= 1
+        _ = ram.store(availIdx[q], at: l.availRing + 2)
+        if write { rxBuffers[i] = GuestBuffer(address: addr, length: UInt32(bytes.count)) }
+        return i
+    }
+
+    /// Sends raw bytes as one TX chain.
+    mutating func sendRaw(_ bytes: [UInt8]) {
+        _ = add(1, bytes, write: false)
+        _ = try! vsock.process(queue: 1, &queues[1]!, ram: ram)
+    }
+
+    mutating func send(_ h: VsockHeader, _ payload: [UInt8] = []) { sendRaw(h.bytes + payload) }
+
+    /// Posts `count` RX buffers, lets the device fill them, returns the packets written.
+    mutating func receive(buffers count: Int = 4, size: Int = 4096) -> [(VsockHeader, [UInt8])] {
+        for _ in 0..<count { _ = add(0, [UInt8](repeating: 0xee, count: size), write: true) }
+        _ = try! vsock.receive(queues: &queues, ram: ram)
+        var out: [(VsockHeader, [UInt8])] = []
+        let used = queues[0]!.usedRing
+        while usedSeen[0] != (ram.u16(at: used + 2) ?? 0) {
+            let e = used + 4 + 8 * UInt64(usedSeen[0] % Self.size)
+            let id = UInt16(ram.u16(at: e) ?? 0)
+            let len = Int(ram.u16(at: e + 4) ?? 0)
+            usedSeen[0] &+= 1
+            guard len >= 44, let b = rxBuffers[id], let bytes = ram.copyOut(at: b.address, count: len) else { continue }
+            out.append((VsockHeader(bytes)!, Array(bytes[44...])))
+        }
+        // Unused buffers stay posted: forget the driver's count so later calls re-post fresh ones.
+        return out
+    }
+}
+
+private func pkt(_ op: UInt16, src: UInt64 = VsockDriver.guestCID, dst: UInt64 = 2, srcPort: UInt32 = 5000,
+                 dstPort: UInt32 = 1234, len: UInt32 = 0, type: UInt16 = 1, flags: UInt32 = 0,
+                 bufAlloc: UInt32 = 1 << 20, fwdCnt: UInt32 = 0) -> VsockHeader {
+    VsockHeader(srcCID: src, dstCID: dst, srcPort: srcPort, dstPort: dstPort, len: len, type: type, op: op,
+                flags: flags, bufAlloc: bufAlloc, fwdCnt: fwdCnt)
+}
+
+private typealias Op = VirtioVsock.Op
+
+@Suite struct VirtioVsockTests {
+    @Test func headerRoundTripsAndConfigIsTheCID() throws {
+        let h = pkt(Op.rw, len: 7, flags: 3, fwdCnt: 99)
+        #expect(h.bytes.count == 44)
+        #expect(VsockHeader(h.bytes) == h)
+        let v = try VirtioVsock(guestCID: 0x1_0203, host: MemoryVsockHost())
+        #expect(v.config == [3, 2, 1, 0, 0, 0, 0, 0])
+        #expect(v.deviceType == .vsock && v.queueSizes.count == 3)
+        for bad: UInt64 in [0, 1, 2, 0xffff_ffff, 1 << 40] {
+            #expect(throws: VirtioVsockConfigError.reservedCID(bad)) { try VirtioVsock(guestCID: bad, host: MemoryVsockHost()) }
+        }
+    }
+
+    @Test func requestConnectsAndIsAnswered() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        #expect(d.host.openCount == 1)
+        let r = d.receive()
+        #expect(r.count == 1)
+        let h = r[0].0
+        #expect(h.op == Op.response && h.srcCID == 2 && h.dstCID == 3 && h.srcPort == 1234 && h.dstPort == 5000)
+        #expect(h.bufAlloc == 64 * 1024 && h.type == 1)
+    }
+
+    @Test func requestToClosedPortIsReset() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request, dstPort: 9))
+        #expect(d.host.connections.isEmpty)
+        #expect(d.receive().map(\.0.op) == [Op.rst])
+        #expect(d.vsock.counters[.connectRefused] == 1)
+    }
+
+    @Test func spoofedSourceIsDroppedSilently() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request, src: 4))
+        d.send(pkt(Op.request, src: 2))
+        #expect(d.host.connections.isEmpty)
+        #expect(d.receive().isEmpty)
+        #expect(d.vsock.counters[.spoofedSource] == 2)
+    }
+
+    @Test func shortHeaderIsDropped() {
+        var d = VsockDriver()
+        d.sendRaw(Array(pkt(Op.request).bytes.prefix(43)))
+        #expect(d.host.connections.isEmpty && d.receive().isEmpty)
+        #expect(d.vsock.counters[.shortHeader] == 1)
+    }
+
+    @Test func lengthBeyondPayloadResetsTheConnection() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        _ = d.receive()
+        d.send(pkt(Op.rw, len: 100), [UInt8](repeating: 1, count: 99))
+        #expect(d.host.totalReceived == 0)
+        #expect(d.vsock.connectionCount == 0 && d.host.openCount == 0)
+        #expect(d.receive().map(\.0.op) == [Op.rst])
+        #expect(d.vsock.counters[.badLength] == 1)
+        // A length above 64 KiB is refused even with the bytes present.
+        d.send(pkt(Op.request))
+        d.send(pkt(Op.rw, len: 65537), [UInt8](repeating: 1, count: 65537))
+        #expect(d.host.totalReceived == 0 && d.vsock.counters[.badLength] == 2)
+    }
+
+    @Test func unknownTypeOpAndDestinationAreReset() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request, type: 2))
+        d.send(pkt(Op.request, dst: 7))
+        d.send(pkt(99))
+        d.send(pkt(Op.response))
+        #expect(d.host.connections.isEmpty)
+        #expect(d.receive(buffers: 8).map(\.0.op) == [Op.rst, Op.rst, Op.rst, Op.rst])
+        #expect(d.vsock.counters[.badType] == 1 && d.vsock.counters[.wrongDestination] == 1)
+        #expect(d.vsock.counters[.unknownOp] == 2)
+    }
+
+    @Test func dataBeforeRequestIsReset() {
+        var d = VsockDriver()
+        d.send(pkt(Op.rw, len: 5), [1, 2, 3, 4, 5])
+        d.send(pkt(Op.rst))   // never answered
+        #expect(d.host.totalReceived == 0)
+        #expect(d.receive().map(\.0.op) == [Op.rst])
+        #expect(d.vsock.counters[.noConnection] == 1)
+    }
+
+    @Test func dataFlowsToTheHostWithinCredit() {
+        var d = VsockDriver(bufferSize: 100)
+        d.send(pkt(Op.request))
+        let id = d.host.connections.keys.first!
+        d.host.setSendCapacity(30, for: id)
+        d.send(pkt(Op.rw, len: 60), Array(0..<60))
+        #expect(d.host.connections[id]!.received == Array(0..<30))
+        // 30 buffered; 70 more fit exactly.
+        d.send(pkt(Op.rw, len: 70), Array(60..<130))
+        #expect(d.vsock.connectionCount == 1)
+        d.host.setSendCapacity(nil, for: id)
+        _ = d.receive()
+        #expect(d.host.connections[id]!.received == Array(0..<130))
+        // The host took everything: half the buffer freed at least once, so a credit update went out.
+        #expect(d.vsock.counters.bytesToHost == 130)
+    }
+
+    @Test func creditOverrunResets() {
+        var d = VsockDriver(bufferSize: 100)
+        d.send(pkt(Op.request))
+        let id = d.host.connections.keys.first!
+        d.host.setSendCapacity(0, for: id)
+        d.send(pkt(Op.rw, len: 100), [UInt8](repeating: 7, count: 100))
+        #expect(d.vsock.connectionCount == 1)
+        d.send(pkt(Op.rw, len: 1), [8])
+        #expect(d.vsock.connectionCount == 0 && d.host.connections[id]!.closed)
+        #expect(d.host.totalReceived == 0)
+        // The RESPONSE not yet delivered was withdrawn with the connection.
+        #expect(d.receive().map(\.0.op) == [Op.rst])
+        #expect(d.vsock.counters[.creditOverrun] == 1)
+    }
+
+    @Test func connectionTableIsBounded() {
+        var d = VsockDriver()
+        for p in 0..<UInt32(VirtioVsock.maxConnections + 3) {
+            d.send(pkt(Op.request, srcPort: 10_000 + p))
+            _ = d.receive(buffers: 1)
+        }
+        #expect(d.vsock.connectionCount == VirtioVsock.maxConnections)
+        #expect(d.host.openCount == VirtioVsock.maxConnections)
+        #expect(d.vsock.counters[.tableFull] == 3)
+    }
+
+    @Test func duplicateRequestResetsBoth() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        d.send(pkt(Op.request))
+        #expect(d.vsock.connectionCount == 0 && d.host.openCount == 0)
+        // The RESPONSE was withdrawn with the connection.
+        #expect(d.receive().map(\.0.op) == [Op.rst])
+    }
+
+    @Test func hostDataIsDeliveredWithinTheGuestsCredit() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request, bufAlloc: 10))
+        let id = d.host.connections.keys.first!
+        d.host.deliver(Array(0..<25), to: id)
+        let r = d.receive(buffers: 2)
+        #expect(r.map(\.0.op) == [Op.response, Op.rw])
+        #expect(r[1].1 == Array(0..<10) && r[1].0.len == 10)
+        #expect(d.receive(buffers: 0).isEmpty)
+        // The guest consumed 10 and says so.
+        d.send(pkt(Op.creditUpdate, bufAlloc: 10, fwdCnt: 10))
+        let r2 = d.receive(buffers: 1)
+        #expect(r2.map(\.1) == [Array(10..<20)])
+        // A small buffer limits a packet too.
+        d.send(pkt(Op.creditUpdate, bufAlloc: 100, fwdCnt: 20))
+        let r3 = d.receive(buffers: 1, size: 44 + 3)
+        #expect(r3.map(\.1) == [Array(20..<23)])
+    }
+
+    @Test func hostHangUpSendsShutdownAndGuestResetCloses() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        let id = d.host.connections.keys.first!
+        d.host.deliver([1, 2], to: id)
+        d.host.hangUp(id)
+        let r = d.receive()
+        #expect(r.map(\.0.op) == [Op.response, Op.rw, Op.shutdown])
+        #expect(r[2].0.flags == 3)
+        d.send(pkt(Op.rst))
+        #expect(d.vsock.connectionCount == 0 && d.host.connections[id]!.closed)
+        #expect(d.receive().isEmpty)
+    }
+
+    @Test func guestShutdownOfBothDirectionsEndsTheConnection() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        d.send(pkt(Op.shutdown, flags: 2))
+        #expect(d.vsock.connectionCount == 1)
+        d.send(pkt(Op.rw, len: 1), [1])   // data after SHUTDOWN(SEND)
+        #expect(d.vsock.connectionCount == 0 && d.host.totalReceived == 0)
+        d.send(pkt(Op.request, srcPort: 6000))
+        d.send(pkt(Op.shutdown, srcPort: 6000, flags: 3))
+        #expect(d.vsock.connectionCount == 0 && d.host.openCount == 0)
+        #expect(d.receive().map(\.0.op) == [Op.rst, Op.rst])
+    }
+
+    @Test func creditRequestIsAnswered() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        _ = d.receive()
+        d.send(pkt(Op.rw, len: 3), [1, 2, 3])
+        d.send(pkt(Op.creditRequest))
+        let r = d.receive()
+        #expect(r.map(\.0.op) == [Op.creditUpdate])
+        #expect(r[0].0.fwdCnt == 3 && r[0].0.bufAlloc == 64 * 1024)
+    }
+
+    @Test func resetClosesEverything() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        d.send(pkt(Op.request, srcPort: 1))
+        d.vsock.reset()
+        #expect(d.vsock.connectionCount == 0 && d.host.openCount == 0 && d.vsock.pendingControlCount == 0)
+    }
+}
