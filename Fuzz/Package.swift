@@ -39,6 +39,7 @@ let package = Package(
         fuzzTarget("FuzzVirtioMMIO", ["BulkheadVirtio"]),
         fuzzTarget("FuzzVirtioBlock", ["BulkheadDevices", "BulkheadVirtio"]),
         fuzzTarget("FuzzVirtioNet", ["BulkheadDevices", "BulkheadVirtio"]),
+        fuzzTarget("FuzzVsock", ["BulkheadDevices", "BulkheadVirtio"]),
     ],
     swiftLanguageModes: [.v6]
 )
