@@ -293,6 +293,8 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
 
     public var connectionCount: Int { connections.count }
     public var pendingControlCount: Int { control.count }
+    /// Guest data waiting for the host, over all connections (each at most `bufferSize`).
+    public var bufferedToHost: Int { connections.reduce(0) { $0 + $1.toHost.count } }
 
     public init(guestCID: UInt64, host: VsockHost, bufferSize: UInt32 = 64 * 1024) throws(VirtioVsockConfigError) {
         guard guestCID >= 3, guestCID < 0xffff_ffff else { throw .reservedCID(guestCID) }

@@ -278,6 +278,42 @@ private typealias Op = VirtioVsock.Op
         #expect(r[0].0.fwdCnt == 3 && r[0].0.bufAlloc == 64 * 1024)
     }
 
+    @Test func hostDrainingHalfTheBufferSendsACreditUpdate() {
+        var d = VsockDriver(bufferSize: 100)
+        d.send(pkt(Op.request))
+        _ = d.receive(buffers: 1)
+        let id = d.host.connections.keys.first!
+        d.host.setSendCapacity(0, for: id)
+        d.send(pkt(Op.rw, len: 100), [UInt8](repeating: 1, count: 100))
+        #expect(d.receive(buffers: 0).isEmpty && d.vsock.bufferedToHost == 100)
+        d.host.setSendCapacity(60, for: id)
+        let r = d.receive(buffers: 1)
+        #expect(r.map(\.0.op) == [Op.creditUpdate])
+        #expect(r[0].0.fwdCnt == 60 && d.vsock.bufferedToHost == 40)
+    }
+
+    @Test func backedUpControlPacketsStopTransmit() {
+        var d = VsockDriver()
+        // Each RW without a connection queues an RST; with no receive buffers they back up.
+        for _ in 0..<VirtioVsock.maxControl / Int(VsockDriver.size) + 1 {
+            for _ in 0..<Int(VsockDriver.size) {
+                _ = d.add(1, pkt(Op.rw).bytes, write: false)
+            }
+            _ = try! d.vsock.process(queue: 1, &d.queues[1]!, ram: d.ram)
+        }
+        #expect(d.vsock.pendingControlCount == VirtioVsock.maxControl)
+        #expect(d.vsock.transmitBlocked)
+        // Draining the RSTs lets the waiting TX chains through.
+        var got = 0
+        for _ in 0..<40 {
+            let n = d.receive(buffers: 8, size: 64).count
+            got += n
+            if n < 8 { break }
+        }
+        #expect(got == (VirtioVsock.maxControl / Int(VsockDriver.size) + 1) * Int(VsockDriver.size))
+        #expect(!d.vsock.transmitBlocked && d.vsock.pendingControlCount == 0)
+    }
+
     @Test func resetClosesEverything() {
         var d = VsockDriver()
         d.send(pkt(Op.request))

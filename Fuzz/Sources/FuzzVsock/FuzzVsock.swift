@@ -15,7 +15,8 @@ import Virtio
 // Whole device: `process(queue:)` (TX and RX doorbells), `receive(queues:)`, host data, host
 // hang-ups, host back pressure and resets in the input's order, checking
 //   - the connection table never exceeds `maxConnections`, control packets never exceed
-//     `maxControl` + 1, and the table matches the host's open connections one to one;
+//     `maxControl` + 1, guest data buffered for the host never exceeds the credit advertised
+//     (`bufferSize` per connection), and the table matches the host's open connections one to one;
 //   - a TX doorbell writes only the TX used ring (and avail_event); it takes at most a queue's
 //     worth of chains;
 //   - an RX pass writes, outside the used rings, at most the packets it counts (44-byte headers
@@ -221,6 +222,7 @@ func wholeDevice(_ s: Setup) {
         }
         check(vsock.connectionCount <= VirtioVsock.maxConnections, "connection table \(vsock.connectionCount)")
         check(vsock.pendingControlCount <= VirtioVsock.maxControl + 1, "control queue \(vsock.pendingControlCount)")
+        check(vsock.bufferedToHost <= vsock.connectionCount * Int(vsock.bufferSize), "\(vsock.bufferedToHost) bytes buffered beyond the advertised credit")
         check(vsock.connectionCount == host.openCount, "table \(vsock.connectionCount) but host has \(host.openCount) open")
         check(UInt64(host.totalReceived) <= allowed + recording.readBytes, "host received \(host.totalReceived), guest carried at most \(allowed)")
         check(vsock.counters.bytesToGuest - toGuestBefore <= hostGave, "guest got more than the host gave")
