@@ -13,19 +13,13 @@ ratio measures Bulkhead's path, not the disk. Write modes end with a flush (gues
 import argparse, os, random, re, statistics, subprocess, sys, time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, bulkhead_path  # noqa: E402
 IMAGE = REPO / "Benchmarks" / "out" / "blk-bench.img"
 SIZE = 256 << 20
 MODES = [("seq-read", 128, 1 << 20), ("seq-write", 128, 1 << 20), ("rand-read", 4000, 4096), ("rand-write", 4000, 4096)]
 
 
-def bulkhead_path(arg):
-    if arg:
-        return arg
-    for p in [".build-static/release/bulkhead", ".build/release/bulkhead", ".build/debug/bulkhead"]:
-        if (REPO / p).exists():
-            return str(REPO / p)
-    sys.exit("build bulkhead first (make release)")
 
 
 def guest(bh, mode, ops, extra):

@@ -10,16 +10,10 @@ sender's queue could not place are retried by the guest, so N frames always arri
 import argparse, os, re, statistics, subprocess, sys, tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, bulkhead_path  # noqa: E402
 
 
-def bulkhead_path(arg):
-    if arg:
-        return arg
-    for p in [".build-static/release/bulkhead", ".build/release/bulkhead", ".build/debug/bulkhead"]:
-        if (REPO / p).exists():
-            return str(REPO / p)
-    sys.exit("build bulkhead first (make release)")
 
 
 def one(bh, size, frames):

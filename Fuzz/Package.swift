@@ -29,7 +29,8 @@ let package = Package(
         .package(path: ".."),
     ],
     targets: [
-        .target(name: "FuzzSupport", dependencies: [.product(name: "BulkheadBoot", package: mainPackage)]),
+        .target(name: "FuzzSupport", dependencies: [.product(name: "BulkheadBoot", package: mainPackage),
+                                                    .product(name: "BulkheadVirtio", package: mainPackage)]),
         fuzzTarget("FuzzELF", ["BulkheadBoot"]),
         fuzzTarget("FuzzHypercall", ["BulkheadBoot", "BulkheadVMM"]),
         fuzzTarget("FuzzSerial", ["BulkheadDevices"]),

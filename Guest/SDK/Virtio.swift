@@ -703,3 +703,18 @@ public struct VirtQueue {
         }
     }
 }
+
+/// Prints `<program>: FAIL <why>[: <error>]` and exits 1: the shared failure path of the
+/// device test programs.
+public func failProgram(_ program: StaticString, _ why: StaticString, _ error: VirtioError? = nil) -> Never {
+    Console.line { out in
+        out.append(program)
+        out.append(": FAIL ")
+        out.append(why)
+        if let error {
+            out.append(": ")
+            out.append(error.name)
+        }
+    }
+    exit(1)
+}

@@ -38,8 +38,8 @@ import Virtio
 //        Layout: receiveq descriptors +0x0, available +0x800, used +0xc00; transmitq descriptors
 //        +0x1400, available +0x1c00, used +0x2000; all of it is also buffer space.
 
-let ramBase: UInt64 = 0x10_0000
-let ramSize = 0x4000
+let ramBase = TwoQueueImage.base
+let ramSize = TwoQueueImage.size
 let deviceMAC: [UInt8] = [0x02, 0x42, 0xac, 0x11, 0x00, 0x02]
 let mtus: [UInt16] = [68, 576, 1500, 9000]
 let receivedHeader: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
@@ -92,17 +92,10 @@ struct Setup {
     var image: [UInt8]
 
     func queues() -> (rx: SplitQueue, tx: SplitQueue) {
-        (SplitQueue(size: rxSize, descriptorTable: ramBase, availRing: ramBase + 0x800, usedRing: ramBase + 0xc00,
-                    indirectAllowed: indirect, eventIndex: eventIndex),
-         SplitQueue(size: txSize, descriptorTable: ramBase + 0x1400, availRing: ramBase + 0x1c00, usedRing: ramBase + 0x2000,
-                    indirectAllowed: indirect, eventIndex: eventIndex))
+        TwoQueueImage.queues(rxSize: rxSize, txSize: txSize, indirect: indirect, eventIndex: eventIndex)
     }
 
-    func ram() -> ArrayRAM {
-        let ram = ArrayRAM(base: ramBase, size: ramSize)
-        _ = ram.copyIn(image, at: ramBase)
-        return ram
-    }
+    func ram() -> ArrayRAM { TwoQueueImage.ram(image) }
 
     func device() -> (VirtioNet, FuzzLink) {
         let link = FuzzLink()

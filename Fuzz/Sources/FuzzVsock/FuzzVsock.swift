@@ -34,8 +34,8 @@ import Virtio
 //        Layout: RX descriptors +0x0, available +0x800, used +0xc00; TX descriptors +0x1400,
 //        available +0x1c00, used +0x2000; all of it is also buffer space.
 
-let ramBase: UInt64 = 0x10_0000
-let ramSize = 0x4000
+let ramBase = TwoQueueImage.base
+let ramSize = TwoQueueImage.size
 let guestCID: UInt64 = 3
 let bufferSizes: [UInt32] = [64, 256, 4096, 65536]
 
@@ -65,17 +65,10 @@ struct Setup {
     var image: [UInt8]
 
     func queues() -> (rx: SplitQueue, tx: SplitQueue) {
-        (SplitQueue(size: rxSize, descriptorTable: ramBase, availRing: ramBase + 0x800, usedRing: ramBase + 0xc00,
-                    indirectAllowed: indirect, eventIndex: eventIndex),
-         SplitQueue(size: txSize, descriptorTable: ramBase + 0x1400, availRing: ramBase + 0x1c00, usedRing: ramBase + 0x2000,
-                    indirectAllowed: indirect, eventIndex: eventIndex))
+        TwoQueueImage.queues(rxSize: rxSize, txSize: txSize, indirect: indirect, eventIndex: eventIndex)
     }
 
-    func ram() -> ArrayRAM {
-        let ram = ArrayRAM(base: ramBase, size: ramSize)
-        _ = ram.copyIn(image, at: ramBase)
-        return ram
-    }
+    func ram() -> ArrayRAM { TwoQueueImage.ram(image) }
 
     func device() -> (VirtioVsock, MemoryVsockHost) {
         let host = MemoryVsockHost(listening: ports)

@@ -37,15 +37,7 @@ let echoTimeout: UInt64 = 5_000_000_000
 let spoofWait: UInt64 = 300_000_000
 
 func fail(_ why: StaticString, _ error: VirtioError? = nil) -> Never {
-    Console.line { out in
-        out.append("net-ping: FAIL ")
-        out.append(why)
-        if let error {
-            out.append(": ")
-            out.append(error.name)
-        }
-    }
-    exit(1)
+    failProgram("net-ping", why, error)
 }
 
 func usage() -> Never {

@@ -15,15 +15,7 @@
 let idleTimeout: UInt64 = 10_000_000_000
 
 func fail(_ why: StaticString, _ error: VirtioError? = nil) -> Never {
-    Console.line { out in
-        out.append("net-pong: FAIL ")
-        out.append(why)
-        if let error {
-            out.append(": ")
-            out.append(error.name)
-        }
-    }
-    exit(1)
+    failProgram("net-pong", why, error)
 }
 
 @_cdecl("bulkhead_guest_main")

@@ -6,15 +6,7 @@
 // 2 if there is no entropy device.
 
 func fail(_ why: StaticString, _ error: VirtioError? = nil) -> Never {
-    Console.line { out in
-        out.append("rng: FAIL ")
-        out.append(why)
-        if let error {
-            out.append(": ")
-            out.append(error.name)
-        }
-    }
-    exit(1)
+    failProgram("rng", why, error)
 }
 
 @_cdecl("bulkhead_guest_main")
