@@ -16,11 +16,15 @@ public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
     case timedOut(seconds: Double)
     /// The vCPU could not continue for another reason (invalid state, unexpected exit, halt).
     case vcpuFailure(vcpu: Int, reason: String)
+    /// A kernel guest reset the machine through the i8042 (command 0xFE to port 0x64, how Linux
+    /// reboots with `reboot=k`). Bulkhead does not reboot: the VM ends, as a clean exit.
+    case reset(vcpu: Int)
 
     /// Process exit status for the command line (documented in README.md).
     public var exitCode: Int32 {
         switch self {
         case .exited(let s): return Int32(s)
+        case .reset: return 0
         case .fault, .tripleFault: return 134
         case .timedOut: return 124
         case .vcpuFailure: return 125
@@ -34,6 +38,7 @@ public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
         case .tripleFault(let v): return "guest fault: vCPU \(v): triple fault (KVM_EXIT_SHUTDOWN); the VM cannot continue"
         case .timedOut(let s): return "timeout: the guest was still running after \(s) s and was stopped"
         case .vcpuFailure(let v, let r): return "vCPU \(v) failed: \(r)"
+        case .reset(let v): return "vCPU \(v) reset the machine (i8042 command 0xFE); the VM ended"
         }
     }
 }
@@ -456,8 +461,14 @@ struct VCPURunner: @unchecked Sendable {
                 }
                 vcpu.completeIOIn(bytes)
             case .ioOut(let port, _, let data):
-                if SerialPort.com1.contains(port) {
-                    for b in data { serial.write(port: port, value: b) }
+                switch KernelPorts.write(port: port, data: data) {
+                case .serial(_, let bytes):
+                    for b in bytes { serial.write(port: port, value: b) }
+                case .reset:
+                    // Only kernels can reach ports at all; guest programs run with IOPL 0.
+                    if plan == nil { control.finish(.reset(vcpu: index)) }
+                case .ignored:
+                    continue
                 }
             case .interrupted:
                 continue
@@ -518,7 +529,7 @@ final class Locked<Value>: @unchecked Sendable {
 
 /// COM1: the 16550 state machine, its console, and (for Linux guests) its interrupt line, IRQ 4.
 final class SerialPort: Sendable {
-    static let com1: ClosedRange<UInt16> = 0x3f8...0x3ff
+    static let com1 = KernelPorts.com1
     static let irq: UInt32 = 4
     private let uart = Locked(Serial16550())
     let console: ConsoleSink

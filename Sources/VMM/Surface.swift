@@ -49,6 +49,8 @@ public enum AttackSurface {
     public static let pio: [SurfaceChannel] = [
         SurfaceChannel(kind: .pio, name: "serial-com1", location: "0x3f8-0x3ff",
                        threat: "16550 UART state machine; bounded receive FIFO; unreachable from CPL3 (IOPL 0, no I/O bitmap)"),
+        SurfaceChannel(kind: .pio, name: "i8042-reset", location: "0x64 (kernels only)",
+                       threat: "write-only: the byte 0xfe ends the VM as a clean exit (no reboot); any other value ignored; reads 0xff"),
     ]
 
     public static let hypercalls: [SurfaceChannel] = Hypercall.allCases.map { call in

@@ -52,9 +52,28 @@ func apply(_ e: Serial16550.Effects, _ m: inout Model, _ context: () -> String) 
     }
 }
 
+/// The same bytes as one kernel `out`: a 16-bit port, then the data. Only COM1 and the exact
+/// i8042 reset command may be acted on.
+func checkPortDecode(_ bytes: [UInt8]) {
+    guard bytes.count >= 2 else { return }
+    let port = UInt16(bytes[0]) | UInt16(bytes[1]) << 8
+    let data = Array(bytes.dropFirst(2).prefix(8))
+    switch KernelPorts.write(port: port, data: data) {
+    case .serial(let offset, let out):
+        check(KernelPorts.com1.contains(port) && offset == UInt8(port - 0x3f8) && out == data && !data.isEmpty,
+              "port 0x\(String(port, radix: 16)) \(data) decoded as serial offset \(offset)")
+    case .reset:
+        check(port == 0x64 && data == [0xfe], "port 0x\(String(port, radix: 16)) \(data) decoded as reset")
+    case .ignored:
+        check(!KernelPorts.com1.contains(port) || data.isEmpty, "a COM1 write was ignored")
+        check(!(port == 0x64 && data == [0xfe]), "the reset command was ignored")
+    }
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzSerial(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
+    checkPortDecode(Array(input.bytes.prefix(10)))
     var uart = Serial16550()
     var m = Model()
     checkState(uart, m, { "init" })

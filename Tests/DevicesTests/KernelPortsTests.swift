@@ -1,0 +1,21 @@
+import Testing
+@testable import Devices
+
+struct KernelPortsTests {
+    @Test func com1WritesGoToTheUART() {
+        #expect(KernelPorts.write(port: 0x3f8, data: [0x41]) == .serial(offset: 0, bytes: [0x41]))
+        #expect(KernelPorts.write(port: 0x3ff, data: [1, 2]) == .serial(offset: 7, bytes: [1, 2]))
+        #expect(KernelPorts.write(port: 0x3f8, data: []) == .ignored)
+    }
+
+    @Test func onlyTheExactResetCommandResets() {
+        #expect(KernelPorts.write(port: 0x64, data: [0xfe]) == .reset)
+        // A hostile or confused guest: other commands, other widths, the data port, near misses.
+        #expect(KernelPorts.write(port: 0x64, data: [0xfe, 0x00]) == .ignored)
+        #expect(KernelPorts.write(port: 0x64, data: [0xff]) == .ignored)
+        #expect(KernelPorts.write(port: 0x64, data: []) == .ignored)
+        #expect(KernelPorts.write(port: 0x60, data: [0xfe]) == .ignored)
+        #expect(KernelPorts.write(port: 0x3f7, data: [0xfe]) == .ignored)
+        #expect(KernelPorts.write(port: 0x400, data: [0xfe]) == .ignored)
+    }
+}

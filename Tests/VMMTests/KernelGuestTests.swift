@@ -1,0 +1,68 @@
+import Boot
+import KVM
+import Testing
+@testable import VMM
+
+/// A minimal PVH kernel: one PT_LOAD segment at 1 MiB holding `code` (32-bit protected mode,
+/// paging off, as the PVH entry is), and the Xen PHYS32_ENTRY note pointing at its first byte.
+func pvhKernel(_ code: [UInt8]) -> [UInt8] {
+    let load: UInt64 = 0x10_0000
+    let codeOffset = 0x1000
+    let noteOffset = 0x200
+    var note = ByteWriter(size: 20)
+    note.put(UInt32(4), at: 0); note.put(UInt32(4), at: 4); note.put(UInt32(18), at: 8)
+    note.put(Array("Xen".utf8) + [0], at: 12); note.put(UInt32(load), at: 16)
+    var w = ByteWriter(size: codeOffset + code.count)
+    w.put([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0], at: 0)
+    w.put(UInt16(2), at: 16); w.put(UInt16(62), at: 18); w.put(UInt32(1), at: 20)
+    w.put(load, at: 24); w.put(UInt64(64), at: 32)
+    w.put(UInt16(64), at: 52); w.put(UInt16(56), at: 54); w.put(UInt16(2), at: 56)
+    // PT_LOAD, R+X
+    w.put(UInt32(1), at: 64); w.put(UInt32(5), at: 68); w.put(UInt64(codeOffset), at: 72)
+    w.put(load, at: 80); w.put(load, at: 88)
+    w.put(UInt64(code.count), at: 96); w.put(UInt64(code.count), at: 104); w.put(UInt64(0x1000), at: 112)
+    // PT_NOTE
+    w.put(UInt32(4), at: 120); w.put(UInt64(noteOffset), at: 128)
+    w.put(UInt64(20), at: 152); w.put(UInt64(20), at: 160); w.put(UInt64(4), at: 168)
+    w.put(note.bytes, at: noteOffset)
+    w.put(code, at: codeOffset)
+    return w.bytes
+}
+
+/// 32-bit code: `out` the byte `value` to `port` (an 8-bit port number).
+func outByte(_ value: UInt8, port: UInt8) -> [UInt8] { [0xb0, value, 0xe6, port] } // mov al, v; out port, al
+/// 32-bit code: write `text` to COM1's transmit register.
+func com1(_ text: String) -> [UInt8] {
+    [0x66, 0xba, 0xf8, 0x03] + text.utf8.flatMap { [0xb0, $0, 0xee] } // mov dx, 0x3f8; (mov al, c; out dx, al)*
+}
+let haltForever: [UInt8] = [0xf4, 0xeb, 0xfd] // hlt; jmp back to hlt
+
+func runKernel(_ code: [UInt8], timeout: Double = 10) throws -> GuestRun {
+    let sink = ConsoleSink(fd: try FileDescriptor.open(writing: "/dev/null"))
+    sink.startCapture()
+    let config = MachineConfiguration(boot: BootConfiguration(memorySize: 32 << 20, vcpus: 1, commandLine: ""),
+                                      timeout: timeout, console: sink)
+    let report = try Machine.runLinux(kernel: pvhKernel(code), initrd: nil, configuration: config)
+    return GuestRun(report: report, console: String(decoding: sink.captured, as: UTF8.self))
+}
+
+@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm"))
+struct KernelGuestTests {
+    @Test func i8042ResetEndsTheVMCleanly() throws {
+        let r = try runKernel(com1("up\n") + outByte(0xfe, port: 0x64) + haltForever)
+        #expect(r.report.outcome == .reset(vcpu: 0))
+        #expect(r.report.outcome.exitCode == 0)
+        #expect(r.console == "up\n")
+    }
+
+    /// Hostile input on the channel: every other command byte is ignored (the kernel keeps
+    /// running and is stopped by the timeout), and so is 0xfe written to the data port 0x60.
+    @Test func otherI8042WritesAreIgnored() throws {
+        var code = com1("a")
+        for v: UInt8 in [0x00, 0x01, 0xd1, 0xfd, 0xff] { code += outByte(v, port: 0x64) }
+        code += outByte(0xfe, port: 0x60) + com1("b") + haltForever
+        let r = try runKernel(code, timeout: 1)
+        #expect(r.report.outcome == .timedOut(seconds: 1))
+        #expect(r.console == "ab")
+    }
+}
