@@ -209,6 +209,14 @@ public protocol VirtioBackendInput: VirtioDeviceModel {
     /// Moves ready input into the guest's receive queue(s) (`queues[i]` is nil while queue i is
     /// not ready). Throws only for ring-level corruption, as `process` does.
     func receive(queues: inout [SplitQueue?], ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult
+    /// Output is backed up in the device; see the default below.
+    var hasOutputBacklog: Bool { get }
+}
+
+extension VirtioBackendInput {
+    /// Guest data waits for a back end that could not take it (a full socket): the VMM calls
+    /// `receive` again soon, which retries, since no doorbell or readable descriptor may come.
+    public var hasOutputBacklog: Bool { false }
 }
 
 extension VirtioMMIODevice {

@@ -17,10 +17,14 @@ public protocol VsockHost: AnyObject {
     /// Opens a connection for a guest connecting to host port `port` (Firecracker maps this to
     /// the Unix socket "PATH_PORT"). Returns a connection id, or nil when nothing listens there.
     func connect(port: UInt32) -> UInt64?
-    /// Offers bytes to connection `id`; returns how many it accepted (0...bytes.count).
-    func send(_ id: UInt64, _ bytes: [UInt8]) -> Int
+    /// Offers bytes to connection `id`; returns how many it accepted now (0...bytes.count), or
+    /// nil when the host end is gone for good (the device then resets the connection).
+    func send(_ id: UInt64, _ bytes: [UInt8]) -> Int?
     /// Reads at most `max` (> 0) bytes from connection `id`.
     func receive(_ id: UInt64, max: Int) -> VsockHostRead
+    /// The guest will send nothing more on connection `id`, and everything it sent was accepted:
+    /// the host end sees end-of-stream (a half close; data may still flow to the guest).
+    func finishSending(_ id: UInt64)
     /// Closes connection `id` (the guest reset or shut it down). The id is not used again.
     func close(_ id: UInt64)
     /// A descriptor readable when connection `id` has data, for the VMM's poll loop; -1 if none.
@@ -44,6 +48,10 @@ public final class MemoryVsockHost: VsockHost {
         public var hostClosed = false
         /// Closed by the device.
         public var closed = false
+        /// The device said the guest will send no more (`finishSending`).
+        public var guestFinished = false
+        /// Sends fail as if the host end were gone.
+        public var broken = false
         /// How many more bytes `send` accepts (nil: no limit).
         public var sendCapacity: Int?
     }
@@ -69,8 +77,9 @@ public final class MemoryVsockHost: VsockHost {
         return id
     }
 
-    public func send(_ id: UInt64, _ bytes: [UInt8]) -> Int {
-        guard var c = connections[id], !c.closed else { return 0 }
+    public func send(_ id: UInt64, _ bytes: [UInt8]) -> Int? {
+        guard var c = connections[id], !c.closed, !c.guestFinished else { return 0 }
+        if c.broken { return nil }
         let n = min(bytes.count, c.sendCapacity ?? .max)
         c.received += bytes.prefix(n)
         if let cap = c.sendCapacity { c.sendCapacity = cap - n }
@@ -90,12 +99,16 @@ public final class MemoryVsockHost: VsockHost {
 
     public func close(_ id: UInt64) { connections[id]?.closed = true }
 
+    public func finishSending(_ id: UInt64) { connections[id]?.guestFinished = true }
+
     /// Queues bytes for the guest on connection `id`.
     public func deliver(_ bytes: [UInt8], to id: UInt64) { connections[id]?.inbound += bytes }
     /// The host closes connection `id` (after its queued bytes).
     public func hangUp(_ id: UInt64) { connections[id]?.hostClosed = true }
     /// Lets connection `id` accept `n` more bytes.
     public func setSendCapacity(_ n: Int?, for id: UInt64) { connections[id]?.sendCapacity = n }
+    /// Makes every later send on connection `id` fail (a host peer that went away).
+    public func breakConnection(_ id: UInt64) { connections[id]?.broken = true }
 }
 
 /// `struct virtio_vsock_hdr` (virtio 1.2 §5.10.6): 44 bytes, little-endian.
@@ -166,6 +179,8 @@ public enum VsockDrop: String, Error, Hashable, Sendable, CaseIterable, CustomSt
     case duplicateRequest
     /// A receive chain whose writable bytes cannot hold a header: the packet meant for it is lost.
     case rxChainTooSmall
+    /// The host end of a connection went away with guest data still to deliver: reset.
+    case hostGone
     /// The virtqueue refused the chain.
     case brokenChain
     /// Copying to or from guest memory failed.
@@ -274,8 +289,10 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
         /// The guest will send no more / receive no more.
         var guestShutSend = false
         var guestShutReceive = false
-        /// The host closed; SHUTDOWN was queued for the guest.
+        /// The host will send no more (end of stream); SHUTDOWN(SEND) was queued for the guest.
         var hostClosed = false
+        /// The host was told the guest sends no more (`finishSending`).
+        var hostFinished = false
 
         var peerFree: Int {
             let inFlight = txCnt &- peerFwdCnt
@@ -304,6 +321,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
     }
 
     public var config: [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: guestCID >> (8 * UInt64($0))) } }
+
+    /// Guest data waits for a host socket that was full: retry soon (`receive` flushes).
+    public var hasOutputBacklog: Bool { bufferedToHost > 0 }
 
     /// Descriptors of connections that can take data for the guest now.
     public var inputDescriptors: [Int32] {
@@ -426,6 +446,8 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
                 // Both directions closed: the device ends the connection (§5.10.6.5).
                 drop(at: i)
                 control.append(Control(key: key, op: Op.rst))
+            } else {
+                settle(i)
             }
         case Op.rw:
             let c = connections[i]
@@ -447,10 +469,38 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
         control.removeAll { $0.key == c.key }
     }
 
+    /// After a half close: tells the host once the guest's data has all gone out, and ends the
+    /// connection (RST) when neither side will send any more. Returns whether it was dropped.
+    @discardableResult
+    private func settle(_ i: Int) -> Bool {
+        let c = connections[i]
+        guard c.guestShutSend, c.toHost.isEmpty else { return false }
+        if !c.hostFinished {
+            connections[i].hostFinished = true
+            host.finishSending(c.id)
+        }
+        guard c.hostClosed else { return false }
+        drop(at: i)
+        control.append(Control(key: c.key, op: Op.rst))
+        return true
+    }
+
     /// Offers every connection's buffered guest data to the host.
     func flushAll() {
-        for i in connections.indices where !connections[i].toHost.isEmpty {
-            let n = max(0, min(host.send(connections[i].id, connections[i].toHost), connections[i].toHost.count))
+        var i = 0
+        while i < connections.count {
+            defer { i += 1 }
+            guard !connections[i].toHost.isEmpty else { continue }
+            guard let sent = host.send(connections[i].id, connections[i].toHost) else {
+                // The host end is gone: the guest's data has nowhere to go.
+                record(.hostGone)
+                let key = connections[i].key
+                drop(at: i)
+                control.append(Control(key: key, op: Op.rst))
+                i -= 1
+                continue
+            }
+            let n = max(0, min(sent, connections[i].toHost.count))
             guard n > 0 else { continue }
             connections[i].toHost.removeFirst(n)
             connections[i].fwdCnt &+= UInt32(n)
@@ -459,6 +509,7 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
             if connections[i].fwdCnt &- connections[i].advertisedFwdCnt >= bufferSize / 2 {
                 connections[i].creditUpdateWanted = true
             }
+            if settle(i) { i -= 1 }
         }
     }
 
@@ -533,10 +584,18 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
             case .empty:
                 continue
             case .closed:
+                // End of stream from the host: it sends no more, but may still take the guest's
+                // data (a half close), so only SEND is shut. A host that is gone altogether fails
+                // its next send, and that resets the connection.
                 connections[i].hostClosed = true
                 connections[i].advertisedFwdCnt = c.fwdCnt
                 nextRoundRobin = (i + 1) % n
-                return (header(c, key: c.key, op: Op.shutdown, flags: Self.shutdownSend | Self.shutdownReceive), [])
+                let shutdown = header(c, key: c.key, op: Op.shutdown, flags: Self.shutdownSend)
+                if c.guestShutSend && c.toHost.isEmpty {
+                    // Nobody will send again: RST follows the SHUTDOWN.
+                    settle(i)
+                }
+                return (shutdown, [])
             case .data(var bytes):
                 if bytes.count > want { bytes = Array(bytes.prefix(want)) }   // a host that overreads
                 guard !bytes.isEmpty else { continue }

@@ -146,5 +146,56 @@ extension FileDescriptor {
     }
 }
 
+/// What a non-blocking read of a stream socket found.
+public enum StreamRead: Equatable, Sendable {
+    case data([UInt8])
+    /// Nothing now.
+    case wouldBlock
+    /// End of stream, or the connection was reset.
+    case closed
+}
+
+extension FileDescriptor {
+    /// Reads at most `max` bytes from a stream socket without blocking.
+    public func readStream(max: Int) throws(SystemError) -> StreamRead {
+        guard max > 0 else { throw SystemError("recv (empty buffer)", errno: EINVAL) }
+        var buffer = [UInt8](repeating: 0, count: max)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { buf -> Int in
+                // SAFETY: recv writes at most buf.count bytes into the array's own storage.
+                recv(rawValue, buf.baseAddress, buf.count, Int32(MSG_DONTWAIT))
+            }
+            if n > 0 { return .data(Array(buffer[0..<n])) }
+            if n == 0 { return .closed }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+            if e == ECONNRESET || e == ENOTCONN { return .closed }
+            throw SystemError("recv", errno: e)
+        }
+    }
+
+    /// Half-closes a stream socket: the peer reads end-of-stream, and can still send.
+    public func shutdownWriting() { _ = shutdown(rawValue, Int32(SHUT_WR)) }
+
+    /// Writes as much of `bytes` to a stream socket as it takes now; 0 when it is full. A peer
+    /// that is gone is an error (EPIPE, never SIGPIPE).
+    public func writeStream(_ bytes: ArraySlice<UInt8>) throws(SystemError) -> Int {
+        guard !bytes.isEmpty else { return 0 }
+        let flags = Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL)
+        while true {
+            let n = bytes.withUnsafeBytes { buf -> Int in
+                // SAFETY: send reads at most buf.count bytes from the slice's own storage.
+                send(rawValue, buf.baseAddress, buf.count, flags)
+            }
+            if n >= 0 { return n }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return 0 }
+            throw SystemError("send", errno: e)
+        }
+    }
+}
+
 /// POLLRDHUP (Linux 2.6.17): the peer shut down writing. Glibc declares it only under _GNU_SOURCE.
 private let pollReadHangUp: Int16 = 0x2000

@@ -71,3 +71,56 @@ public enum UnixSeqpacket {
         }
     }
 }
+
+/// Unix-domain SOCK_STREAM connections by path, non-blocking: the host side of guest vsock
+/// connections (a guest connecting to host port P reaches the socket at "PATH_P").
+public enum UnixStream {
+    /// Creates a listening stream socket at `path` (removed by the caller). Blocking,
+    /// close-on-exec.
+    public static func listen(_ path: String, backlog: Int32 = 16) throws(SystemError) -> FileDescriptor {
+        var addr = try UnixSeqpacket.address(path)
+        let raw = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard raw >= 0 else { throw SystemError("socket(AF_UNIX, SOCK_STREAM)", errno: errno) }
+        let fd = FileDescriptor(owning: raw)
+        let len = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let r = withUnsafePointer(to: &addr) { p in
+            // SAFETY: p points at a sockaddr_un on the stack for the duration of the call.
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.rawValue, $0, len) }
+        }
+        guard r == 0 else { throw SystemError("bind \(path)", errno: errno) }
+        guard Glibc.listen(fd.rawValue, backlog) == 0 else { throw SystemError("listen \(path)", errno: errno) }
+        return fd
+    }
+
+    /// Accepts one connection on a listening socket (blocking), close-on-exec.
+    public static func accept(_ listener: FileDescriptor) throws(SystemError) -> FileDescriptor {
+        while true {
+            let fd = Glibc.accept(listener.rawValue, nil, nil)
+            if fd >= 0 {
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                return FileDescriptor(owning: fd)
+            }
+            if errno != EINTR { throw SystemError("accept", errno: errno) }
+        }
+    }
+
+    /// Connects to `path` without waiting: a listener that is absent, refuses, or has a full
+    /// backlog (EAGAIN) is an error. The descriptor is non-blocking and close-on-exec.
+    public static func connect(_ path: String) throws(SystemError) -> FileDescriptor {
+        var addr = try UnixSeqpacket.address(path)
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        let raw = Glibc.socket(AF_UNIX, type, 0)
+        guard raw >= 0 else { throw SystemError("socket(AF_UNIX, SOCK_STREAM)", errno: errno) }
+        let fd = FileDescriptor(owning: raw)
+        let len = socklen_t(MemoryLayout<sockaddr_un>.size)
+        while true {
+            let r = withUnsafePointer(to: &addr) { p in
+                // SAFETY: p points at a sockaddr_un on the stack for the duration of the call.
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.rawValue, $0, len) }
+            }
+            if r == 0 { return fd }
+            if errno == EINTR { continue }
+            throw SystemError("connect \(path)", errno: errno)
+        }
+    }
+}

@@ -133,6 +133,10 @@ final class DeviceBus: Sendable {
                 let now = monotonicNanoseconds()
                 timeout = next <= now ? 0 : Int32(clamping: (next - now + 999_999) / 1_000_000)
             }
+            // Devices whose output waits for a full back end (a host socket): nothing signals
+            // when it drains, so try again in a millisecond.
+            let backlogged = inputModels.filter { di, m in devices[di].device.withLock { _ in m.hasOutputBacklog } }.map(\.device)
+            if !backlogged.isEmpty { timeout = timeout < 0 ? 1 : min(timeout, 1) }
             var polledInputs: [(device: Int, fd: Int32)] = []
             for (di, m) in inputModels where !starved.contains(di) {
                 let fds = devices[di].device.withLock { _ in m.inputDescriptors }
@@ -141,7 +145,7 @@ final class DeviceBus: Sendable {
             let fds = [stop.fd.rawValue] + bells.map { $0.fd.fd.rawValue } + polledInputs.map(\.fd)
             let ready = waitReadable(fds, timeoutMilliseconds: timeout)
             if ready.first == true { return }
-            var inputDevices = Set<Int>()
+            var inputDevices = Set(backlogged)
             for (i, isReady) in ready.dropFirst().enumerated() where isReady {
                 if i < bells.count {
                     let b = bells[i]

@@ -41,6 +41,12 @@ public enum AttackSurface {
                        threat: "device writes one 12-byte header + frame per chain, only into CPL3-writable RAM for programs; frames over the MTU dropped; at most one frame held while the guest posts no buffers"),
         SurfaceChannel(kind: .virtqueue, name: "virtio-net.transmitq", location: "device 1, queue 1",
                        threat: "header must request no offloads; frame 14..MTU+14 bytes; source MAC must be the device's own (anti-spoofing); a full socket defers, never spins"),
+        SurfaceChannel(kind: .virtqueue, name: "virtio-vsock.rx", location: "device 19, queue 0",
+                       threat: "device writes one 44-byte header + payload per chain, only into CPL3-writable RAM for programs; chains too small for a header are returned empty; host data read only within the guest's credit and the chain's room"),
+        SurfaceChannel(kind: .virtqueue, name: "virtio-vsock.tx", location: "device 19, queue 1",
+                       threat: "chain copied out once (header + at most 64 KiB); src_cid must be the guest's (anti-spoofing, dropped); dst_cid host, type stream, len within the bytes present; data beyond the advertised credit resets the connection; at most 64 connections and 160 queued control packets, then TX waits"),
+        SurfaceChannel(kind: .virtqueue, name: "virtio-vsock.event", location: "device 19, queue 2",
+                       threat: "never consumed: the device sends no events (no migration); buffers posted there stay with the guest"),
         SurfaceChannel(kind: .virtqueue, name: "virtio-rng.requestq", location: "device 4, queue 0",
                        threat: "chains parsed with a time-to-live and RAM checks; device writes only into CPL3-writable RAM; at most 64 KiB per request"),
     ]

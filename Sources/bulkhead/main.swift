@@ -74,6 +74,12 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("net-connect"), help: "Attach a virtio-net device connected to a peer listening at this path.")
     var netConnect: String?
 
+    @Option(help: ArgumentHelp("Attach a virtio-vsock device: a guest connecting to host port P (CID 2) reaches the Unix stream socket listening at PATH_P.", valueName: "path"))
+    var vsock: String?
+
+    @Option(name: .customLong("vsock-cid"), help: "The guest's vsock address (3-4294967294).")
+    var vsockCID: UInt64 = 3
+
     @Option(help: "MAC address of the virtio-net device, aa:bb:cc:dd:ee:ff (default: a random locally administered one).")
     var mac: String?
 
@@ -107,6 +113,8 @@ struct Run: ParsableCommand {
         }
         if let t = timeout { guard t > 0, t.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") } }
         if netListen != nil && netConnect != nil { throw ValidationError("give --net-listen or --net-connect, not both") }
+        if let vsock { do { _ = try UnixVsockHost(pathPrefix: vsock) } catch { throw ValidationError("--vsock: \(error)") } }
+        if vsockCID < 3 || vsockCID >= 0xffff_ffff { throw ValidationError("--vsock-cid must be between 3 and 4294967294") }
         if let mac, Run.parseMAC(mac) == nil { throw ValidationError("--mac must look like 52:54:00:12:34:56 (unicast)") }
         for (name, v) in [("--disk-ops-limit", diskOpsLimit), ("--disk-bytes-limit", diskBytesLimit), ("--rng-bytes-limit", rngBytesLimit)] {
             if let v, v == 0 { throw ValidationError("\(name) must be at least 1") }
@@ -210,7 +218,7 @@ struct Run: ParsableCommand {
     }
 
     /// The virtio devices the options ask for, in window order: disks, then the network device,
-    /// then the rng. Disk images
+    /// then the rng, then vsock. Disk images
     /// are opened here, once; the device model only ever sees the open descriptor.
     func devices() throws -> [VirtioDeviceModel] {
         var models: [VirtioDeviceModel] = []
@@ -235,6 +243,12 @@ struct Run: ParsableCommand {
             }
         }
         if rng { models.append(VirtioRNG(source: randomBytes)) }
+        if let vsock {
+            do { models.append(try VirtioVsock(guestCID: vsockCID, host: try UnixVsockHost(pathPrefix: vsock))) } catch {
+                printError("cannot attach the vsock device: \(error)")
+                throw ExitCode(ExitCode.validationFailure.rawValue)
+            }
+        }
         return models
     }
 

@@ -248,10 +248,58 @@ private typealias Op = VirtioVsock.Op
         d.host.hangUp(id)
         let r = d.receive()
         #expect(r.map(\.0.op) == [Op.response, Op.rw, Op.shutdown])
-        #expect(r[2].0.flags == 3)
+        #expect(r[2].0.flags == VirtioVsock.shutdownSend)   // the host may still receive
         d.send(pkt(Op.rst))
         #expect(d.vsock.connectionCount == 0 && d.host.connections[id]!.closed)
         #expect(d.receive().isEmpty)
+    }
+
+    /// An echo over a half-closed connection: the host sends, shuts its side, and still gets
+    /// the guest's data; the guest's SHUTDOWN(SEND) then reaches the host and ends it all.
+    @Test func halfCloseKeepsTheOtherDirectionOpen() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        let id = d.host.connections.keys.first!
+        d.host.deliver([1, 2, 3], to: id)
+        d.host.hangUp(id)
+        let r = d.receive()
+        #expect(r.map(\.0.op) == [Op.response, Op.rw, Op.shutdown])
+        d.send(pkt(Op.rw, len: 3), [1, 2, 3])
+        #expect(d.host.connections[id]!.received == [1, 2, 3])
+        #expect(!d.host.connections[id]!.guestFinished && d.vsock.connectionCount == 1)
+        d.send(pkt(Op.shutdown, flags: VirtioVsock.shutdownSend))
+        #expect(d.host.connections[id]!.guestFinished && d.host.connections[id]!.closed)
+        #expect(d.vsock.connectionCount == 0)
+        #expect(d.receive().map(\.0.op) == [Op.rst])
+    }
+
+    /// SHUTDOWN(SEND) while data still waits for a full host socket: the host hears of it only
+    /// after the data went out.
+    @Test func guestShutdownWaitsForBufferedData() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        _ = d.receive()
+        let id = d.host.connections.keys.first!
+        d.host.setSendCapacity(2, for: id)
+        d.send(pkt(Op.rw, len: 4), [1, 2, 3, 4])
+        d.send(pkt(Op.shutdown, flags: VirtioVsock.shutdownSend))
+        #expect(!d.host.connections[id]!.guestFinished && d.vsock.hasOutputBacklog)
+        d.host.setSendCapacity(nil, for: id)
+        _ = d.receive()
+        #expect(d.host.connections[id]!.received == [1, 2, 3, 4] && d.host.connections[id]!.guestFinished)
+        #expect(!d.vsock.hasOutputBacklog && d.vsock.connectionCount == 1)
+    }
+
+    /// A host peer that went away while the guest still sends: the guest gets RST, not a stall.
+    @Test func brokenHostEndResetsTheConnection() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        _ = d.receive()
+        let id = d.host.connections.keys.first!
+        d.host.breakConnection(id)
+        d.send(pkt(Op.rw, len: 2), [9, 9])
+        #expect(d.vsock.connectionCount == 0 && d.vsock.counters[.hostGone] == 1)
+        #expect(d.receive().map(\.0.op) == [Op.rst])
     }
 
     @Test func guestShutdownOfBothDirectionsEndsTheConnection() {

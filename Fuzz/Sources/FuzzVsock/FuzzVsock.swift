@@ -200,8 +200,12 @@ func wholeDevice(_ s: Setup) {
             host.deliver((0..<n).map { UInt8(truncatingIfNeeded: $0) }, to: id)
             if !(host.connections[id]?.closed ?? true) { hostGave += UInt64(n) }
         case 4:
+            // The host program ends its stream, or goes away altogether (sends then fail).
             let ids = host.connections.keys.sorted()
-            if !ids.isEmpty { host.hangUp(ids[Int(event >> 3) % ids.count]) }
+            if !ids.isEmpty {
+                let id = ids[Int(event >> 4) % ids.count]
+                if event & 8 == 0 { host.hangUp(id) } else { host.breakConnection(id) }
+            }
         case 5:
             for id in host.connections.keys.sorted() { host.setSendCapacity(nil, for: id) }
         case 6:
