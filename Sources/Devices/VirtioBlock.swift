@@ -10,6 +10,20 @@ public protocol DirectFileTarget: AnyObject {
     /// Reads `count` bytes of `fd` at `fileOffset` into guest memory at `address`, which must be
     /// memory the device may write. False on any failure.
     func readFile(_ fd: Int32, fileOffset: UInt64, into address: UInt64, count: Int) -> Bool
+    /// Reads consecutive bytes of `fd` from `fileOffset` into each range in turn (all of which
+    /// must be memory the device may write), in as few system calls as it can.
+    func readFile(_ fd: Int32, fileOffset: UInt64, into ranges: [(address: UInt64, count: Int)]) -> Bool
+}
+
+extension DirectFileTarget {
+    public func readFile(_ fd: Int32, fileOffset: UInt64, into ranges: [(address: UInt64, count: Int)]) -> Bool {
+        var done: UInt64 = 0
+        for r in ranges {
+            guard readFile(fd, fileOffset: fileOffset + done, into: r.address, count: r.count) else { return false }
+            done += UInt64(r.count)
+        }
+        return true
+    }
 }
 
 public protocol BlockBackend: AnyObject {

@@ -44,6 +44,11 @@ final class ProgramDMAView: GuestRAM, DirectFileTarget, @unchecked Sendable {
         guard count >= 0, isWritable(address, length: UInt64(count)) else { return false }
         return memory.readFile(fd, fileOffset: fileOffset, into: address, count: count)
     }
+
+    func readFile(_ fd: Int32, fileOffset: UInt64, into ranges: [(address: UInt64, count: Int)]) -> Bool {
+        for r in ranges { guard r.count >= 0, isWritable(r.address, length: UInt64(r.count)) else { return false } }
+        return memory.readFile(fd, fileOffset: fileOffset, into: ranges)
+    }
 }
 
 /// A virtio device attached to a VM: its window, its state behind a lock, its doorbells.

@@ -138,23 +138,27 @@ public final class FileBlockBackend: BlockBackend {
 }
 
 extension FileBlockBackend {
-    /// Reads straight into guest memory, buffer by buffer, when the memory allows it.
+    /// Reads straight into guest memory, all of the chain's buffers in one vectored read.
     public func readDirect(sector: UInt64, count: Int, into chain: DescriptorChain, ram: GuestRAM) -> Bool? {
         guard let target = ram as? DirectFileTarget else { return nil }
-        let (base, o) = sector.multipliedReportingOverflow(by: Self.sectorSize)
-        guard !o, count >= 0 else { return false }
-        var done = 0
-        for b in chain.writable where done < count {
-            let n = min(Int(b.length), count - done)
-            guard target.readFile(fd.rawValue, fileOffset: base + UInt64(done), into: b.address, count: n) else { return false }
-            done += n
+        guard count >= 0, let r = byteRange(sector, UInt64(count) / Self.sectorSize), r.length == UInt64(count) else { return false }
+        var ranges: [(address: UInt64, count: Int)] = []
+        var left = count
+        for b in chain.writable where left > 0 {
+            let n = min(Int(b.length), left)
+            ranges.append((b.address, n))
+            left -= n
         }
-        return done == count
+        return left == 0 && target.readFile(fd.rawValue, fileOffset: r.offset, into: ranges)
     }
 }
 
 extension GuestMemory: DirectFileTarget {
     public func readFile(_ fd: Int32, fileOffset: UInt64, into address: UInt64, count: Int) -> Bool {
         (try? copyFromFile(fd, fileOffset: fileOffset, into: address, count: count)) ?? false
+    }
+
+    public func readFile(_ fd: Int32, fileOffset: UInt64, into ranges: [(address: UInt64, count: Int)]) -> Bool {
+        (try? copyFromFile(fd, fileOffset: fileOffset, into: ranges)) ?? false
     }
 }

@@ -76,4 +76,32 @@ import Glibc
         #expect(throws: GuestMemoryError.self) { try m.copyFromFile(fd.rawValue, fileOffset: 0, into: 0x10_0000, count: 8192) }
         #expect(throws: GuestMemoryError.self) { try m.copyFromFile(fd.rawValue, fileOffset: 0, into: UInt64.max - 10, count: 64) }
     }
+
+    /// The vectored read: scattered ranges, in order, more than one preadv's worth of them.
+    @Test func readsAFileIntoScatteredRanges() throws {
+        let size = 3 << 20
+        let data = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) }
+        let path = "/tmp/bulkhead-gmv-\(UInt64.random(in: 0..<UInt64.max))"
+        try FileDescriptor.open(writing: path).writeAll(data)
+        defer { _ = path.withCString { unlink($0) } }
+        let fd = try FileDescriptor.open(readOnly: path)
+        let m = try GuestMemory(base: 0, size: 8 << 20)
+        // 1500 ranges of uneven sizes (one empty), placed back to front in memory.
+        var ranges: [(address: UInt64, count: Int)] = []
+        var total = 0
+        for i in 0..<1500 {
+            let n = i == 7 ? 0 : 512 + (i % 5) * 300
+            ranges.append((UInt64(7 << 20) - UInt64(total + n) - UInt64(i * 16), n))
+            total += n
+        }
+        #expect(try m.copyFromFile(fd.rawValue, fileOffset: 1000, into: ranges))
+        var expected = 1000
+        for r in ranges {
+            #expect(try m.read(at: r.address, count: r.count) == Array(data[expected..<(expected + r.count)]))
+            expected += r.count
+        }
+        // The file ends inside the last range; a range outside memory is refused before reading.
+        #expect(try m.copyFromFile(fd.rawValue, fileOffset: UInt64(size - 600), into: [(0, 512), (4096, 512)]) == false)
+        #expect(throws: GuestMemoryError.self) { try m.copyFromFile(fd.rawValue, fileOffset: 0, into: [(0, 512), (8 << 20, 512)]) }
+    }
 }
