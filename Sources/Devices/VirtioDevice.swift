@@ -211,25 +211,42 @@ public protocol VirtioBackendInput: VirtioDeviceModel {
     func receive(queues: inout [SplitQueue?], ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult
     /// Output is backed up in the device; see the default below.
     var hasOutputBacklog: Bool { get }
+    /// The queue input goes to: its rate limit (if any) applies to `receive`.
+    var inputQueue: Int { get }
 }
 
 extension VirtioBackendInput {
     /// Guest data waits for a back end that could not take it (a full socket): the VMM calls
     /// `receive` again soon, which retries, since no doorbell or readable descriptor may come.
     public var hasOutputBacklog: Bool { false }
+    public var inputQueue: Int { 0 }
 }
 
 extension VirtioMMIODevice {
+    /// Nanoseconds until held input may go to the guest, when the input queue's rate limit
+    /// stopped the last `backendInput`; nil when it did not.
+    public var inputDeferral: UInt64? {
+        guard let input = model as? VirtioBackendInput else { return nil }
+        return deferral(queue: input.inputQueue)
+    }
+
     /// The back end has input. Returns (interrupt wanted, stop polling until the next doorbell).
-    public func backendInput(ram: GuestRAM) -> (interrupt: Bool, needsBuffers: Bool) {
+    /// Under a rate limit on the input queue, input the buckets cannot cover waits in the device
+    /// and `inputDeferral` says for how long; `now` is monotonic nanoseconds.
+    public func backendInput(ram: GuestRAM, now: UInt64 = 0) -> (interrupt: Bool, needsBuffers: Bool) {
         guard let input = model as? VirtioBackendInput else { return (false, false) }
+        let throttle = throttles.indices.contains(input.inputQueue) ? throttles[input.inputQueue] : nil
+        throttle?.value.deferredFor = nil
+        throttle?.value.now = now
         // Before DRIVER_OK (or after a reset) there is nowhere to put input: stop polling until the
         // driver rings a doorbell, or a waiting frame would keep the device thread spinning.
         guard transport.running else { return (false, true) }
         var qs = queues
         let before = queues.map { $0?.nextUsed }
         do {
-            let r = try input.receive(queues: &qs, ram: ram)
+            let r = try QueueThrottling.$current.withValue(throttle) { () throws(VirtqueueError) -> ReceiveResult in
+                try input.receive(queues: &qs, ram: ram)
+            }
             var interrupt = false
             for i in qs.indices {
                 // Only queues that gained used entries can want an interrupt.

@@ -463,6 +463,17 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendInput {
                 counters.receiveNoBuffers += 1
                 return ReceiveResult(used: used, needsBuffers: true)
             }
+            if let t = QueueThrottling.current {
+                // A receive rate limit: the frame waits in the device, and the chain in the queue
+                // (the socket is not read meanwhile, so the peer's sends back up), until the
+                // buckets cover it. Charged once, when it goes.
+                let now = t.value.now
+                if !t.value.limiter.admit(bytes: UInt64(frame.count), now: now) {
+                    t.value.deferredFor = max(1, t.value.limiter.delay(bytes: UInt64(frame.count), now: now))
+                    queue.undoPop()
+                    return ReceiveResult(used: used, needsBuffers: false)
+                }
+            }
             // This chain takes this frame, delivered or not: one chain per frame bounds the work.
             pendingFrame = nil
             var written: UInt32 = 0

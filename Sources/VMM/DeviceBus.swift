@@ -132,9 +132,12 @@ final class DeviceBus: Sendable {
         var starved = Set<Int>()
         // Queues a rate limit deferred, and when to serve them again.
         var deferred: [Int: UInt64] = [:]
+        // Devices whose input a rate limit holds back, and when to deliver it: their inputs are
+        // not polled meanwhile (the held input would make them readable for ever).
+        var inputDeferred: [Int: UInt64] = [:]
         while true {
             var timeout: Int32 = -1
-            if let next = deferred.values.min() {
+            if let next = (Array(deferred.values) + Array(inputDeferred.values)).min() {
                 let now = monotonicNanoseconds()
                 timeout = next <= now ? 0 : Int32(clamping: (next - now + 999_999) / 1_000_000)
             }
@@ -143,7 +146,7 @@ final class DeviceBus: Sendable {
             let backlogged = inputModels.filter { di, m in devices[di].device.withLock { _ in m.hasOutputBacklog } }.map(\.device)
             if !backlogged.isEmpty { timeout = timeout < 0 ? 1 : min(timeout, 1) }
             var polledInputs: [(device: Int, fd: Int32)] = []
-            for (di, m) in inputModels where !starved.contains(di) {
+            for (di, m) in inputModels where !starved.contains(di) && inputDeferred[di] == nil {
                 let fds = devices[di].device.withLock { _ in m.inputDescriptors }
                 for fd in fds { polledInputs.append((di, fd)) }
             }
@@ -157,18 +160,27 @@ final class DeviceBus: Sendable {
                     b.fd.drain()
                     deferred[i] = serve(devices[b.device], queue: b.queue)
                     // A doorbell may have posted receive buffers: try the input again.
-                    if starved.remove(b.device) != nil { inputDevices.insert(b.device) }
+                    if starved.remove(b.device) != nil, inputDeferred[b.device] == nil { inputDevices.insert(b.device) }
                 } else {
                     inputDevices.insert(polledInputs[i - bells.count].device)
                 }
             }
+            var now = monotonicNanoseconds()
+            for (di, when) in inputDeferred where when <= now {
+                inputDeferred[di] = nil
+                inputDevices.insert(di)
+            }
             for di in inputDevices {
                 let d = devices[di]
-                let (interrupt, needsBuffers) = d.device.withLock { $0.backendInput(ram: ram) }
+                let (interrupt, needsBuffers, wait) = d.device.withLock { dev in
+                    let r = dev.backendInput(ram: ram, now: now)
+                    return (r.interrupt, r.needsBuffers, dev.inputDeferral)
+                }
                 d.raiseInterrupt(if: interrupt)
                 if needsBuffers { starved.insert(di) }
+                if let wait { inputDeferred[di] = now + wait }
             }
-            let now = monotonicNanoseconds()
+            now = monotonicNanoseconds()
             for (i, when) in deferred where when <= now {
                 deferred[i] = serve(devices[bells[i].device], queue: bells[i].queue)
             }

@@ -38,7 +38,7 @@ public enum AttackSurface {
         SurfaceChannel(kind: .virtqueue, name: "virtio-blk.requestq", location: "device 2, queue 0",
                        threat: "request header, data and status parsed from the chain with checked sector arithmetic; range within capacity; at most 4 MiB per request; writes refused on read-only disks; flush is fdatasync before completion"),
         SurfaceChannel(kind: .virtqueue, name: "virtio-net.receiveq", location: "device 1, queue 0",
-                       threat: "device writes one 12-byte header + frame per chain, only into CPL3-writable RAM for programs; frames over the MTU dropped; at most one frame held while the guest posts no buffers"),
+                       threat: "device writes one 12-byte header + frame per chain, only into CPL3-writable RAM for programs; frames over the MTU dropped; at most one frame held while the guest posts no buffers or the receive rate limit holds it"),
         SurfaceChannel(kind: .virtqueue, name: "virtio-net.transmitq", location: "device 1, queue 1",
                        threat: "header must request no offloads; frame 14..MTU+14 bytes; source MAC must be the device's own (anti-spoofing); a full socket defers, never spins"),
         SurfaceChannel(kind: .virtqueue, name: "virtio-vsock.rx", location: "device 19, queue 0",

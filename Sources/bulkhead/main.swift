@@ -89,6 +89,12 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("disk-bytes-limit"), help: "Limit each disk to this many bytes per second.")
     var diskBytesLimit: UInt64?
 
+    @Option(name: .customLong("net-ops-limit"), help: "Limit the network device to this many frames per second in each direction.")
+    var netOpsLimit: UInt64?
+
+    @Option(name: .customLong("net-bytes-limit"), help: "Limit the network device to this many bytes per second in each direction.")
+    var netBytesLimit: UInt64?
+
     @Option(name: .customLong("rng-bytes-limit"), help: "Limit the rng to this many bytes per second.")
     var rngBytesLimit: UInt64?
 
@@ -116,7 +122,8 @@ struct Run: ParsableCommand {
         if let vsock { do { _ = try UnixVsockHost(pathPrefix: vsock) } catch { throw ValidationError("--vsock: \(error)") } }
         if vsockCID < 3 || vsockCID >= 0xffff_ffff { throw ValidationError("--vsock-cid must be between 3 and 4294967294") }
         if let mac, Run.parseMAC(mac) == nil { throw ValidationError("--mac must look like 52:54:00:12:34:56 (unicast)") }
-        for (name, v) in [("--disk-ops-limit", diskOpsLimit), ("--disk-bytes-limit", diskBytesLimit), ("--rng-bytes-limit", rngBytesLimit)] {
+        for (name, v) in [("--disk-ops-limit", diskOpsLimit), ("--disk-bytes-limit", diskBytesLimit), ("--rng-bytes-limit", rngBytesLimit),
+                        ("--net-ops-limit", netOpsLimit), ("--net-bytes-limit", netBytesLimit)] {
             if let v, v == 0 { throw ValidationError("\(name) must be at least 1") }
         }
         if kernel != nil && image != nil { throw ValidationError("give either IMAGE or --kernel, not both") }
@@ -209,6 +216,8 @@ struct Run: ParsableCommand {
             switch m.deviceType {
             case .block where diskOpsLimit != nil || diskBytesLimit != nil:
                 limits[i] = RateLimiter(operations: bucket(diskOpsLimit), bytes: bucket(diskBytesLimit))
+            case .network where netOpsLimit != nil || netBytesLimit != nil:
+                limits[i] = RateLimiter(operations: bucket(netOpsLimit), bytes: bucket(netBytesLimit))
             case .entropy where rngBytesLimit != nil:
                 limits[i] = RateLimiter(bytes: bucket(rngBytesLimit))
             default: break

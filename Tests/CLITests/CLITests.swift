@@ -210,16 +210,30 @@ struct NetworkTests {
     /// echoed and checked, and a frame with a forged source MAC never reaches the peer.
     @Test(.timeLimit(.minutes(2)))
     func twoVMsExchangeFramesAndSpoofedFramesAreDropped() throws {
-        let path = NSTemporaryDirectory() + "bulkhead-net-\(getpid()).sock"
+        try exchange(limits: [])
+    }
+
+    /// The same under rate limits on both sides, in both directions: nothing lost, and no faster
+    /// than the limit allows (101 frames each way at 40 per second, after a burst of 40: at least
+    /// 1.5 s; a correctness bound of the token bucket, not a speed measurement).
+    @Test(.timeLimit(.minutes(2)))
+    func rateLimitedNetworkLosesNothing() throws {
+        let start = monotonicNanoseconds()
+        try exchange(limits: ["--net-ops-limit", "40", "--net-bytes-limit", "1000000"])
+        #expect(monotonicNanoseconds() - start >= 1_500_000_000)
+    }
+
+    func exchange(limits: [String]) throws {
+        let path = NSTemporaryDirectory() + "bulkhead-net-\(getpid())-\(limits.count).sock"
         let pong = Process()
         pong.executableURL = URL(fileURLWithPath: binary)
-        pong.arguments = ["run", guests + "/net-pong.elf", "--net-listen", path, "--cmdline", "count=100", "--timeout", "60"]
+        pong.arguments = ["run", guests + "/net-pong.elf", "--net-listen", path, "--cmdline", "count=100", "--timeout", "60"] + limits
         let pongOut = Pipe()
         pong.standardOutput = pongOut
         pong.standardError = Pipe()
         try pong.run()
         let ping = try bulkhead(["run", guests + "/net-ping.elf", "--net-connect", path, "--cmdline", "count=100 spoof",
-                                 "--timeout", "60"])
+                                 "--timeout", "60"] + limits)
         pong.waitUntilExit()
         let pongText = String(decoding: pongOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(ping.status == 0, "\(ping.stdout)\(ping.stderr)")
@@ -233,5 +247,7 @@ struct NetworkTests {
         #expect(try bulkhead(["run", "--net-listen", "/tmp/a", "--net-connect", "/tmp/b"]).status == 64)
         #expect(try bulkhead(["run", "--net-connect", "/tmp/x", "--mac", "01:00:00:00:00:01"]).status == 64) // multicast
         #expect(try bulkhead(["run", "--net-connect", "/tmp/x", "--mac", "nonsense"]).status == 64)
+        #expect(try bulkhead(["run", "--net-connect", "/tmp/x", "--net-ops-limit", "0"]).status == 64)
+        #expect(try bulkhead(["run", "--net-connect", "/tmp/x", "--net-bytes-limit", "-5"]).status == 64)
     }
 }

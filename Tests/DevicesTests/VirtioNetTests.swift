@@ -375,6 +375,32 @@ private let receivedHeader = netHeader(numBuffers: 1)
         #expect(d.device.deferral(queue: 1) == nil)
     }
 
+    /// Receive under a bytes limit: frames beyond it wait in the device with their chain still
+    /// available, the link is not read further, and they go when the bucket refills; each frame
+    /// is charged once however often it is retried.
+    @Test func rateLimitDefersReception() throws {
+        let (net, backend) = try device()
+        let ms: UInt64 = 1_000_000
+        // 1000 bytes per second, a bucket of 1000: five 200-byte frames now, one more 200 ms later.
+        var d = NetDriver(net, rateLimit: RateLimiter(bytes: TokenBucket(capacity: 1000, ratePerSecond: 1000, now: 0)))
+        d.initialise()
+        for _ in 0..<8 { _ = d.submit(0, writable: [2048]) }
+        let frames = (0..<7).map { frame(200, src: peerMAC, seed: $0) }
+        for f in frames { backend.deliver(f) }
+        _ = d.device.backendInput(ram: d.ram, now: 0)
+        #expect(d.takeUsed(0).count == 5)       // 5 × 200 = the whole bucket
+        #expect(net.pendingFrame == frames[5] && backend.inbound == [frames[6]])
+        #expect(d.device.inputDeferral == 200 * ms)
+        // Polled too early (a doorbell, say): still held, and not charged twice.
+        _ = d.device.backendInput(ram: d.ram, now: 100 * ms)
+        #expect(d.takeUsed(0).isEmpty && d.device.inputDeferral == 100 * ms)
+        _ = d.device.backendInput(ram: d.ram, now: 200 * ms)
+        #expect(d.takeUsed(0).count == 1 && net.pendingFrame == frames[6] && backend.inbound.isEmpty)
+        _ = d.device.backendInput(ram: d.ram, now: 400 * ms)
+        #expect(d.takeUsed(0).count == 1 && net.pendingFrame == nil && d.device.inputDeferral == nil)
+        #expect(net.counters.framesReceived == 7)
+    }
+
     // MARK: receive
 
     @Test func receivesIntoSplitBuffers() throws {
