@@ -76,7 +76,10 @@ public struct SpecialRegisters: Equatable, Sendable {
     public var gdt = DescriptorTable(), idt = DescriptorTable()
     public var cr0: UInt64 = 0, cr2: UInt64 = 0, cr3: UInt64 = 0, cr4: UInt64 = 0, cr8: UInt64 = 0
     public var efer: UInt64 = 0
-    public var apicBase: UInt64 = 0
+    /// IA32_APIC_BASE. nil when writing: keep KVM's value (with an in-kernel irqchip, the local
+    /// APIC enabled at 0xfee00000, and the BSP flag on vCPU 0). Writing 0 would disable the APIC
+    /// and KVM would then hide it from CPUID.
+    public var apicBase: UInt64? = nil
 
     public init() {}
 
@@ -96,6 +99,7 @@ public struct SpecialRegisters: Equatable, Sendable {
         k.gdt.base = gdt.base; k.gdt.limit = gdt.limit
         k.idt.base = idt.base; k.idt.limit = idt.limit
         k.cr0 = cr0; k.cr2 = cr2; k.cr3 = cr3; k.cr4 = cr4; k.cr8 = cr8
-        k.efer = efer; k.apic_base = apicBase
+        k.efer = efer
+        if let apicBase { k.apic_base = apicBase }
     }
 }

@@ -173,7 +173,8 @@ public enum Machine {
             let parsed = try LinuxKernel.parse(kernel)
             let boot = configuration.bootWithDevices
             return try LinuxBootPlanner.plan(kernel: parsed, initrd: initrd, commandLine: boot.commandLine,
-                                             memorySize: boot.memorySize, devices: boot.devices.map(VirtioMMIODeviceInfo.init))
+                                             memorySize: boot.memorySize, devices: boot.devices.map(VirtioMMIODeviceInfo.init),
+                                             vcpus: boot.vcpus)
         } catch { throw .linux(error) }
     }
 

@@ -290,7 +290,8 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         #expect(r.u32(0x0c0) == 0 && r.u32(0x0c4) == 0)
         // Nothing beyond the header copied from the image.
         #expect(zp[0x26c..<0x290].allSatisfy { $0 == 0 })
-        #expect(zp[0..<0x1e8].enumerated().allSatisfy { $0.offset >= 0xc0 && $0.offset < 0xcc || $0.element == 0 })
+        #expect(r.u64(0x070) == ACPITables.base)                    // acpi_rsdp_addr
+        #expect(zp[0..<0x1e8].enumerated().allSatisfy { ($0.offset >= 0xc0 && $0.offset < 0xcc) || ($0.offset >= 0x70 && $0.offset < 0x78) || $0.element == 0 })
         // e820 at 0x2d0, count at 0x1e8.
         #expect(r.u8(0x1e8) == 5)
         let expected: [(UInt64, UInt64, UInt32)] = [
@@ -506,7 +507,7 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         let modlist = Int(si.u64(16) - LinuxBootLayout.startInfo)
         #expect(si.u64(modlist) == plan.initrd?.lowerBound && si.u64(modlist + 8) == 0x2345)
         #expect(si.u64(24) == LinuxBootLayout.commandLine)        // cmdline_paddr
-        #expect(si.u64(32) == 0)                                  // rsdp_paddr
+        #expect(si.u64(32) == ACPITables.base)                    // rsdp_paddr
         let memmap = Int(si.u64(40) - LinuxBootLayout.startInfo)
         #expect(si.u32(48) == 5 && si.u32(52) == 0)
         var entries: [E820Entry] = []

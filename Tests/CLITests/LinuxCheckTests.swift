@@ -57,7 +57,7 @@ struct LinuxCheckTests {
 
         let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 bulkhead.check=\(getpid())"
         let began = Date()
-        let r = try bulkhead(["run", "--kernel", dir + "/vmlinux", "--memory", "256", "--cmdline", cmdline,
+        let r = try bulkhead(["run", "--kernel", dir + "/vmlinux", "--memory", "256", "--vcpus", "2", "--rng", "--cmdline", cmdline,
                               "--hide-cpu-feature", "cx16", "--hide-cpu-feature", "xsave",
                               "--timeout", "60", "--console", dir + "/console.log"])
         let console = (try? String(contentsOfFile: dir + "/console.log", encoding: .utf8)) ?? ""
@@ -66,5 +66,11 @@ struct LinuxCheckTests {
         print(console.split(separator: "\n").prefix(3).joined(separator: "\n"))
         #expect(console.contains("Linux version"))
         #expect(console.contains("Command line: \(cmdline)"))
+        // The kernel reads Bulkhead's ACPI tables: both vCPUs from the MADT, the IOAPIC, and a
+        // DSDT (where the rng is described as LNRO0005).
+        #expect(console.contains("ACPI: RSDP 0x00000000000E0000"))
+        #expect(console.contains("ACPI: DSDT 0x00000000000E0600"))
+        #expect(console.contains("IOAPIC[0]: apic_id 0"))
+        #expect(console.contains("smpboot: Allowing 2 CPUs"))
     }
 }

@@ -37,6 +37,8 @@ public enum LinuxBootError: Error, Equatable, CustomStringConvertible, Sendable 
     case badCommandLine(String)
     case badMemorySize(String)
     case badDevice(index: Int, reason: String)
+    /// The MADT can list 1...`LinuxBootLayout.maxVCPUs` processors.
+    case badVCPUCount(Int)
     case pageTables(PageTableError)
 
     public var description: String {
@@ -66,6 +68,7 @@ public enum LinuxBootError: Error, Equatable, CustomStringConvertible, Sendable 
             return "the command line (with the virtio_mmio.device= entries) is \(n) bytes; this kernel accepts at most \(max)"
         case .badCommandLine(let why): return "bad command line: \(why)"
         case .badMemorySize(let why): return "bad memory size: \(why)"
+        case .badVCPUCount(let n): return "\(n) vCPUs: a Linux guest can have 1 to \(LinuxBootLayout.maxVCPUs)"
         case .badDevice(let i, let why): return "virtio-mmio device \(i): \(why)"
         case .pageTables(let e): return "cannot build the boot page tables: \(e)"
         }

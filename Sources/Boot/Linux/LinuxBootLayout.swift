@@ -11,6 +11,7 @@
 ///   0x0002_0000 – 0x0002_ffff   command line, NUL-terminated
 /// 0x0003_0000 – 0x0009_fbff   RAM
 /// 0x0009_fc00 – 0x000f_ffff   reserved: EBDA, VGA hole, BIOS ROM
+///   0x000e_0000                 ACPI tables: RSDP, XSDT, FADT, MADT, DSDT (`ACPITables`)
 /// 0x0010_0000 – RAM end       RAM: the kernel (at its preferred address, 16 MiB for stock
 ///                             kernels), the initrd as high as the kernel allows
 /// 0xc000_0000 – 0xfebf_ffff   virtio-mmio devices (never RAM: RAM ends below 3 GiB)
@@ -49,6 +50,8 @@ public enum LinuxBootLayout {
     /// that says so, so this is the limit for ELF kernels.
     public static let elfCommandLineMaximum = 2047
     public static let maxDevices = 32
+    /// vCPUs the MADT can list (APIC IDs fit a byte; the VMM's own limit is lower).
+    public static let maxVCPUs = 254
     /// x86 legacy interrupt lines usable for devices with the in-kernel irqchip (IOAPIC pins);
     /// 0 (timer) and 2 (PIC cascade) are never device lines.
     public static let deviceIRQs: ClosedRange<UInt32> = 1...23

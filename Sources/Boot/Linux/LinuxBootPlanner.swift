@@ -27,6 +27,7 @@ public struct LinuxBootPlan: Sendable {
 /// devices into a `LinuxBootPlan`. Pure: no I/O, no KVM. Layout: `LinuxBootLayout`.
 public enum LinuxBootPlanner {
     // struct boot_params offsets (Documentation/arch/x86/zero-page.rst).
+    static let acpiRSDPAddress = 0x070
     static let extRamdiskImage = 0x0c0
     static let extRamdiskSize = 0x0c4
     static let extCmdLinePtr = 0x0c8
@@ -42,8 +43,9 @@ public enum LinuxBootPlanner {
     static let memmapEntrySize = 24
 
     public static func plan(kernel: LinuxKernel, initrd: [UInt8]?, commandLine: String, memorySize: UInt64,
-                            devices: [VirtioMMIODeviceInfo]) throws(LinuxBootError) -> LinuxBootPlan {
+                            devices: [VirtioMMIODeviceInfo], vcpus: Int = 1) throws(LinuxBootError) -> LinuxBootPlan {
         try validate(memorySize: memorySize)
+        guard vcpus >= 1, vcpus <= LinuxBootLayout.maxVCPUs else { throw .badVCPUCount(vcpus) }
         try validate(devices: devices)
         let line = try LinuxCommandLine.compose(commandLine, devices: devices)
         guard line.count <= kernel.commandLineMaximum else {
@@ -66,6 +68,7 @@ public enum LinuxBootPlanner {
         if let bytes = initrd, let r = initrdRange { chunks.append(.init(address: r.lowerBound, bytes: bytes)) }
         chunks.append(.init(address: LinuxBootLayout.commandLine, bytes: line + [0]))
         chunks.append(.init(address: LinuxBootLayout.gdt, bytes: LinuxGDT.bytes()))
+        chunks.append(.init(address: ACPITables.base, bytes: ACPITables.build(cpus: vcpus, devices: devices)))
 
         let cpu: LinuxCPUState
         var tablePages = 0
@@ -198,6 +201,7 @@ public enum LinuxBootPlanner {
         w.put(UInt64(0), at: O.hardwareSubarchData)
         w.put(UInt64(0), at: O.setupData)
         let cmd = LinuxBootLayout.commandLine
+        w.put(ACPITables.base, at: acpiRSDPAddress)
         w.put(UInt32(truncatingIfNeeded: cmd), at: O.cmdLinePtr)
         w.put(UInt32(truncatingIfNeeded: cmd >> 32), at: extCmdLinePtr)
         let image = initrd?.lowerBound ?? 0
@@ -227,7 +231,7 @@ public enum LinuxBootPlanner {
         w.put(UInt32(initrd == nil ? 0 : 1), at: 12)                // nr_modules
         w.put(initrd == nil ? 0 : L.startInfo + L.moduleListOffset, at: 16)
         w.put(L.commandLine, at: 24)                                // cmdline_paddr
-        w.put(UInt64(0), at: 32)                                    // rsdp_paddr: no ACPI
+        w.put(ACPITables.base, at: 32)                              // rsdp_paddr
         w.put(L.startInfo + L.memoryMapOffset, at: 40)              // memmap_paddr
         w.put(UInt32(memoryMap.count), at: 48)                      // memmap_entries
         if let r = initrd {
