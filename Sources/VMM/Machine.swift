@@ -78,9 +78,37 @@ public struct MachineConfiguration {
 }
 
 /// What happened in a run.
+/// What the vCPUs' exits were, for audit: how often each kind happened, and accesses that hit
+/// nothing (a kernel probing for hardware that is not there, or a guest looking for a way out).
+public struct ExitStatistics: Equatable, Sendable {
+    public var mmio: UInt64 = 0
+    public var pio: UInt64 = 0
+    public var other: UInt64 = 0
+    /// MMIO reads and writes at addresses no channel claims (kernel guests: read as all ones,
+    /// writes dropped), and the last such address.
+    public var unassignedMMIO: UInt64 = 0
+    public var lastUnassignedMMIO: UInt64?
+    /// Port accesses no channel claims (read as 0xff, writes dropped), and the last such port.
+    public var unassignedPIO: UInt64 = 0
+    public var lastUnassignedPort: UInt16?
+
+    public init() {}
+
+    mutating func merge(_ o: ExitStatistics) {
+        mmio += o.mmio; pio += o.pio; other += o.other
+        unassignedMMIO += o.unassignedMMIO; unassignedPIO += o.unassignedPIO
+        lastUnassignedMMIO = o.lastUnassignedMMIO ?? lastUnassignedMMIO
+        lastUnassignedPort = o.lastUnassignedPort ?? lastUnassignedPort
+    }
+
+    mutating func unassigned(mmio address: UInt64) { unassignedMMIO += 1; lastUnassignedMMIO = address }
+    mutating func unassigned(port: UInt16) { unassignedPIO += 1; lastUnassignedPort = port }
+}
+
 public struct RunReport: Sendable {
     public var outcome: RunOutcome
     public var statistics: HypercallStatistics
+    public var exits = ExitStatistics()
     /// Monotonic time (ns) at which the VMM started, and at which it served the first hypercall.
     public var startNanoseconds: UInt64
     public var firstHypercallNanoseconds: UInt64?
@@ -266,7 +294,7 @@ public enum Machine {
         } catch { throw .kvm(error) }
         let env = guest.programPlan.map { LiveEnvironment(memory: memory, plan: $0, console: configuration.console, start: start) }
         let serial = SerialPort(console: configuration.console, vm: guest.programPlan == nil ? vm : nil)
-        let results = Locked<[(HypercallStatistics, UInt64?)]>([])
+        let results = Locked<[(HypercallStatistics, UInt64?, ExitStatistics)]>([])
 
         var threads: [OSThread] = []
         for (i, vcpu) in vcpus.enumerated() {
@@ -312,14 +340,16 @@ public enum Machine {
         deviceThread?.join()
 
         var stats = HypercallStatistics()
+        var exits = ExitStatistics()
         var first: UInt64?
-        for (s, f) in results.withLock({ $0 }) {
+        for (s, f, e) in results.withLock({ $0 }) {
             stats.merge(s)
+            exits.merge(e)
             if let f { first = min(first ?? f, f) }
         }
         withExtendedLifetime((vm, vcpus, memory)) {}
         return RunReport(outcome: control.result ?? .vcpuFailure(vcpu: 0, reason: "no outcome"),
-                         statistics: stats, startNanoseconds: start, firstHypercallNanoseconds: first,
+                         statistics: stats, exits: exits, startNanoseconds: start, firstHypercallNanoseconds: first,
                          stoppedAt: control.stoppedRIPs)
     }
 
@@ -402,8 +432,9 @@ struct VCPURunner: @unchecked Sendable {
     let memory: GuestMemory
     let bus: DeviceBus
 
-    func run() -> (HypercallStatistics, UInt64?) {
+    func run() -> (HypercallStatistics, UInt64?, ExitStatistics) {
         var stats = HypercallStatistics()
+        var exits = ExitStatistics()
         var firstHypercall: UInt64?
         vcpu.kicker.attachCurrentThread()
         defer { vcpu.kicker.detachThread() }
@@ -414,6 +445,12 @@ struct VCPURunner: @unchecked Sendable {
                 break
             }
             switch exit {
+            case .mmioRead, .mmioWrite: exits.mmio += 1
+            case .ioIn, .ioOut: exits.pio += 1
+            case .interrupted: break
+            default: exits.other += 1
+            }
+            switch exit {
             case .mmioRead(let address, let length):
                 guard let env, address >= GuestLayout.hypercallPage, address < GuestLayout.hypercallPage + GuestLayout.pageSize else {
                     if let (device, offset) = bus.device(at: address) {
@@ -422,6 +459,7 @@ struct VCPURunner: @unchecked Sendable {
                     }
                     if plan == nil {
                         // A kernel probing for hardware that is not there: reads as all ones.
+                        exits.unassigned(mmio: address)
                         vcpu.completeMMIORead(UInt64.max)
                         continue
                     }
@@ -451,12 +489,13 @@ struct VCPURunner: @unchecked Sendable {
                 } else if let (device, offset) = bus.device(at: address) {
                     bus.write(device, offset: offset, size: length, value: value)
                 } else if plan == nil {
-                    continue // a kernel's write to absent hardware is dropped
+                    exits.unassigned(mmio: address) // a kernel's write to absent hardware is dropped
                 } else {
                     control.finish(.vcpuFailure(vcpu: index, reason: "write to unassigned MMIO address 0x\(String(address, radix: 16))"))
                 }
             case .ioIn(let port, let size, let count):
                 var bytes: [UInt8] = []
+                if !SerialPort.com1.contains(port) { exits.unassigned(port: port) }
                 for _ in 0..<(size * count) {
                     bytes.append(SerialPort.com1.contains(port) ? serial.read(port: port) : 0xff)
                 }
@@ -469,7 +508,7 @@ struct VCPURunner: @unchecked Sendable {
                     // Only kernels can reach ports at all; guest programs run with IOPL 0.
                     if plan == nil { control.finish(.reset(vcpu: index)) }
                 case .ignored:
-                    continue
+                    if !SerialPort.com1.contains(port) { exits.unassigned(port: port) }
                 }
             case .interrupted:
                 continue
@@ -490,7 +529,7 @@ struct VCPURunner: @unchecked Sendable {
         if case .timedOut? = control.result, let r = try? vcpu.registers() {
             control.recordStoppedAt(vcpu: index, rip: r.rip)
         }
-        return (stats, firstHypercall)
+        return (stats, firstHypercall, exits)
     }
 
     /// Reads the exception frame the CPU pushed on this vCPU's kernel stack.

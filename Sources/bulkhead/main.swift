@@ -164,7 +164,10 @@ struct Run: ParsableCommand {
             if let f = report.firstHypercallNanoseconds { line += " first-hypercall-ns \(f)" }
             try? FileDescriptor.standardError.writeAll(Array((line + "\n").utf8))
         }
-        if stats { printError(statistics(report.statistics)) }
+        if stats {
+            printError(statistics(report.statistics))
+            printError(Run.exitStatistics(report.exits))
+        }
         if report.outcome != .exited(status: 0) { printError(report.outcome.description) }
         if !report.stoppedAt.isEmpty {
             printError("stopped at: " + report.stoppedAt.sorted { $0.key < $1.key }
@@ -273,6 +276,14 @@ struct Run: ParsableCommand {
         var b = randomBytes(6) ?? [0, 0, 0, 0, 0, 1]
         b[0] = (b[0] & 0xfe) | 0x02 // unicast, locally administered
         return b
+    }
+
+    static func exitStatistics(_ e: ExitStatistics) -> String {
+        var line = "exits: mmio=\(e.mmio) pio=\(e.pio) other=\(e.other) unassigned-mmio=\(e.unassignedMMIO)"
+        if let a = e.lastUnassignedMMIO { line += " (last 0x\(String(a, radix: 16)))" }
+        line += " unassigned-pio=\(e.unassignedPIO)"
+        if let p = e.lastUnassignedPort { line += " (last port 0x\(String(p, radix: 16)))" }
+        return line
     }
 
     func statistics(_ s: HypercallStatistics) -> String {

@@ -64,5 +64,23 @@ struct KernelGuestTests {
         let r = try runKernel(code, timeout: 1)
         #expect(r.report.outcome == .timedOut(seconds: 1))
         #expect(r.console == "ab")
+        #expect(r.report.exits.unassignedPIO == 6 && r.report.exits.lastUnassignedPort == 0x60)
+    }
+
+    /// Probes of absent hardware are answered (all ones, writes dropped) and counted for audit.
+    @Test func unassignedAccessesAreCounted() throws {
+        let code: [UInt8] = [0xa1, 0x00, 0x00, 0x00, 0xd0]   // mov eax, [0xd0000000]
+            + [0xa3, 0x00, 0x10, 0x00, 0xd0]                   // mov [0xd0001000], eax
+            + [0x83, 0xf8, 0xff, 0x75, 0x03]                   // cmp eax, -1; jne +3 (skip the 'y')
+            + com1("y")
+            + [0xe4, 0x61]                                     // in al, 0x61
+            + outByte(0xfe, port: 0x64) + haltForever
+        let r = try runKernel(code)
+        #expect(r.report.outcome == .reset(vcpu: 0))
+        #expect(r.console == "y")                             // the read gave all ones
+        let e = r.report.exits
+        #expect(e.unassignedMMIO == 2 && e.lastUnassignedMMIO == 0xd000_1000)
+        #expect(e.unassignedPIO == 1 && e.lastUnassignedPort == 0x61)
+        #expect(e.mmio == 2 && e.pio == 3)   // out "y", in 0x61, out 0x64
     }
 }
