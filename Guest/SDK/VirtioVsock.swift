@@ -46,9 +46,10 @@
 // Polling: there are no interrupts. Every wait (`connect`, `send` without credit or tx
 // descriptors, `waitReceive`, `close`) spins with `pause` (`VirtQueue.spinIterations`), then backs
 // off with the `wait` hypercall (yield, then 10 µs doubling to 1 ms), checking Status for
-// DEVICE_NEEDS_RESET. While it waits it also rings the rx doorbell every 4096 spins and at every
-// back-off step: a device may hold a reply (RESPONSE, CREDIT_UPDATE) until it next looks at the
-// rx queue, and a doorbell with nothing new in it costs the device one empty pass. `poll()` does
+// DEVICE_NEEDS_RESET. While it waits for a reply (RESPONSE, CREDIT_UPDATE, RST) it also rings the
+// rx doorbell every 4096 spins and at every back-off step: a device may hold a reply until it
+// next looks at the rx queue (a doorbell with nothing new costs it one empty pass); waiting for
+// data (`waitReceive`) rings it only once, when the back-off starts. `poll()` does
 // one round of that work: takes every used rx and event buffer, handles and re-posts it (one rx
 // doorbell per round), reclaims tx buffers, and sends pending replies (RST, CREDIT_UPDATE).
 //
@@ -562,8 +563,10 @@ public final class VirtioVsock {
     }
 
     /// Polls until `done` is true (returns true) or `timeout` ns passed (returns false): spins,
-    /// then backs off with `wait`, calling `idle` and ringing the rx doorbell before each nap.
-    func waitUntil(_ timeout: UInt64, idle: () throws(VsockError) -> Void = {},
+    /// then backs off with `wait`, calling `idle` before each nap. With `expectingReply` (a
+    /// control packet from the device is awaited) it rings the rx doorbell every 4096 spins and
+    /// before every nap; without, once when the back-off starts.
+    func waitUntil(_ timeout: UInt64, expectingReply: Bool = true, idle: () throws(VsockError) -> Void = {},
                    _ done: () throws(VsockError) -> Bool) throws(VsockError) -> Bool {
         var spins = 0
         while spins < VirtQueue.spinIterations {
@@ -571,7 +574,7 @@ public final class VirtioVsock {
             if try done() { return true }
             cpuRelax()
             spins += 1
-            if spins & 4095 == 0 { rxQueue.notify() }
+            if expectingReply && spins & 4095 == 0 { rxQueue.notify() }
         }
         let start = time()
         var nap: UInt64 = 0
@@ -581,7 +584,7 @@ public final class VirtioVsock {
             if transport.needsReset { throw .device(.deviceNeedsReset) }
             if time() &- start >= timeout { return false }
             try idle()
-            rxQueue.notify()
+            if expectingReply || nap == 0 { rxQueue.notify() }
             _ = wait(nap)
             nap = nap == 0 ? 10_000 : min(nap * 2, 1_000_000)
         }
@@ -994,7 +997,8 @@ public final class VirtioVsock {
         let first = try receive(c, into: buffer)
         if first != .wouldBlock { return first }
         let i = c.slot
-        _ = try waitUntil(timeout ?? self.timeout) {
+        // Data and the host's SHUTDOWN come when the host has them, not in answer to us.
+        _ = try waitUntil(timeout ?? self.timeout, expectingReply: false) {
             slots[i].rxCnt != slots[i].fwdCnt || slots[i].state == .closed
                 || slots[i].peerShutdown & VirtioVsock.shutdownSend != 0
         }
