@@ -91,8 +91,11 @@ public final class VirtioMMIODevice {
 
     /// Whether queue `index` still has chains the model did not take (its back end was full, or
     /// more than a queue's worth was published): the VMM comes back to it shortly.
+    /// A receive queue's posted buffers are not work: they wait for input, which the back end's
+    /// descriptor announces (otherwise an idle device would be polled every millisecond).
     public func hasPending(queue index: Int, ram: GuestRAM) -> Bool {
         guard transport.running, queues.indices.contains(index), let q = queues[index] else { return false }
+        if let input = model as? VirtioBackendInput, input.inputQueue == index { return false }
         return q.hasPending(in: ram)
     }
 

@@ -8,6 +8,8 @@ public enum VsockHostRead: Equatable, Sendable {
     case empty
     /// The host side closed: no more data will come.
     case closed
+    /// The host side reset the connection (data may have been lost): the guest gets RST.
+    case reset
 }
 
 /// The host side of virtio-vsock: where guest-initiated stream connections to the host (CID 2)
@@ -52,6 +54,8 @@ public final class MemoryVsockHost: VsockHost {
         public var guestFinished = false
         /// Sends fail as if the host end were gone.
         public var broken = false
+        /// Reads report a reset.
+        public var reset = false
         /// How many more bytes `send` accepts (nil: no limit).
         public var sendCapacity: Int?
     }
@@ -89,6 +93,7 @@ public final class MemoryVsockHost: VsockHost {
 
     public func receive(_ id: UInt64, max: Int) -> VsockHostRead {
         guard var c = connections[id], !c.closed else { return .closed }
+        if c.reset { return .reset }
         if c.inbound.isEmpty { return c.hostClosed ? .closed : .empty }
         let n = min(max, c.inbound.count)
         let out = Array(c.inbound.prefix(n))
@@ -107,6 +112,8 @@ public final class MemoryVsockHost: VsockHost {
     public func hangUp(_ id: UInt64) { connections[id]?.hostClosed = true }
     /// Lets connection `id` accept `n` more bytes.
     public func setSendCapacity(_ n: Int?, for id: UInt64) { connections[id]?.sendCapacity = n }
+    /// The host resets connection `id`: reads report it.
+    public func resetConnection(_ id: UInt64) { connections[id]?.reset = true }
     /// Makes every later send on connection `id` fail (a host peer that went away).
     public func breakConnection(_ id: UInt64) { connections[id]?.broken = true }
 }
@@ -179,7 +186,8 @@ public enum VsockDrop: String, Error, Hashable, Sendable, CaseIterable, CustomSt
     case duplicateRequest
     /// A receive chain whose writable bytes cannot hold a header: the packet meant for it is lost.
     case rxChainTooSmall
-    /// The host end of a connection went away with guest data still to deliver: reset.
+    /// The host end of a connection went away (a send failed for good, or the host reset the
+    /// connection): the guest gets RST, never an orderly end, since data may have been lost.
     case hostGone
     /// The virtqueue refused the chain.
     case brokenChain
@@ -583,6 +591,13 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
             switch host.receive(c.id, max: want) {
             case .empty:
                 continue
+            case .reset:
+                // Not an orderly end: the guest must not take it for one.
+                record(.hostGone)
+                nextRoundRobin = 0
+                let h = header(nil, key: c.key, op: Op.rst)
+                drop(at: i)
+                return (h, [])
             case .closed:
                 // End of stream from the host: it sends no more, but may still take the guest's
                 // data (a half close), so only SEND is shut. A host that is gone altogether fails

@@ -151,8 +151,10 @@ public enum StreamRead: Equatable, Sendable {
     case data([UInt8])
     /// Nothing now.
     case wouldBlock
-    /// End of stream, or the connection was reset.
+    /// End of stream: the peer shut down writing or closed in order.
     case closed
+    /// The peer reset the connection (it closed with our data unread): data may have been lost.
+    case reset
 }
 
 extension FileDescriptor {
@@ -170,7 +172,8 @@ extension FileDescriptor {
             let e = errno
             if e == EINTR { continue }
             if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
-            if e == ECONNRESET || e == ENOTCONN { return .closed }
+            if e == ECONNRESET { return .reset }
+            if e == ENOTCONN { return .closed }
             throw SystemError("recv", errno: e)
         }
     }

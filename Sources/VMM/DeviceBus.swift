@@ -159,8 +159,12 @@ final class DeviceBus: Sendable {
                     let b = bells[i]
                     b.fd.drain()
                     deferred[i] = serve(devices[b.device], queue: b.queue)
-                    // A doorbell may have posted receive buffers: try the input again.
-                    if starved.remove(b.device) != nil, inputDeferred[b.device] == nil { inputDevices.insert(b.device) }
+                    // A doorbell may have posted receive buffers, or (vsock) made replies for the
+                    // receive queue: run the input side now rather than on the next poll.
+                    starved.remove(b.device)
+                    if inputDeferred[b.device] == nil, inputModels.contains(where: { $0.device == b.device }) {
+                        inputDevices.insert(b.device)
+                    }
                 } else {
                     inputDevices.insert(polledInputs[i - bells.count].device)
                 }

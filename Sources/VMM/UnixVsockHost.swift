@@ -81,6 +81,7 @@ public final class UnixVsockHost: VsockHost {
             case .data(let b): return .data(b)
             case .wouldBlock: return .empty
             case .closed: return .closed
+            case .reset: return .reset
             }
         } catch {
             errors += 1

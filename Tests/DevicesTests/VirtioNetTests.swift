@@ -433,6 +433,18 @@ private let receivedHeader = netHeader(numBuffers: 1)
         #expect(Array(d.contents(mixed.writable)[0..<72]) == receivedHeader + g)
     }
 
+    /// Posted receive buffers are not pending work (the socket announces input); they would
+    /// otherwise make the device thread poll an idle device every millisecond.
+    @Test func postedReceiveBuffersAreNotPendingWork() throws {
+        let (net, _) = try device()
+        var d = NetDriver(net)
+        d.initialise()
+        for _ in 0..<4 { _ = d.submit(0, writable: [2048]) }
+        #expect(!d.device.hasPending(queue: 0, ram: d.ram))
+        d.transmit(frame(60, seed: 1))
+        #expect(d.device.hasPending(queue: 1, ram: d.ram))
+    }
+
     @Test func withoutBuffersOneFrameIsHeld() throws {
         let (net, backend) = try device()
         var d = NetDriver(net)

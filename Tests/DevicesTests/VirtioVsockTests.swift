@@ -302,6 +302,18 @@ private typealias Op = VirtioVsock.Op
         #expect(d.receive().map(\.0.op) == [Op.rst])
     }
 
+    /// A host that resets (closes with the guest's data unread) is reported as RST, not as the
+    /// orderly SHUTDOWN an end of stream gets.
+    @Test func hostResetIsReportedAsReset() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        let id = d.host.connections.keys.first!
+        d.host.resetConnection(id)
+        #expect(d.receive().map(\.0.op) == [Op.response, Op.rst])
+        #expect(d.vsock.connectionCount == 0 && d.host.connections[id]!.closed)
+        #expect(d.vsock.counters[.hostGone] == 1)
+    }
+
     @Test func guestShutdownOfBothDirectionsEndsTheConnection() {
         var d = VsockDriver()
         d.send(pkt(Op.request))

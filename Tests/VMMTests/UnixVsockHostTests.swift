@@ -24,7 +24,7 @@ struct UnixVsockHostTests {
             switch host.receive(id, max: 4096) {
             case .data(let b): out += b
             case .empty: spins += 1; _ = waitReadable([host.descriptor(id)], timeoutMilliseconds: 5)
-            case .closed: return out
+            case .closed, .reset: return out
             }
         }
         return out
@@ -49,6 +49,21 @@ struct UnixVsockHostTests {
         #expect(drain(host, id, count: 2) == [1, 2])
         host.close(id)
         #expect(host.openCount == 0 && host.descriptor(id) == -1)
+    }
+
+    /// The host program closes with bytes from the guest still unread: a reset, not an end of
+    /// stream, so the guest learns that data was lost.
+    @Test func closingWithUnreadDataIsAReset() throws {
+        let p = prefix("reset")
+        let listener = try UnixStream.listen(p + "_9")
+        defer { unlinkPath(p + "_9") }
+        let host = try UnixVsockHost(pathPrefix: p)
+        let id = try #require(host.connect(port: 9))
+        var peer: FileDescriptor? = try UnixStream.accept(listener)
+        #expect(host.send(id, [1, 2, 3]) == 3)
+        peer = nil
+        _ = peer
+        #expect(host.receive(id, max: 10) == .reset)
     }
 
     @Test func nothingListeningIsRefused() throws {

@@ -200,11 +200,15 @@ func wholeDevice(_ s: Setup) {
             host.deliver((0..<n).map { UInt8(truncatingIfNeeded: $0) }, to: id)
             if !(host.connections[id]?.closed ?? true) { hostGave += UInt64(n) }
         case 4:
-            // The host program ends its stream, or goes away altogether (sends then fail).
+            // The host program ends its stream, goes away (sends then fail), or resets.
             let ids = host.connections.keys.sorted()
             if !ids.isEmpty {
-                let id = ids[Int(event >> 4) % ids.count]
-                if event & 8 == 0 { host.hangUp(id) } else { host.breakConnection(id) }
+                let id = ids[Int(event >> 5) % ids.count]
+                switch (event >> 3) & 3 {
+                case 0: host.hangUp(id)
+                case 1: host.breakConnection(id)
+                default: host.resetConnection(id)
+                }
             }
         case 5:
             for id in host.connections.keys.sorted() { host.setSendCapacity(nil, for: id) }

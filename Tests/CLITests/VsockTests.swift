@@ -1,0 +1,74 @@
+import Foundation
+import KVM
+import Testing
+
+/// A host program on the far side of vsock: accepts one connection at `path`, streams `payload`
+/// to it while reading what comes back, half-closes, and reads until the guest closes.
+/// Returns what came back (nil if nobody connected within `acceptSeconds`).
+func vsockEchoPeer(listener: FileDescriptor, payload: [UInt8], acceptSeconds: Int32 = 30) throws -> [UInt8]? {
+    guard waitReadable([listener.rawValue], timeoutMilliseconds: acceptSeconds * 1000).first == true else { return nil }
+    let c = try UnixStream.accept(listener)
+    var sent = 0
+    var back: [UInt8] = []
+    let deadline = monotonicNanoseconds() + 60_000_000_000
+    var shut = false
+    while monotonicNanoseconds() < deadline {
+        if sent < payload.count {
+            sent += try c.writeStream(payload[sent..<min(payload.count, sent + 65536)])
+        } else if !shut {
+            c.shutdownWriting()
+            shut = true
+        }
+        switch try c.readStream(max: 65536) {
+        case .data(let b): back += b
+        case .closed, .reset: return back
+        case .wouldBlock:
+            _ = waitReadable([c.rawValue], timeoutMilliseconds: sent < payload.count ? 1 : 100)
+        }
+    }
+    return back
+}
+
+@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+struct VsockTests {
+    /// A guest program connects to a host Unix socket over vsock and echoes 1 MiB of random
+    /// bytes: more than 16 times the credit of a connection, so flow control runs both ways.
+    @Test(.timeLimit(.minutes(2)))
+    func guestEchoesAMebibyteToAHostSocket() throws {
+        let prefix = NSTemporaryDirectory() + "bh-vs-\(getpid())"
+        let listener = try UnixStream.listen(prefix + "_5000")
+        defer { unlink(prefix + "_5000") }
+        let vm = Process()
+        vm.executableURL = URL(fileURLWithPath: binary)
+        vm.arguments = ["run", guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5000", "--timeout", "60"]
+        let out = Pipe(), err = Pipe()
+        vm.standardOutput = out
+        vm.standardError = err
+        try vm.run()
+        let payload = try #require(randomBytes(1 << 20))
+        let back = try vsockEchoPeer(listener: listener, payload: payload)
+        vm.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            + String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(back?.count == payload.count, "\(text)")
+        #expect(back == payload ? true : false, "the echo differs from what was sent")
+        #expect(vm.terminationStatus == 0, "\(text)")
+        #expect(text.contains("echoed \(payload.count) bytes"), "\(text)")
+    }
+
+    /// Nothing listens at the port: the guest's request is refused (RST) and it says so.
+    @Test(.timeLimit(.minutes(1)))
+    func refusedConnectionIsReportedByTheGuest() throws {
+        let prefix = NSTemporaryDirectory() + "bh-vs-none-\(getpid())"
+        let r = try bulkhead(["run", guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5001", "--timeout", "30"])
+        #expect(r.status != 0 && r.status != 124, "\(r.stdout)\(r.stderr)")
+        #expect((r.stdout + r.stderr).lowercased().contains("refused"), "\(r.stdout)\(r.stderr)")
+    }
+
+    @Test func badVsockOptions() throws {
+        #expect(try bulkhead(["run", "--vsock", ""]).status == 64)
+        #expect(try bulkhead(["run", "--vsock", String(repeating: "x", count: 120)]).status == 64)
+        #expect(try bulkhead(["run", "--vsock", "/tmp/v", "--vsock-cid", "2"]).status == 64)
+        #expect(try bulkhead(["run", "--vsock", "/tmp/v", "--vsock-cid", "4294967295"]).status == 64)
+    }
+}
