@@ -26,6 +26,7 @@ Bulkhead, ...) --runs times each after --warmup discarded pairs. Per run:
   the "start" line to the "done" line, divided by the number of reads.
 
 Exits non-zero if a run fails: wrong exit status, a missing marker, or the guest's data check.
+Method, results and commentary: docs/benchmarks.md, "Side by side with QEMU".
 """
 import argparse, json, os, platform, re, resource, shutil, statistics, struct, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -208,7 +209,7 @@ def main():
         print(f"\rrun {i + 1}/{a.warmup + a.runs}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     wall = time.monotonic() - wall0
-    others = (cpu_seconds_all() - all0 - (cpu_seconds_own() - own0)) / wall
+    others = max(0.0, (cpu_seconds_all() - all0 - (cpu_seconds_own() - own0)) / wall)
     hz1 = tsc_hz()
     hz = (hz0 + hz1) / 2
     load_after = os.getloadavg()
@@ -252,12 +253,15 @@ def main():
         rq = f"{conv(min(r[key] for r in Q)):.2f}–{conv(max(r[key] for r in Q)):.2f}"
         print(f"| {label} | {conv(b):.2f} {unit} ({rb}) | {conv(q):.2f} {unit} ({rq}) | {q / b:.2f}× |")
 
-    first = median(Q, "first_line_ns") / median(B, "first_line_ns")
+    first_byte = median(Q, "first_byte_ns") / median(B, "first_byte_ns")
+    first_line = median(Q, "first_line_ns") / median(B, "first_line_ns")
     rss = median(B, "maxrss_kib") / median(Q, "maxrss_kib")
     lat_b, lat_q = us(median(B, "tsc_p50")), us(median(Q, "tsc_p50"))
     mean_b, mean_q = us(median(B, "tsc_mean")), us(median(Q, "tsc_mean"))
     goals = [
-        ("first output at least 5× sooner than QEMU", f"{first:.2f}× sooner", first >= 5),
+        ("first output at least 5× sooner than QEMU: first byte", f"{first_byte:.2f}× sooner", first_byte >= 5),
+        ("first output at least 5× sooner than QEMU: whole `pvh-bench: hello` line", f"{first_line:.2f}× sooner",
+         first_line >= 5),
         ("peak RSS at most a quarter of QEMU's", f"{rss:.2f} of QEMU's ({median(B, 'maxrss_kib') / 1024:.1f} vs "
          f"{median(Q, 'maxrss_kib') / 1024:.1f} MiB)", rss <= 0.25),
         ("4 KiB read latency no worse than QEMU (median)", f"{lat_b:.2f} µs vs {lat_q:.2f} µs "
