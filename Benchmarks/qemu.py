@@ -148,20 +148,28 @@ def run_once(name, cmd, expect_status, reads):
         "maxrss_kib": maxrss,
         "reads": int(done.group(1)),
         "tsc_total": int(done.group(2)),
-        "host_reads_ns": arrival(done.start()) - arrival(start + len("pvh-bench: start\n") - 1),
     }
+    # None when both lines came in one read of the pipe (a short run): no host-side span then.
+    span = arrival(done.start()) - arrival(start + len("pvh-bench: start\n") - 1)
+    r["host_reads_ns"] = span if span > 0 else None
     for k, v in zip(("min", "p50", "p90", "p99", "max", "mean"), lat.groups()):
         r[f"tsc_{k}"] = int(v)
     return r
 
 
+def values(rows, key):
+    return [r[key] for r in rows if r[key] is not None]
+
+
 def median(rows, key):
-    return statistics.median(r[key] for r in rows)
+    v = values(rows, key)
+    return statistics.median(v) if v else None
 
 
 def guest_mhz(rows):
     """The guest's TSC ticks over the reads against the host's time for the same stretch."""
-    return statistics.median(r["tsc_total"] / r["host_reads_ns"] * 1e3 for r in rows)
+    v = [r["tsc_total"] / r["host_reads_ns"] * 1e3 for r in rows if r["host_reads_ns"]]
+    return f"{statistics.median(v):.1f} MHz" if v else "n/a"
 
 
 def cpu_seconds_all():
@@ -239,8 +247,8 @@ def main():
           f"figures are the median over runs (min–max in brackets)"
           + (" — **provisional: fewer than 9 runs**" if a.runs < 9 else ""))
     print(f"- host TSC {hz / 1e6:.3f} MHz (before {hz0 / 1e6:.3f}, after {hz1 / 1e6:.3f}); "
-          f"guest TSC rate against the host clock (cross-check), median: Bulkhead {guest_mhz(B):.1f} MHz, "
-          f"QEMU {guest_mhz(Q):.1f} MHz")
+          f"guest TSC rate against the host clock (cross-check), median: Bulkhead {guest_mhz(B)}, "
+          f"QEMU {guest_mhz(Q)}")
     print(f"- load average before {load_before[0]:.2f} / after {load_after[0]:.2f}; "
           f"CPU used by other processes while measuring: {others:.2f} CPUs"
           + (" (**noisy: measure again on an idle machine**)" if others > 0.15 else ""))
@@ -249,8 +257,11 @@ def main():
     print("|---|---|---|---|")
     for label, key, conv, unit in rows:
         b, q = median(B, key), median(Q, key)
-        rb = f"{conv(min(r[key] for r in B)):.2f}–{conv(max(r[key] for r in B)):.2f}"
-        rq = f"{conv(min(r[key] for r in Q)):.2f}–{conv(max(r[key] for r in Q)):.2f}"
+        if b is None or q is None:
+            print(f"| {label} | n/a | n/a | |")
+            continue
+        rb = f"{conv(min(values(B, key))):.2f}–{conv(max(values(B, key))):.2f}"
+        rq = f"{conv(min(values(Q, key))):.2f}–{conv(max(values(Q, key))):.2f}"
         print(f"| {label} | {conv(b):.2f} {unit} ({rb}) | {conv(q):.2f} {unit} ({rq}) | {q / b:.2f}× |")
 
     first_byte = median(Q, "first_byte_ns") / median(B, "first_byte_ns")
