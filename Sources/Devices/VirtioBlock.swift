@@ -13,6 +13,9 @@ public protocol DirectFileTarget: AnyObject {
     /// Reads consecutive bytes of `fd` from `fileOffset` into each range in turn (all of which
     /// must be memory the device may write), in as few system calls as it can.
     func readFile(_ fd: Int32, fileOffset: UInt64, into ranges: [(address: UInt64, count: Int)]) -> Bool
+    /// Writes each range in turn (all of which must be memory the device may read) to `fd` from
+    /// `fileOffset`, in as few system calls as it can. False on any failure.
+    func writeFile(_ fd: Int32, fileOffset: UInt64, from ranges: [(address: UInt64, count: Int)]) -> Bool
 }
 
 extension DirectFileTarget {
@@ -42,10 +45,14 @@ public protocol BlockBackend: AnyObject {
     /// Reads `count` bytes at `sector` straight into the chain's writable buffers, in order.
     /// nil: this back end or this memory cannot (the caller copies through a buffer instead).
     func readDirect(sector: UInt64, count: Int, into chain: DescriptorChain, ram: GuestRAM) -> Bool?
+    /// Writes `count` bytes at `sector` straight from the chain's readable buffers, after the
+    /// first `skipping` bytes (the request header). nil: cannot (the caller copies instead).
+    func writeDirect(sector: UInt64, count: Int, from chain: DescriptorChain, skipping: UInt64, ram: GuestRAM) -> Bool?
 }
 
 extension BlockBackend {
     public func readDirect(sector: UInt64, count: Int, into chain: DescriptorChain, ram: GuestRAM) -> Bool? { nil }
+    public func writeDirect(sector: UInt64, count: Int, from chain: DescriptorChain, skipping: UInt64, ram: GuestRAM) -> Bool? { nil }
 }
 
 /// The operations of a `BlockBackend`.
@@ -155,7 +162,9 @@ public enum BlockRequest: Equatable, Sendable {
     /// VIRTIO_BLK_T_IN: read `bytes` bytes (a multiple of 512) at `sector` into the chain.
     case read(sector: UInt64, bytes: Int)
     /// VIRTIO_BLK_T_OUT: write `data` (copied out of the guest once) at `sector`.
-    case write(sector: UInt64, data: [UInt8])
+    /// `bytes` bytes from the chain's readable buffers after the 16-byte header (copied, or
+    /// written straight from guest memory, when the request is carried out).
+    case write(sector: UInt64, bytes: Int)
     /// VIRTIO_BLK_T_FLUSH.
     case flush
     /// VIRTIO_BLK_T_GET_ID.
@@ -460,12 +469,7 @@ public final class VirtioBlock: VirtioDeviceModel {
         case RequestType.out:
             guard !readOnly else { return .failure(.readOnly(type: type)) }
             if let e = checkTransfer(sector: sector, length: outLength, capacity: capacity) { return .failure(e) }
-            do {
-                let data = try chain.readableBytes(from: ram, skipping: 16, count: Int(outLength))
-                return .success(.write(sector: sector, data: data))
-            } catch {
-                return .failure(.memory(error))
-            }
+            return .success(.write(sector: sector, bytes: Int(outLength)))
         case RequestType.flush:
             return .success(.flush)
         case RequestType.getID:
@@ -529,12 +533,16 @@ public final class VirtioBlock: VirtioDeviceModel {
             counters.reads += 1
             counters.bytesRead += UInt64(n)
             return finish(chain, ram: ram, status: .ok, dataWritten: n)
-        case .write(let sector, let data):
-            if !data.isEmpty {
+        case .write(let sector, let n):
+            if n > 0, let direct = backend.writeDirect(sector: sector, count: n, from: chain, skipping: 16, ram: ram) {
+                guard direct else { return fail(.backend(.write), chain, ram) }
+            } else if n > 0 {
+                let data: [UInt8]
+                do { data = try chain.readableBytes(from: ram, skipping: 16, count: n) } catch { return fail(.memory(error), chain, ram) }
                 guard backend.write(sector: sector, bytes: data) else { return fail(.backend(.write), chain, ram) }
             }
             counters.writes += 1
-            counters.bytesWritten += UInt64(data.count)
+            counters.bytesWritten += UInt64(n)
             return finish(chain, ram: ram, status: .ok, dataWritten: 0)
         case .flush:
             // Durability: the flush is complete (and the used ring updated by the caller) only
@@ -589,6 +597,23 @@ public final class VirtioBlock: VirtioDeviceModel {
 
 extension DescriptorChain {
     /// Copies `count` device-readable bytes starting `skip` bytes into the chain.
+    /// The guest ranges holding `count` readable bytes after the first `skip`, in order; nil
+    /// when the chain has fewer.
+    public func readableRanges(skipping skip: UInt64, count: Int) -> [(address: UInt64, count: Int)]? {
+        var out: [(address: UInt64, count: Int)] = []
+        var left = count
+        var toSkip = skip
+        for b in readable where left > 0 {
+            let len = UInt64(b.length)
+            if toSkip >= len { toSkip -= len; continue }
+            let n = min(Int(len - toSkip), left)
+            out.append((b.address + toSkip, n))
+            toSkip = 0
+            left -= n
+        }
+        return left == 0 ? out : nil
+    }
+
     func readableBytes(from ram: GuestRAM, skipping skip: UInt64, count: Int) throws(VirtqueueError) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(count)

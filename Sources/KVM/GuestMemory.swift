@@ -170,6 +170,45 @@ extension GuestMemory {
     /// Reads `count` bytes of the file `fd` at `fileOffset` straight into guest memory at
     /// `address` (one copy, no intermediate buffer). False when the file ends early or the read
     /// fails; the range must be guest RAM.
+    /// Writes several guest ranges, in order, to `fd` as consecutive bytes from `fileOffset`, with
+    /// one `pwritev` per 1024 ranges (a virtio request's scattered buffers in one system call).
+    /// Every range is checked before anything is written. False when a write fails.
+    public func copyToFile(_ fd: Int32, fileOffset: UInt64, from ranges: [(address: UInt64, count: Int)]) throws(GuestMemoryError) -> Bool {
+        var spans: [(offset: Int, count: Int)] = []
+        spans.reserveCapacity(ranges.count)
+        for r in ranges where r.count > 0 {
+            spans.append((try offset(of: r.address, length: UInt64(r.count)), r.count))
+        }
+        var position = off_t(fileOffset)
+        var first = 0        // the first span not completely written
+        var skip = 0         // bytes of it already written
+        while first < spans.count {
+            let batch = min(spans.count - first, 1024)
+            var vectors: [iovec] = []
+            vectors.reserveCapacity(batch)
+            for k in first..<(first + batch) {
+                let s = spans[k], lead = k == first ? skip : 0
+                // SAFETY: `s.offset + lead ..< s.offset + s.count` lies inside a range checked
+                // against the mapping above; the mapping outlives this call. pwritev only reads it.
+                vectors.append(iovec(iov_base: region.advanced(by: s.offset + lead), iov_len: s.count - lead))
+            }
+            // SAFETY: pwritev reads only from the iovecs above, each inside the mapping.
+            let n = vectors.withUnsafeBufferPointer { pwritev(fd, $0.baseAddress, Int32($0.count), position) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            if n == 0 { return false }
+            position += off_t(n)
+            var left = n
+            while left > 0, first < spans.count {
+                let room = spans[first].count - skip
+                if left >= room { left -= room; first += 1; skip = 0 } else { skip += left; left = 0 }
+            }
+        }
+        return true
+    }
+
     /// Reads consecutive bytes of `fd` from `fileOffset` into several guest ranges, in order, with
     /// one `preadv` per 1024 ranges (a virtio request's scattered buffers in one system call).
     /// Every range is checked before anything is read. False when the file ends early or a read

@@ -49,6 +49,11 @@ final class ProgramDMAView: GuestRAM, DirectFileTarget, @unchecked Sendable {
         for r in ranges { guard r.count >= 0, isWritable(r.address, length: UInt64(r.count)) else { return false } }
         return memory.readFile(fd, fileOffset: fileOffset, into: ranges)
     }
+
+    func writeFile(_ fd: Int32, fileOffset: UInt64, from ranges: [(address: UInt64, count: Int)]) -> Bool {
+        for r in ranges { guard r.count >= 0, isRAM(r.address, length: UInt64(r.count)) else { return false } }
+        return memory.writeFile(fd, fileOffset: fileOffset, from: ranges)
+    }
 }
 
 /// A virtio device attached to a VM: its window, its state behind a lock, its doorbells.

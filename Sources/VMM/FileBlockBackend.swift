@@ -153,6 +153,16 @@ extension FileBlockBackend {
     }
 }
 
+extension FileBlockBackend {
+    /// Writes straight from guest memory, all of the chain's data buffers in one vectored write.
+    public func writeDirect(sector: UInt64, count: Int, from chain: DescriptorChain, skipping: UInt64, ram: GuestRAM) -> Bool? {
+        guard let target = ram as? DirectFileTarget else { return nil }
+        guard count >= 0, let r = byteRange(sector, UInt64(count) / Self.sectorSize), r.length == UInt64(count),
+              let ranges = chain.readableRanges(skipping: skipping, count: count) else { return false }
+        return target.writeFile(fd.rawValue, fileOffset: r.offset, from: ranges)
+    }
+}
+
 extension GuestMemory: DirectFileTarget {
     public func readFile(_ fd: Int32, fileOffset: UInt64, into address: UInt64, count: Int) -> Bool {
         (try? copyFromFile(fd, fileOffset: fileOffset, into: address, count: count)) ?? false
@@ -160,5 +170,9 @@ extension GuestMemory: DirectFileTarget {
 
     public func readFile(_ fd: Int32, fileOffset: UInt64, into ranges: [(address: UInt64, count: Int)]) -> Bool {
         (try? copyFromFile(fd, fileOffset: fileOffset, into: ranges)) ?? false
+    }
+
+    public func writeFile(_ fd: Int32, fileOffset: UInt64, from ranges: [(address: UInt64, count: Int)]) -> Bool {
+        (try? copyToFile(fd, fileOffset: fileOffset, from: ranges)) ?? false
     }
 }

@@ -104,4 +104,28 @@ import Glibc
         #expect(try m.copyFromFile(fd.rawValue, fileOffset: UInt64(size - 600), into: [(0, 512), (4096, 512)]) == false)
         #expect(throws: GuestMemoryError.self) { try m.copyFromFile(fd.rawValue, fileOffset: 0, into: [(0, 512), (8 << 20, 512)]) }
     }
+
+    /// The vectored write: scattered ranges go to the file in order, as one stream.
+    @Test func writesScatteredRangesToAFile() throws {
+        let path = "/tmp/bulkhead-gmw-\(UInt64.random(in: 0..<UInt64.max))"
+        let file = try FileDescriptor.open(writing: path)
+        defer { _ = path.withCString { unlink($0) } }
+        let m = try GuestMemory(base: 0, size: 8 << 20)
+        var ranges: [(address: UInt64, count: Int)] = []
+        var expected: [UInt8] = []
+        for i in 0..<1200 {
+            let n = i == 3 ? 0 : 100 + (i % 7) * 211
+            let address = UInt64(6 << 20) - UInt64(i) * 4096
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ i) }
+            try m.write(bytes, at: address)
+            ranges.append((address, n))
+            expected += bytes
+        }
+        #expect(try m.copyToFile(file.rawValue, fileOffset: 512, from: ranges))
+        let back = try readFile(path, limit: 8 << 20)
+        #expect(back.count == 512 + expected.count)
+        #expect(Array(back[512...]) == expected)
+        #expect(throws: GuestMemoryError.self) { try m.copyToFile(file.rawValue, fileOffset: 0, from: [(0, 512), (8 << 20, 1)]) }
+        #expect(try readFile(path, limit: 8 << 20).count == back.count)   // nothing written by the refused call
+    }
 }

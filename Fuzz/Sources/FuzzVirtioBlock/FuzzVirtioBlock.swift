@@ -52,10 +52,16 @@ public func fuzzVirtioBlock(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
         _ = try queue.serveAll(ram: ram, onBroken: { trace("broken chain: \($0)") }) { chain in
             served += 1
             let expected = VirtioBlock.parse(chain, ram: ram, capacity: block.capacity, readOnly: readOnly)
+            // What a write request carries, as guest memory holds it before the device runs (the
+            // device may then write the status byte over an aliased data byte).
+            var outData: [UInt8] = []
+            if case .success(.write(_, let n)) = expected, let ranges = chain.readableRanges(skipping: 16, count: n) {
+                for r in ranges { outData += ram.copyOut(at: r.address, count: r.count) ?? [] }
+            }
             let before = backend.bytes
             let written = block.serve(chain, ram: ram)
             trace("chain \(chain.head): r\(chain.readableLength) w\(chain.writableLength) -> \(summary(expected)), used \(written)")
-            verify(chain, expected: expected, written: written, before: before, backend: backend, ram: ram)
+            verify(chain, expected: expected, written: written, before: before, backend: backend, ram: ram, outData: outData)
             return written
         }
     } catch {
@@ -76,7 +82,7 @@ public func fuzzVirtioBlock(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
 func summary(_ r: Result<BlockRequest, BlockRequestError>) -> String {
     switch r {
     case .failure(let e): return "refused: \(e)"
-    case .success(.write(let sector, let data)): return "write \(data.count) bytes at sector \(sector)"
+    case .success(.write(let sector, let n)): return "write \(n) bytes at sector \(sector)"
     case .success(let request): return "\(request)"
     }
 }
@@ -91,7 +97,7 @@ func lastWritableByte(_ chain: DescriptorChain, _ ram: ArrayRAM) -> UInt8? {
 func operation(of request: BlockRequest) -> BlockOperation? {
     switch request {
     case .read(_, let n): return n > 0 ? .read : nil
-    case .write(_, let data): return data.isEmpty ? nil : .write
+    case .write(_, let n): return n == 0 ? nil : .write
     case .flush: return .flush
     case .getID: return nil
     case .discard(let s): return s.contains { $0.sectors > 0 } ? .discard : nil
@@ -100,7 +106,7 @@ func operation(of request: BlockRequest) -> BlockOperation? {
 }
 
 func verify(_ chain: DescriptorChain, expected: Result<BlockRequest, BlockRequestError>, written: UInt32,
-            before: [UInt8], backend: MemoryBlockBackend, ram: ArrayRAM) {
+            before: [UInt8], backend: MemoryBlockBackend, ram: ArrayRAM, outData: [UInt8]) {
     check(UInt64(written) <= chain.writableLength, "used length \(written) > writable \(chain.writableLength)")
     guard chain.writableLength > 0 else {
         check(written == 0, "wrote \(written) into a chain with no writable byte")
@@ -134,10 +140,11 @@ func verify(_ chain: DescriptorChain, expected: Result<BlockRequest, BlockReques
         case .flush:
             check(written == 1, "FLUSH used \(written)")
             check(backend.durable == backend.bytes, "a completed flush left data volatile")
-        case .write(let sector, let data):
+        case .write(let sector, let n):
             check(written == 1, "OUT used \(written)")
+            check(outData.count == n, "a write of \(n) bytes from a chain holding \(outData.count)")
             let start = Int(sector) * 512
-            model.replaceSubrange(start..<start + data.count, with: data)
+            model.replaceSubrange(start..<start + outData.count, with: outData)
         case .discard(let segments), .writeZeroes(let segments):
             check(written == 1, "segment request used \(written)")
             for s in segments {
