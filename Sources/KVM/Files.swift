@@ -69,6 +69,12 @@ public func isRegularFile(_ path: String) -> Bool {
     return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
 }
 
+/// Whether `path` exists and is a directory.
+public func isDirectory(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+}
+
 /// The absolute path of the running executable.
 public func executablePath() -> String? {
     var buf = [UInt8](repeating: 0, count: 4096)

@@ -26,6 +26,17 @@ public struct CPUIDPolicy: Equatable, Sendable {
 
     public var hidden: Set<Feature>
 
+    /// Whether the guest's CPUID comes from the table the VMM gives KVM. Not on a host whose KVM
+    /// is PVM (kvm_pvm: guest kernels run in the host's user mode) on a CPU without CPUID
+    /// faulting: there the CPUID instruction never leaves the guest, which sees the host's own
+    /// values, and `hidden` has no effect (checked by KernelGuestTests).
+    public static let enforcedByHost: Bool = {
+        guard isDirectory("/sys/module/kvm_pvm") else { return true }
+        let cpuinfo = String(decoding: (try? readFile("/proc/cpuinfo", limit: 1 << 20)) ?? [], as: UTF8.self)
+        let flags = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
+        return flags.split(separator: " ").contains("cpuid_fault")
+    }()
+
     public init(hidden: Set<Feature> = []) { self.hidden = hidden }
 
     public func apply(to entries: [CPUIDEntry], vcpu: Int) -> [CPUIDEntry] {

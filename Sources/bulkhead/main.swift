@@ -134,6 +134,9 @@ struct Run: ParsableCommand {
     }
 
     func run() throws {
+        if !hiddenFeatures.isEmpty && !CPUIDPolicy.enforcedByHost {
+            printError("warning: this host's KVM is PVM without CPUID faulting: guests see the host's CPUID, so --hide-cpu-feature has no effect")
+        }
         let models = try devices()
         var config = configuration(console: try consoleSink(), devices: models)
         config.rateLimits = rateLimits(for: models)

@@ -37,11 +37,11 @@ func com1(_ text: String) -> [UInt8] {
 }
 let haltForever: [UInt8] = [0xf4, 0xeb, 0xfd] // hlt; jmp back to hlt
 
-func runKernel(_ code: [UInt8], timeout: Double = 10) throws -> GuestRun {
+func runKernel(_ code: [UInt8], timeout: Double = 10, cpuid: CPUIDPolicy = CPUIDPolicy()) throws -> GuestRun {
     let sink = ConsoleSink(fd: try FileDescriptor.open(writing: "/dev/null"))
     sink.startCapture()
     let config = MachineConfiguration(boot: BootConfiguration(memorySize: 32 << 20, vcpus: 1, commandLine: ""),
-                                      timeout: timeout, console: sink)
+                                      timeout: timeout, cpuid: cpuid, console: sink)
     let report = try Machine.runLinux(kernel: pvhKernel(code), initrd: nil, configuration: config)
     return GuestRun(report: report, console: String(decoding: sink.captured, as: UTF8.self))
 }
@@ -65,6 +65,20 @@ struct KernelGuestTests {
         #expect(r.report.outcome == .timedOut(seconds: 1))
         #expect(r.console == "ab")
         #expect(r.report.exits.unassignedPIO == 6 && r.report.exits.lastUnassignedPort == 0x60)
+    }
+
+    /// The kernel reads CPUID leaf 1 with XSAVE hidden and prints ECX bit 26. Where the host
+    /// enforces the VMM's CPUID table the bit is clear; on a PVM host without CPUID faulting
+    /// (these machines) the guest sees the host's value, as `enforcedByHost` says.
+    @Test func hiddenCPUIDFeatureAsTheGuestSeesIt() throws {
+        let code: [UInt8] = [0xb8, 1, 0, 0, 0, 0x0f, 0xa2,   // mov eax, 1; cpuid
+                             0x89, 0xc8, 0xc1, 0xe8, 26,          // mov eax, ecx; shr eax, 26
+                             0x83, 0xe0, 1, 0x04, 0x30,           // and eax, 1; add al, '0'
+                             0x66, 0xba, 0xf8, 0x03, 0xee]        // mov dx, 0x3f8; out dx, al
+            + outByte(0xfe, port: 0x64) + haltForever
+        let hidden = try runKernel(code, cpuid: CPUIDPolicy(hidden: [.xsave]))
+        #expect(hidden.report.outcome == .reset(vcpu: 0))
+        #expect(hidden.console == (CPUIDPolicy.enforcedByHost ? "0" : "1"))
     }
 
     /// Probes of absent hardware are answered (all ones, writes dropped) and counted for audit.
