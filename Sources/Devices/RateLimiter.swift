@@ -35,6 +35,11 @@ public struct TokenBucket: Equatable, Sendable {
         return true
     }
 
+    /// Gives back `n` tokens taken for work that did not happen (never above capacity).
+    public mutating func refund(_ n: UInt64) {
+        tokens = min(capacity, tokens &+ min(n, capacity))
+    }
+
     /// Nanoseconds until `n` tokens (at most a full bucket) will be there.
     public mutating func delay(for n: UInt64, now: UInt64) -> UInt64 {
         refill(now)
@@ -65,6 +70,13 @@ public struct RateLimiter: Equatable, Sendable {
         operations = ops
         bytes = data
         return true
+    }
+
+    /// Returns tokens `admit` took for work that turned out smaller (`bytes` not used) or did
+    /// not happen at all (`operation`).
+    public mutating func refund(bytes byteCount: UInt64, operation: Bool) {
+        if operation { operations?.refund(1) }
+        bytes?.refund(byteCount)
     }
 
     /// Nanoseconds until a request of `byteCount` bytes would be admitted.

@@ -311,6 +311,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
     struct Control { var key: Key, op: UInt16, flags: UInt32 = 0 }
 
     private(set) var connections: [Connection] = []
+    /// The transmit queue's rate limit (the throttle `process` was last called under), kept so
+    /// that TX resumed from the receive side is limited too.
+    private var txThrottle: ThrottleBox?
     private(set) var control: [Control] = []
     /// TX stopped because `control` is full.
     public private(set) var transmitBlocked = false
@@ -352,7 +355,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
     public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
         switch index {
         case Self.receiveQueue: return try fill(&queue, ram: ram).used
-        case Self.transmitQueue: return try transmitAll(&queue, ram: ram)
+        case Self.transmitQueue:
+            txThrottle = QueueThrottling.current
+            return try transmitAll(&queue, ram: ram, throttle: txThrottle)
         default: return false
         }
     }
@@ -367,7 +372,8 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
         // Control packets drained: TX that stopped for them can go on.
         if transmitBlocked, control.count < Self.maxControl,
            queues.indices.contains(Self.transmitQueue), var tx = queues[Self.transmitQueue] {
-            let txUsed = try transmitAll(&tx, ram: ram)
+            if let t = txThrottle, let now = QueueThrottling.current?.value.now { t.value.now = now }
+            let txUsed = try transmitAll(&tx, ram: ram, throttle: txThrottle)
             queues[Self.transmitQueue] = tx
             let r2 = try fill(&rx, ram: ram)
             queues[Self.receiveQueue] = rx
@@ -378,8 +384,11 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
 
     // MARK: Transmit
 
-    func transmitAll(_ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
+    /// Under a rate limit, a chain the buckets cannot cover (its readable bytes, one operation)
+    /// waits in the queue and `throttle` records for how long: the guest is slowed, not failed.
+    func transmitAll(_ queue: inout SplitQueue, ram: GuestRAM, throttle: ThrottleBox? = nil) throws(VirtqueueError) -> Bool {
         transmitBlocked = false
+        throttle?.value.deferredFor = nil
         var used = false
         for _ in 0..<Int(queue.size) {
             // Each packet queues at most one control packet: stop while they back up.
@@ -387,7 +396,16 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
             guard let next = try queue.pop(from: ram) else { break }
             switch next.result {
             case .failure: record(.brokenChain)
-            case .success(let chain): transmit(chain, ram: ram)
+            case .success(let chain):
+                if let t = throttle {
+                    let bytes = chain.readableLength, now = t.value.now
+                    if !t.value.limiter.admit(bytes: bytes, now: now) {
+                        t.value.deferredFor = max(1, t.value.limiter.delay(bytes: bytes, now: now))
+                        queue.undoPop()
+                        return used
+                    }
+                }
+                transmit(chain, ram: ram)
             }
             // §5.10.6.2: the device writes nothing into a TX chain.
             if next.head < queue.size { try queue.push(head: next.head, written: 0, to: ram) }
@@ -586,9 +604,26 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
             let i = (nextRoundRobin + step) % n
             let c = connections[i]
             guard !c.hostClosed, !c.guestShutReceive else { continue }
-            let want = min(room, c.peerFree)
+            var want = min(room, c.peerFree)
             guard want > 0 else { continue }
-            switch host.receive(c.id, max: want) {
+            if let t = QueueThrottling.current {
+                // A receive rate limit: host data waits in the host socket (its sender is slowed by
+                // the socket filling) until the buckets cover a packet. Charged for the packet's
+                // room up front; what the host did not have is given back below.
+                want = min(want, 4096)
+                let now = t.value.now
+                if !t.value.limiter.admit(bytes: UInt64(want), now: now) {
+                    t.value.deferredFor = max(1, t.value.limiter.delay(bytes: UInt64(want), now: now))
+                    return nil
+                }
+            }
+            let read = host.receive(c.id, max: want)
+            if let t = QueueThrottling.current {
+                var delivered = 0
+                if case .data(let b) = read { delivered = min(b.count, want) }
+                t.value.limiter.refund(bytes: UInt64(want - delivered), operation: delivered == 0)
+            }
+            switch read {
             case .empty:
                 continue
             case .reset:

@@ -140,6 +140,7 @@ final class DeviceBus: Sendable {
         let inputModels: [(device: Int, model: VirtioBackendInput)] = devices.enumerated().compactMap { di, d in
             d.device.withLock { $0.model as? VirtioBackendInput }.map { (di, $0) }
         }
+        func inputQueue(of device: Int) -> Int? { inputModels.first { $0.device == device }?.model.inputQueue }
         // Devices whose input waits for the guest to post buffers: their inputs are not polled
         // until the device's next doorbell (otherwise a readable socket would spin this thread).
         var starved = Set<Int>()
@@ -220,13 +221,21 @@ final class DeviceBus: Sendable {
             }
             for di in inputDevices {
                 let d = devices[di]
-                let (interrupt, needsBuffers, wait) = d.device.withLock { dev in
+                let (interrupt, needsBuffers, wait, queueWaits) = d.device.withLock { dev in
                     let r = dev.backendInput(ram: ram, now: now)
-                    return (r.interrupt, r.needsBuffers, dev.inputDeferral)
+                    // The input side may also have resumed an output queue (vsock TX after its
+                    // replies drained) and had its rate limit defer it.
+                    let waits = d.doorbells.indices.map { dev.deferral(queue: $0) }
+                    return (r.interrupt, r.needsBuffers, dev.inputDeferral, waits)
                 }
                 d.raiseInterrupt(if: interrupt)
                 if needsBuffers { starved.insert(di) }
                 if let wait { inputDeferred[di] = now + wait }
+                for (i, b) in bells.enumerated() where b.device == di && deferred[i] == nil {
+                    if b.queue < queueWaits.count, b.queue != inputQueue(of: di), let w = queueWaits[b.queue] {
+                        deferred[i] = now + w
+                    }
+                }
             }
             now = monotonicNanoseconds()
             for (i, when) in deferred where when <= now {

@@ -80,6 +80,12 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("vsock-cid"), help: "The guest's vsock address (3-4294967294).")
     var vsockCID: UInt64 = 3
 
+    @Option(name: .customLong("vsock-ops-limit"), help: "Limit vsock to this many packets per second in each direction.")
+    var vsockOpsLimit: UInt64?
+
+    @Option(name: .customLong("vsock-bytes-limit"), help: "Limit vsock to this many bytes per second in each direction.")
+    var vsockBytesLimit: UInt64?
+
     @Option(help: "MAC address of the virtio-net device, aa:bb:cc:dd:ee:ff (default: a random locally administered one).")
     var mac: String?
 
@@ -123,7 +129,8 @@ struct Run: ParsableCommand {
         if vsockCID < 3 || vsockCID >= 0xffff_ffff { throw ValidationError("--vsock-cid must be between 3 and 4294967294") }
         if let mac, Run.parseMAC(mac) == nil { throw ValidationError("--mac must look like 52:54:00:12:34:56 (unicast)") }
         for (name, v) in [("--disk-ops-limit", diskOpsLimit), ("--disk-bytes-limit", diskBytesLimit), ("--rng-bytes-limit", rngBytesLimit),
-                        ("--net-ops-limit", netOpsLimit), ("--net-bytes-limit", netBytesLimit)] {
+                        ("--net-ops-limit", netOpsLimit), ("--net-bytes-limit", netBytesLimit),
+                        ("--vsock-ops-limit", vsockOpsLimit), ("--vsock-bytes-limit", vsockBytesLimit)] {
             if let v, v == 0 { throw ValidationError("\(name) must be at least 1") }
         }
         if kernel != nil && image != nil { throw ValidationError("give either IMAGE or --kernel, not both") }
@@ -224,6 +231,8 @@ struct Run: ParsableCommand {
                 limits[i] = RateLimiter(operations: bucket(diskOpsLimit), bytes: bucket(diskBytesLimit))
             case .network where netOpsLimit != nil || netBytesLimit != nil:
                 limits[i] = RateLimiter(operations: bucket(netOpsLimit), bytes: bucket(netBytesLimit))
+            case .vsock where vsockOpsLimit != nil || vsockBytesLimit != nil:
+                limits[i] = RateLimiter(operations: bucket(vsockOpsLimit), bytes: bucket(vsockBytesLimit))
             case .entropy where rngBytesLimit != nil:
                 limits[i] = RateLimiter(bytes: bucket(rngBytesLimit))
             default: break

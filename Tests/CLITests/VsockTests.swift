@@ -56,6 +56,33 @@ struct VsockTests {
         #expect(text.contains("echoed \(payload.count) bytes"), "\(text)")
     }
 
+    /// The same echo under a bytes limit in each direction: everything arrives, and no faster
+    /// than the limit allows (256 KiB each way at 128 KiB/s after a 128 KiB burst: at least 1 s;
+    /// a bound the token bucket guarantees, not a speed measurement).
+    @Test(.timeLimit(.minutes(2)))
+    func rateLimitedEchoLosesNothing() throws {
+        let prefix = NSTemporaryDirectory() + "bh-vsl-\(getpid())"
+        let listener = try UnixStream.listen(prefix + "_5000")
+        defer { unlink(prefix + "_5000") }
+        let vm = Process()
+        vm.executableURL = URL(fileURLWithPath: binary)
+        vm.arguments = ["run", guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5000", "--timeout", "60",
+                        "--vsock-bytes-limit", "131072"]
+        let out = Pipe()
+        vm.standardOutput = out
+        vm.standardError = out
+        let start = monotonicNanoseconds()
+        try vm.run()
+        let payload = try #require(randomBytes(256 << 10))
+        let back = try vsockEchoPeer(listener: listener, payload: payload)
+        vm.waitUntilExit()
+        let elapsed = monotonicNanoseconds() - start
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(back == payload ? true : false, "the echo differs: \(back?.count ?? -1) bytes back; \(text)")
+        #expect(vm.terminationStatus == 0, "\(text)")
+        #expect(elapsed >= 1_000_000_000, "took \(elapsed) ns")
+    }
+
     /// Nothing listens at the port: the guest's request is refused (RST) and it says so.
     @Test(.timeLimit(.minutes(1)))
     func refusedConnectionIsReportedByTheGuest() throws {

@@ -314,6 +314,47 @@ private typealias Op = VirtioVsock.Op
         #expect(d.vsock.counters[.hostGone] == 1)
     }
 
+    /// TX under an operations limit of 2 per second: the third packet waits in the queue (not
+    /// dropped) until the bucket refills.
+    @Test func rateLimitDefersTransmit() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        _ = d.receive()
+        let id = d.host.connections.keys.first!
+        let box = ThrottleBox(QueueThrottle(limiter: RateLimiter(operations: TokenBucket(capacity: 2, ratePerSecond: 2, now: 0))))
+        for i in 0..<3 { _ = d.add(1, pkt(Op.rw, len: 1).bytes + [UInt8(i)], write: false) }
+        QueueThrottling.$current.withValue(box) { _ = try? d.vsock.process(queue: 1, &d.queues[1]!, ram: d.ram) }
+        #expect(d.host.connections[id]!.received == [0, 1])
+        #expect(box.value.deferredFor == 500_000_000)
+        box.value.now = 1_000_000_000
+        QueueThrottling.$current.withValue(box) { _ = try? d.vsock.process(queue: 1, &d.queues[1]!, ram: d.ram) }
+        #expect(d.host.connections[id]!.received == [0, 1, 2] && box.value.deferredFor == nil)
+    }
+
+    /// Host data to the guest under a bytes limit: a packet's worth at a time, the rest waits in
+    /// the host; passes that find no host data cost nothing.
+    @Test func rateLimitDefersHostData() {
+        var d = VsockDriver()
+        d.send(pkt(Op.request))
+        _ = d.receive()
+        let id = d.host.connections.keys.first!
+        let box = ThrottleBox(QueueThrottle(limiter: RateLimiter(bytes: TokenBucket(capacity: 4096, ratePerSecond: 4096, now: 0))))
+        func receive(at now: UInt64) -> [(VsockHeader, [UInt8])] {
+            box.value.now = now
+            return QueueThrottling.$current.withValue(box) { d.receive(buffers: 1, size: 44 + 4096) }
+        }
+        for _ in 0..<5 { #expect(receive(at: 0).isEmpty) }     // nothing to send: no tokens spent
+        d.host.deliver([UInt8](repeating: 7, count: 10_000), to: id)
+        let first = receive(at: 0)
+        #expect(first.map(\.0.op) == [Op.rw] && first[0].1.count <= 4096)   // one packet's worth
+        #expect(box.value.deferredFor != nil)
+        #expect(receive(at: 500_000_000).isEmpty)             // half the bucket back: not enough
+        let second = receive(at: 1_000_000_000)
+        let third = receive(at: 2_000_000_000)
+        #expect(second.count == 1 && third.count == 1)
+        #expect(first[0].1.count + second[0].1.count + third[0].1.count == 10_000)
+    }
+
     @Test func guestShutdownOfBothDirectionsEndsTheConnection() {
         var d = VsockDriver()
         d.send(pkt(Op.request))
