@@ -167,46 +167,12 @@ public final class GuestMemory: @unchecked Sendable {
 }
 
 extension GuestMemory {
-    /// Reads `count` bytes of the file `fd` at `fileOffset` straight into guest memory at
-    /// `address` (one copy, no intermediate buffer). False when the file ends early or the read
-    /// fails; the range must be guest RAM.
     /// Writes several guest ranges, in order, to `fd` as consecutive bytes from `fileOffset`, with
     /// one `pwritev` per 1024 ranges (a virtio request's scattered buffers in one system call).
     /// Every range is checked before anything is written. False when a write fails.
     public func copyToFile(_ fd: Int32, fileOffset: UInt64, from ranges: [(address: UInt64, count: Int)]) throws(GuestMemoryError) -> Bool {
-        var spans: [(offset: Int, count: Int)] = []
-        spans.reserveCapacity(ranges.count)
-        for r in ranges where r.count > 0 {
-            spans.append((try offset(of: r.address, length: UInt64(r.count)), r.count))
-        }
-        var position = off_t(fileOffset)
-        var first = 0        // the first span not completely written
-        var skip = 0         // bytes of it already written
-        while first < spans.count {
-            let batch = min(spans.count - first, 1024)
-            var vectors: [iovec] = []
-            vectors.reserveCapacity(batch)
-            for k in first..<(first + batch) {
-                let s = spans[k], lead = k == first ? skip : 0
-                // SAFETY: `s.offset + lead ..< s.offset + s.count` lies inside a range checked
-                // against the mapping above; the mapping outlives this call. pwritev only reads it.
-                vectors.append(iovec(iov_base: region.advanced(by: s.offset + lead), iov_len: s.count - lead))
-            }
-            // SAFETY: pwritev reads only from the iovecs above, each inside the mapping.
-            let n = vectors.withUnsafeBufferPointer { pwritev(fd, $0.baseAddress, Int32($0.count), position) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
-            if n == 0 { return false }
-            position += off_t(n)
-            var left = n
-            while left > 0, first < spans.count {
-                let room = spans[first].count - skip
-                if left >= room { left -= room; first += 1; skip = 0 } else { skip += left; left = 0 }
-            }
-        }
-        return true
+        // SAFETY: pwritev only reads the iovecs it is given, each inside the mapping.
+        try transferVectored(ranges, fileOffset: fileOffset) { pwritev(fd, $0, $1, $2) }
     }
 
     /// Reads consecutive bytes of `fd` from `fileOffset` into several guest ranges, in order, with
@@ -214,14 +180,23 @@ extension GuestMemory {
     /// Every range is checked before anything is read. False when the file ends early or a read
     /// fails.
     public func copyFromFile(_ fd: Int32, fileOffset: UInt64, into ranges: [(address: UInt64, count: Int)]) throws(GuestMemoryError) -> Bool {
+        // SAFETY: preadv only writes into the iovecs it is given, each inside the mapping.
+        try transferVectored(ranges, fileOffset: fileOffset) { preadv(fd, $0, $1, $2) }
+    }
+
+    /// Moves the bytes of `ranges` (checked against the mapping first) with `io` — preadv or
+    /// pwritev — in batches of 1024 iovecs, from file position `fileOffset` on, resuming after
+    /// short transfers. False when `io` fails or transfers nothing.
+    private func transferVectored(_ ranges: [(address: UInt64, count: Int)], fileOffset: UInt64,
+                                  _ io: (UnsafePointer<iovec>?, Int32, off_t) -> Int) throws(GuestMemoryError) -> Bool {
         var spans: [(offset: Int, count: Int)] = []
         spans.reserveCapacity(ranges.count)
         for r in ranges where r.count > 0 {
             spans.append((try offset(of: r.address, length: UInt64(r.count)), r.count))
         }
         var position = off_t(fileOffset)
-        var first = 0        // the first span not completely read
-        var skip = 0         // bytes of it already read
+        var first = 0        // the first span not completely transferred
+        var skip = 0         // bytes of it already transferred
         while first < spans.count {
             let batch = min(spans.count - first, 1024)
             var vectors: [iovec] = []
@@ -232,8 +207,8 @@ extension GuestMemory {
                 // against the mapping above; the mapping outlives this call.
                 vectors.append(iovec(iov_base: region.advanced(by: s.offset + lead), iov_len: s.count - lead))
             }
-            // SAFETY: preadv writes only into the iovecs above, each inside the mapping.
-            let n = vectors.withUnsafeBufferPointer { preadv(fd, $0.baseAddress, Int32($0.count), position) }
+            // SAFETY: the iovec array lives for the duration of the call.
+            let n = vectors.withUnsafeBufferPointer { io($0.baseAddress, Int32($0.count), position) }
             if n < 0 {
                 if errno == EINTR { continue }
                 return false
@@ -249,6 +224,9 @@ extension GuestMemory {
         return true
     }
 
+    /// Reads `count` bytes of the file `fd` at `fileOffset` straight into guest memory at
+    /// `address` (one copy, no intermediate buffer). False when the file ends early or the read
+    /// fails; the range must be guest RAM.
     public func copyFromFile(_ fd: Int32, fileOffset: UInt64, into address: UInt64, count: Int) throws(GuestMemoryError) -> Bool {
         let off = try offset(of: address, length: UInt64(max(count, 0)))
         var done = 0

@@ -31,29 +31,35 @@ func vsockEchoPeer(listener: FileDescriptor, payload: [UInt8], acceptSeconds: In
 
 @Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct VsockTests {
-    /// A guest program connects to a host Unix socket over vsock and echoes 1 MiB of random
-    /// bytes: more than 16 times the credit of a connection, so flow control runs both ways.
-    @Test(.timeLimit(.minutes(2)))
-    func guestEchoesAMebibyteToAHostSocket() throws {
-        let prefix = NSTemporaryDirectory() + "bh-vs-\(getpid())"
+    /// Runs the vsock-echo guest against a host peer streaming `payload`; returns what came
+    /// back, the VMM's exit status and output, and the wall time from start to exit.
+    func echo(_ payload: [UInt8], options: [String] = []) throws -> (back: [UInt8]?, status: Int32, text: String, nanoseconds: UInt64) {
+        let prefix = NSTemporaryDirectory() + "bh-vs-\(getpid())-\(options.count)"
         let listener = try UnixStream.listen(prefix + "_5000")
         defer { unlink(prefix + "_5000") }
         let vm = Process()
         vm.executableURL = URL(fileURLWithPath: binary)
-        vm.arguments = ["run", guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5000", "--timeout", "60"]
-        let out = Pipe(), err = Pipe()
+        vm.arguments = ["run", guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5000", "--timeout", "60"] + options
+        let out = Pipe()
         vm.standardOutput = out
-        vm.standardError = err
+        vm.standardError = out
+        let start = monotonicNanoseconds()
         try vm.run()
-        let payload = try #require(randomBytes(1 << 20))
         let back = try vsockEchoPeer(listener: listener, payload: payload)
         vm.waitUntilExit()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            + String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(back?.count == payload.count, "\(text)")
-        #expect(back == payload ? true : false, "the echo differs from what was sent")
-        #expect(vm.terminationStatus == 0, "\(text)")
-        #expect(text.contains("echoed \(payload.count) bytes"), "\(text)")
+        let elapsed = monotonicNanoseconds() - start
+        return (back, vm.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self), elapsed)
+    }
+
+    /// A guest program connects to a host Unix socket over vsock and echoes 1 MiB of random
+    /// bytes: more than 16 times the credit of a connection, so flow control runs both ways.
+    @Test(.timeLimit(.minutes(2)))
+    func guestEchoesAMebibyteToAHostSocket() throws {
+        let payload = try #require(randomBytes(1 << 20))
+        let r = try echo(payload)
+        #expect(r.back == payload ? true : false, "the echo differs: \(r.back?.count ?? -1) bytes back; \(r.text)")
+        #expect(r.status == 0, "\(r.text)")
+        #expect(r.text.contains("echoed \(payload.count) bytes"), "\(r.text)")
     }
 
     /// The same echo under a bytes limit in each direction: everything arrives, and no faster
@@ -61,26 +67,11 @@ struct VsockTests {
     /// a bound the token bucket guarantees, not a speed measurement).
     @Test(.timeLimit(.minutes(2)))
     func rateLimitedEchoLosesNothing() throws {
-        let prefix = NSTemporaryDirectory() + "bh-vsl-\(getpid())"
-        let listener = try UnixStream.listen(prefix + "_5000")
-        defer { unlink(prefix + "_5000") }
-        let vm = Process()
-        vm.executableURL = URL(fileURLWithPath: binary)
-        vm.arguments = ["run", guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5000", "--timeout", "60",
-                        "--vsock-bytes-limit", "131072"]
-        let out = Pipe()
-        vm.standardOutput = out
-        vm.standardError = out
-        let start = monotonicNanoseconds()
-        try vm.run()
         let payload = try #require(randomBytes(256 << 10))
-        let back = try vsockEchoPeer(listener: listener, payload: payload)
-        vm.waitUntilExit()
-        let elapsed = monotonicNanoseconds() - start
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(back == payload ? true : false, "the echo differs: \(back?.count ?? -1) bytes back; \(text)")
-        #expect(vm.terminationStatus == 0, "\(text)")
-        #expect(elapsed >= 1_000_000_000, "took \(elapsed) ns")
+        let r = try echo(payload, options: ["--vsock-bytes-limit", "131072"])
+        #expect(r.back == payload ? true : false, "the echo differs: \(r.back?.count ?? -1) bytes back; \(r.text)")
+        #expect(r.status == 0, "\(r.text)")
+        #expect(r.nanoseconds >= 1_000_000_000, "took \(r.nanoseconds) ns")
     }
 
     /// Nothing listens at the port: the guest's request is refused (RST) and it says so.
