@@ -6,6 +6,7 @@ import PackageDescription
 //     └─ KVM      the only module that touches Unsafe* pointers
 //          └─ VMM  run loop, device bus, hypercalls, attack-surface registry
 //   Boot, Devices  pure: no I/O, no pointers; testable and fuzzable without /dev/kvm
+//   WorkerProtocol pure: the launcher <-> worker messages (strict decoder, fuzzed)
 //   bulkhead       thin @main command line
 let package = Package(
     name: "Bulkhead",
@@ -17,6 +18,7 @@ let package = Package(
         .library(name: "BulkheadVirtio", targets: ["Virtio"]),
         .library(name: "BulkheadDevices", targets: ["Devices"]),
         .library(name: "BulkheadVMM", targets: ["VMM"]),
+        .library(name: "BulkheadWorkerProtocol", targets: ["WorkerProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -27,6 +29,7 @@ let package = Package(
         .target(name: "Boot"),
         .target(name: "Virtio"),
         .target(name: "Devices", dependencies: ["Virtio"]),
+        .target(name: "WorkerProtocol"),
         .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices"]),
         .executableTarget(
             name: "bulkhead",
@@ -37,6 +40,7 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices"]),
+        .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         .testTarget(name: "CLITests", dependencies: ["bulkhead", "KVM"]),
     ],

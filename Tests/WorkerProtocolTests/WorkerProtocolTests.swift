@@ -1,0 +1,116 @@
+import Testing
+@testable import WorkerProtocol
+
+let sample = VMConfiguration(
+    memoryMiB: 64, vcpus: 2, commandLine: "count=3 é", timeoutMilliseconds: 5000,
+    image: .kernel(descriptor: 0, initrd: 1), console: 2,
+    devices: [.disk(descriptor: 3, readOnly: true), .net(descriptor: 4, mac: [2, 0, 0, 0, 0, 9]), .rng],
+    limits: [.init(operationsPerSecond: 10), .init(), .init(bytesPerSecond: 99)],
+    hiddenCPUFeatures: ["xsave"], faultHandlers: false, doorbellsInKernel: true)
+
+func decode(_ m: WorkerMessage, from s: WorkerProtocol.Sender) throws(WorkerProtocolError) -> WorkerMessage {
+    try WorkerProtocol.decode(WorkerProtocol.encode(m), from: s, descriptors: m.descriptorCount)
+}
+
+func error(_ bytes: [UInt8], from s: WorkerProtocol.Sender = .launcher, descriptors: Int = 0) -> WorkerProtocolError? {
+    do { _ = try WorkerProtocol.decode(bytes, from: s, descriptors: descriptors); return nil } catch { return error }
+}
+
+struct WorkerProtocolTests {
+    @Test func everyMessageRoundTrips() throws {
+        let launcher: [WorkerMessage] = [.configure(sample), .stop,
+                                         .configure(VMConfiguration(memoryMiB: 1, vcpus: 1, image: .program(descriptor: 1), console: 0))]
+        for m in launcher { #expect(try decode(m, from: .launcher) == m) }
+        let worker: [WorkerMessage] = [.started, .refused("no KVM"),
+                                       .ended(.exited(status: 3), counters: [Counter(name: "hypercalls.exit", value: 1)]),
+                                       .ended(.faulted("vCPU 0: #UD at 0x401000"), counters: []),
+                                       .ended(.timedOut(milliseconds: 1500), counters: []),
+                                       .ended(.vcpuFailure("KVM internal error"), counters: []), .ended(.reset, counters: [])]
+        for m in worker { #expect(try decode(m, from: .worker) == m) }
+        #expect(sample.descriptorIndexes == [0, 1, 2, 3, 4])
+    }
+
+    @Test func headerIsChecked() {
+        let good = WorkerProtocol.encode(.stop)
+        #expect(good.count == WorkerProtocol.headerSize)
+        #expect(error(Array(good.prefix(11))) == .truncated("header"))
+        var bad = good; bad[0] = UInt8(ascii: "X")
+        #expect(error(bad) == .badMagic)
+        bad = good; bad[4] = 2
+        #expect(error(bad) == .unsupportedVersion(2))
+        bad = good; bad[6] = 99
+        #expect(error(bad) == .unknownType(99))
+        #expect(error(good, from: .worker) == .wrongDirection("stop"))
+        #expect(error(WorkerProtocol.encode(.started), from: .launcher) == .wrongDirection("started"))
+        #expect(error(good + [0]) == .lengthMismatch(declared: 0, actual: 1))
+        bad = good; bad[8] = 1
+        #expect(error(bad) == .lengthMismatch(declared: 1, actual: 0))
+        bad = good; bad[10] = 2   // 128 KiB declared
+        #expect(error(bad) == .tooLong("payload", 0x2_0000))
+        #expect(error(good, descriptors: 1) == .invalid("descriptors", "1 attached, the message uses 0"))
+        #expect(error(good, descriptors: 65) == .invalid("descriptors", "65 attached (at most 64)"))
+    }
+
+    /// Payload bytes after a complete message, with the length field updated to cover them.
+    @Test func trailingBytesAreRefused() {
+        var b = WorkerProtocol.encode(.started) + [7]
+        b[8] = 1
+        #expect(error(b, from: .worker) == .trailingBytes(1))
+    }
+
+    /// Every prefix of a valid configuration is refused (with the length field made to match), and
+    /// never crashes.
+    @Test func everyTruncationIsRefused() {
+        let full = WorkerProtocol.encode(.configure(sample))
+        for n in WorkerProtocol.headerSize..<full.count {
+            var b = Array(full.prefix(n))
+            let len = n - WorkerProtocol.headerSize
+            b[8] = UInt8(len & 0xff); b[9] = UInt8(len >> 8); b[10] = 0; b[11] = 0
+            #expect(error(b, descriptors: 5) != nil, "prefix \(n) accepted")
+        }
+    }
+
+    @Test func fieldsAreRangeChecked() {
+        func refused(_ c: VMConfiguration, descriptors: Int? = nil) -> WorkerProtocolError? {
+            error(WorkerProtocol.encode(.configure(c)), descriptors: descriptors ?? c.descriptorCount)
+        }
+        var c = sample; c.memoryMiB = 0
+        #expect(refused(c) == .invalid("memory", "0 MiB (1...3072)"))
+        c = sample; c.memoryMiB = 4096
+        #expect(refused(c) != nil)
+        c = sample; c.vcpus = 65
+        #expect(refused(c) == .invalid("vcpus", "65 (1...64)"))
+        c = sample; c.commandLine = String(repeating: "a", count: 4097)
+        #expect(refused(c) == .tooLong("command line", 4097))
+        c = sample; c.commandLine = "a\u{0}b"
+        #expect(refused(c) == .invalid("command line", "contains NUL"))
+        c = sample; c.devices[1] = .net(descriptor: 4, mac: [1, 0, 0, 0, 0, 0])
+        #expect(refused(c) == .invalid("mac", "multicast"))
+        c = sample; c.limits = [.init()]
+        #expect(refused(c) == .invalid("limits", "1 for 3 devices"))
+        c = sample; c.hiddenCPUFeatures = [""]
+        #expect(refused(c) == .invalid("CPU feature", "empty"))
+        c = sample; c.devices = Array(repeating: .rng, count: 33); c.limits = []
+        #expect(refused(c) == .tooLong("devices", 33))
+        // Descriptor indexes: in range, each once.
+        c = sample; c.console = 9
+        #expect(refused(c) == .invalid("descriptor index", "9 of 5 attached"))
+        c = sample; c.console = 0
+        #expect(refused(c, descriptors: 5) == .invalid("descriptor index", "0 used twice"))
+    }
+
+    @Test func malformedValuesAreRefused() {
+        var b = WorkerProtocol.encode(.configure(sample))
+        // The first boolean after the features (fault handlers) is the second-to-last byte.
+        b[b.count - 2] = 2
+        #expect(error(b, descriptors: 5) == .invalid("fault handlers", "boolean 2"))
+        // A command line that is not UTF-8: its first byte follows memory (4), vcpus (2), length (4).
+        b = WorkerProtocol.encode(.configure(sample))
+        b[WorkerProtocol.headerSize + 10] = 0xff
+        #expect(error(b, descriptors: 5) == .invalid("command line", "not UTF-8"))
+        // An unknown outcome kind.
+        var e = WorkerProtocol.encode(.ended(.reset, counters: []))
+        e[WorkerProtocol.headerSize] = 9
+        #expect(error(e, from: .worker) == .invalid("outcome", "kind 9"))
+    }
+}
