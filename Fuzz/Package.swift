@@ -41,6 +41,7 @@ let package = Package(
         fuzzTarget("FuzzVirtioBlock", ["BulkheadDevices", "BulkheadVirtio"]),
         fuzzTarget("FuzzVirtioNet", ["BulkheadDevices", "BulkheadVirtio"]),
         fuzzTarget("FuzzVsock", ["BulkheadDevices", "BulkheadVirtio"]),
+        fuzzTarget("FuzzWorkerProtocol", ["BulkheadWorkerProtocol"]),
     ],
     swiftLanguageModes: [.v6]
 )

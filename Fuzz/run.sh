@@ -9,7 +9,7 @@
 #   Fuzz/.build-fuzz/debug/<target> <file>
 #
 # Environment:
-#   FUZZ_TARGETS   targets to run (default: all four), e.g. "FuzzELF FuzzSerial"
+#   FUZZ_TARGETS   targets to run (default: all of them), e.g. "FuzzELF FuzzSerial"
 #   FUZZ_JOBS      parallel fuzzing processes per target (libFuzzer -fork=N; default 1)
 #   FUZZ_OPT=0     build without -O (slower, the plain debug build the docs describe)
 #   FUZZ_ARGS      extra libFuzzer flags, e.g. "-seed=1 -max_len=8192"
@@ -21,7 +21,7 @@ SECS="${1:-30}"
 [[ "$SECS" =~ ^[0-9]+$ ]] || { echo "usage: $0 [seconds-per-target]" >&2; exit 2; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SCRATCH="$HERE/.build-fuzz"
-TARGETS=(${FUZZ_TARGETS:-FuzzELF FuzzHypercall FuzzSerial FuzzPageTables FuzzVirtqueue FuzzVirtioMMIO FuzzLinuxImage FuzzVirtioBlock FuzzVirtioNet FuzzVsock})
+TARGETS=(${FUZZ_TARGETS:-FuzzELF FuzzHypercall FuzzSerial FuzzPageTables FuzzVirtqueue FuzzVirtioMMIO FuzzLinuxImage FuzzVirtioBlock FuzzVirtioNet FuzzVsock FuzzWorkerProtocol})
 
 BUILD=(swift build --package-path "$HERE" --scratch-path "$SCRATCH" -c debug
        --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address)

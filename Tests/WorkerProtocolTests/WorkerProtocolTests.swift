@@ -114,3 +114,29 @@ struct WorkerProtocolTests {
         #expect(error(e, from: .worker) == .invalid("outcome", "kind 9"))
     }
 }
+
+import Foundation
+
+/// The fuzz seeds come from an encoder written separately in Fuzz/make-seeds.py: the Swift decoder
+/// must accept each valid one and re-encode it to the same bytes, so the two agree on the layout.
+struct SeedAgreementTests {
+    @Test func pythonEncodedSeedsDecode() throws {
+        var dir = #filePath
+        for _ in 0..<3 { dir = String(dir[..<dir.lastIndex(of: "/")!]) }
+        dir += "/Fuzz/corpus/FuzzWorkerProtocol"
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        #expect(names.count >= 8)
+        for name in names {
+            let input = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/" + name)))
+            let sender: WorkerProtocol.Sender = input[0] & 1 == 0 ? .launcher : .worker
+            let datagram = Array(input.dropFirst())
+            let result = Result { () throws(WorkerProtocolError) in try WorkerProtocol.decode(datagram, from: sender, descriptors: Int(input[0] >> 1)) }
+            if name == "wrong-direction" {
+                #expect(throws: WorkerProtocolError.wrongDirection("stop")) { try result.get() }
+            } else {
+                let m = try result.get()
+                #expect(WorkerProtocol.encode(m) == datagram, "\(name)")
+            }
+        }
+    }
+}
