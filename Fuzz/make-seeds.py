@@ -247,13 +247,13 @@ def wp_string(s):
     return struct.pack("<I", len(b)) + b
 
 
-def wp_configure(memory, vcpus, cmdline, timeout, image, console, devices, limits, features, faults, doorbells):
+def wp_configure(memory, vcpus, cmdline, timeout, image, kvm, console, devices, limits, features, faults, doorbells):
     p = struct.pack("<IH", memory, vcpus) + wp_string(cmdline) + struct.pack("<Q", timeout)
     if image[0] == "program":
         p += bytes([1, image[1]])
     else:
         p += bytes([2, image[1], 0 if image[2] is None else 1, image[2] or 0])
-    p += bytes([console]) + struct.pack("<H", len(devices))
+    p += bytes([kvm, console]) + struct.pack("<H", len(devices))
     for d in devices:
         if d[0] == "disk":
             p += bytes([1, d[1], 1 if d[2] else 0])
@@ -270,9 +270,9 @@ def worker_protocol_seeds():
     launcher, worker = 0, 1
     def seed(name, sender, descriptors, datagram):
         write("FuzzWorkerProtocol", name, bytes([sender | descriptors << 1]) + datagram)
-    seed("configure-program", launcher, 2, wp_configure(64, 1, "", 0, ("program", 0), 1, [], [], [], 1, 1))
-    seed("configure-full", launcher, 5, wp_configure(
-        256, 2, "console=ttyS0 count=3", 60000, ("kernel", 0, 1), 2,
+    seed("configure-program", launcher, 3, wp_configure(64, 1, "", 0, ("program", 0), 2, 1, [], [], [], 1, 1))
+    seed("configure-full", launcher, 6, wp_configure(
+        256, 2, "console=ttyS0 count=3", 60000, ("kernel", 0, 1), 5, 2,
         [("disk", 3, True), ("net", 4, [2, 0, 0, 0, 0, 9]), ("rng",)],
         [(10, 0), (0, 0), (0, 4096)], ["xsave", "cx16"], 0, 1))
     seed("stop", launcher, 0, wp_message(2, b""))

@@ -242,6 +242,8 @@ public struct VMConfiguration: Equatable, Sendable {
     /// 0: no timeout.
     public var timeoutMilliseconds: UInt64
     public var image: Image
+    /// The KVM device (`/dev/kvm`, opened by the launcher: the worker opens no paths).
+    public var kvm: UInt8
     /// Where the guest's console goes.
     public var console: UInt8
     public var devices: [Device]
@@ -252,10 +254,10 @@ public struct VMConfiguration: Equatable, Sendable {
     public var doorbellsInKernel: Bool
 
     public init(memoryMiB: UInt32, vcpus: UInt16, commandLine: String = "", timeoutMilliseconds: UInt64 = 0,
-                image: Image, console: UInt8, devices: [Device] = [], limits: [Limit] = [],
+                image: Image, kvm: UInt8, console: UInt8, devices: [Device] = [], limits: [Limit] = [],
                 hiddenCPUFeatures: [String] = [], faultHandlers: Bool = true, doorbellsInKernel: Bool = true) {
         self.memoryMiB = memoryMiB; self.vcpus = vcpus; self.commandLine = commandLine
-        self.timeoutMilliseconds = timeoutMilliseconds; self.image = image; self.console = console
+        self.timeoutMilliseconds = timeoutMilliseconds; self.image = image; self.kvm = kvm; self.console = console
         self.devices = devices; self.limits = limits; self.hiddenCPUFeatures = hiddenCPUFeatures
         self.faultHandlers = faultHandlers; self.doorbellsInKernel = doorbellsInKernel
     }
@@ -267,6 +269,7 @@ public struct VMConfiguration: Equatable, Sendable {
         case .program(let d): out.append(d)
         case .kernel(let d, let i): out.append(d); if let i { out.append(i) }
         }
+        out.append(kvm)
         out.append(console)
         for dev in devices {
             switch dev {
@@ -285,6 +288,7 @@ public struct VMConfiguration: Equatable, Sendable {
         case .program(let d): e.u8(1); e.u8(d)
         case .kernel(let d, let i): e.u8(2); e.u8(d); e.u8(i == nil ? 0 : 1); e.u8(i ?? 0)
         }
+        e.u8(kvm)
         e.u8(console)
         e.u16(UInt16(truncatingIfNeeded: devices.count))
         for dev in devices {
@@ -320,6 +324,7 @@ public struct VMConfiguration: Equatable, Sendable {
             image = .kernel(descriptor: k, initrd: has ? i : nil)
         case let k: throw .invalid("image kind", "\(k)")
         }
+        let kvm = try d.u8("KVM descriptor")
         let console = try d.u8("console descriptor")
         let deviceCount = Int(try d.u16("device count"))
         guard deviceCount <= maxDevices else { throw .tooLong("devices", deviceCount) }
@@ -353,7 +358,7 @@ public struct VMConfiguration: Equatable, Sendable {
             features.append(f)
         }
         let c = VMConfiguration(memoryMiB: memory, vcpus: vcpus, commandLine: commandLine, timeoutMilliseconds: timeout,
-                                image: image, console: console, devices: devices, limits: limits,
+                                image: image, kvm: kvm, console: console, devices: devices, limits: limits,
                                 hiddenCPUFeatures: features, faultHandlers: try d.bool("fault handlers"),
                                 doorbellsInKernel: try d.bool("doorbells"))
         // Every index names an attached descriptor, and no descriptor serves twice.

@@ -3,7 +3,7 @@ import Testing
 
 let sample = VMConfiguration(
     memoryMiB: 64, vcpus: 2, commandLine: "count=3 é", timeoutMilliseconds: 5000,
-    image: .kernel(descriptor: 0, initrd: 1), console: 2,
+    image: .kernel(descriptor: 0, initrd: 1), kvm: 5, console: 2,
     devices: [.disk(descriptor: 3, readOnly: true), .net(descriptor: 4, mac: [2, 0, 0, 0, 0, 9]), .rng],
     limits: [.init(operationsPerSecond: 10), .init(), .init(bytesPerSecond: 99)],
     hiddenCPUFeatures: ["xsave"], faultHandlers: false, doorbellsInKernel: true)
@@ -19,7 +19,7 @@ func error(_ bytes: [UInt8], from s: WorkerProtocol.Sender = .launcher, descript
 struct WorkerProtocolTests {
     @Test func everyMessageRoundTrips() throws {
         let launcher: [WorkerMessage] = [.configure(sample), .stop,
-                                         .configure(VMConfiguration(memoryMiB: 1, vcpus: 1, image: .program(descriptor: 1), console: 0))]
+                                         .configure(VMConfiguration(memoryMiB: 1, vcpus: 1, image: .program(descriptor: 1), kvm: 2, console: 0))]
         for m in launcher { #expect(try decode(m, from: .launcher) == m) }
         let worker: [WorkerMessage] = [.started, .refused("no KVM"),
                                        .ended(.exited(status: 3), counters: [Counter(name: "hypercalls.exit", value: 1)]),
@@ -27,7 +27,7 @@ struct WorkerProtocolTests {
                                        .ended(.timedOut(milliseconds: 1500), counters: []),
                                        .ended(.vcpuFailure("KVM internal error"), counters: []), .ended(.reset, counters: [])]
         for m in worker { #expect(try decode(m, from: .worker) == m) }
-        #expect(sample.descriptorIndexes == [0, 1, 2, 3, 4])
+        #expect(sample.descriptorIndexes == [0, 1, 5, 2, 3, 4])
     }
 
     @Test func headerIsChecked() {
@@ -66,7 +66,7 @@ struct WorkerProtocolTests {
             var b = Array(full.prefix(n))
             let len = n - WorkerProtocol.headerSize
             b[8] = UInt8(len & 0xff); b[9] = UInt8(len >> 8); b[10] = 0; b[11] = 0
-            #expect(error(b, descriptors: 5) != nil, "prefix \(n) accepted")
+            #expect(error(b, descriptors: 6) != nil, "prefix \(n) accepted")
         }
     }
 
@@ -94,20 +94,20 @@ struct WorkerProtocolTests {
         #expect(refused(c) == .tooLong("devices", 33))
         // Descriptor indexes: in range, each once.
         c = sample; c.console = 9
-        #expect(refused(c) == .invalid("descriptor index", "9 of 5 attached"))
+        #expect(refused(c) == .invalid("descriptor index", "9 of 6 attached"))
         c = sample; c.console = 0
-        #expect(refused(c, descriptors: 5) == .invalid("descriptor index", "0 used twice"))
+        #expect(refused(c, descriptors: 6) == .invalid("descriptor index", "0 used twice"))
     }
 
     @Test func malformedValuesAreRefused() {
         var b = WorkerProtocol.encode(.configure(sample))
         // The first boolean after the features (fault handlers) is the second-to-last byte.
         b[b.count - 2] = 2
-        #expect(error(b, descriptors: 5) == .invalid("fault handlers", "boolean 2"))
+        #expect(error(b, descriptors: 6) == .invalid("fault handlers", "boolean 2"))
         // A command line that is not UTF-8: its first byte follows memory (4), vcpus (2), length (4).
         b = WorkerProtocol.encode(.configure(sample))
         b[WorkerProtocol.headerSize + 10] = 0xff
-        #expect(error(b, descriptors: 5) == .invalid("command line", "not UTF-8"))
+        #expect(error(b, descriptors: 6) == .invalid("command line", "not UTF-8"))
         // An unknown outcome kind.
         var e = WorkerProtocol.encode(.ended(.reset, counters: []))
         e[WorkerProtocol.headerSize] = 9
