@@ -21,11 +21,13 @@ guests:
 
 build:
 	$(SWIFT) build --product bulkhead
+	$(SWIFT) build --product bulkhead-worker
 
 # The binary to install: optimised, with the Swift runtime linked in (starts ~3 ms sooner and
 # uses ~3 MiB less than the dynamically linked build; see docs/benchmarks.md).
 release:
 	$(SWIFT) build -c release --static-swift-stdlib --product bulkhead
+	$(SWIFT) build -c release --static-swift-stdlib --product bulkhead-worker
 
 bench:
 	python3 Benchmarks/run.py

@@ -7,12 +7,14 @@ import PackageDescription
 //          └─ VMM  run loop, device bus, hypercalls, attack-surface registry
 //   Boot, Devices  pure: no I/O, no pointers; testable and fuzzable without /dev/kvm
 //   WorkerProtocol pure: the launcher <-> worker messages (strict decoder, fuzzed)
-//   bulkhead       thin @main command line
+//   bulkhead       thin @main command line (the launcher)
+//   bulkhead-worker  one VM per process, configured over a socketpair by the launcher
 let package = Package(
     name: "Bulkhead",
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "bulkhead", targets: ["bulkhead"]),
+        .executable(name: "bulkhead-worker", targets: ["bulkhead-worker"]),
         // Libraries for the fuzz targets (Fuzz/) and benchmarks; not a stable API.
         .library(name: "BulkheadBoot", targets: ["Boot"]),
         .library(name: "BulkheadVirtio", targets: ["Virtio"]),
@@ -30,11 +32,13 @@ let package = Package(
         .target(name: "Virtio"),
         .target(name: "Devices", dependencies: ["Virtio"]),
         .target(name: "WorkerProtocol"),
-        .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices"]),
+        .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices", "WorkerProtocol"]),
         .executableTarget(
             name: "bulkhead",
-            dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VMM", "WorkerProtocol", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // One VM per process, configured over a socketpair: no argument parser, no Foundation.
+        .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "WorkerProtocol"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
@@ -42,7 +46,7 @@ let package = Package(
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "KVM"]),
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "KVM"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -117,3 +117,9 @@ public func randomBytes(_ count: Int) -> [UInt8]? {
     }
     return out
 }
+
+/// Names the calling thread (the process, when called on the main thread) as `ps` shows it:
+/// a process started from a descriptor would otherwise be named after the descriptor's number.
+public func setThreadName(_ name: String) {
+    _ = name.withCString { ckvm_set_thread_name($0) }
+}

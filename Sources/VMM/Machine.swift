@@ -51,6 +51,8 @@ public struct MachineConfiguration {
     public var cpuid: CPUIDPolicy
     public var console: ConsoleSink
     public var kvmPath: String
+    /// An open KVM device to use instead of opening `kvmPath` (a worker is handed one).
+    public var kvmDescriptor: FileDescriptor?
     /// Virtio devices, attached in this order at `GuestLayout.deviceWindow(i)`.
     public var devices: [VirtioDeviceModel]
     /// Rate limits by device index (each queue of the device gets its own buckets).
@@ -232,7 +234,9 @@ public enum Machine {
         let system: KVMSystem
         let vm: VirtualMachine
         do {
-            system = try KVMSystem(path: configuration.kvmPath)
+            if let fd = configuration.kvmDescriptor { system = try KVMSystem(adopting: fd) } else {
+                system = try KVMSystem(path: configuration.kvmPath)
+            }
             vm = try system.createVM()
             memory = try GuestMemory(base: 0, size: configuration.boot.memorySize)
             try vm.map(memory, slot: 0)

@@ -3,6 +3,7 @@ import Boot
 import Devices
 import KVM
 import VMM
+import WorkerProtocol
 
 struct BulkheadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -107,6 +108,9 @@ struct Run: ParsableCommand {
     @Flag(help: "Print hypercall statistics to standard error when the guest ends.")
     var stats = false
 
+    @Flag(help: "Run the VM in a bulkhead-worker process of its own, which gets every descriptor it uses from this one (no jail yet).")
+    var worker = false
+
     @Flag(help: ArgumentHelp("Print monotonic timestamps (ns) of VMM start and first hypercall to standard error.", visibility: .hidden))
     var reportTiming = false
 
@@ -144,6 +148,7 @@ struct Run: ParsableCommand {
         if !hiddenFeatures.isEmpty && !CPUIDPolicy.enforcedByHost {
             printError("warning: this host's KVM is PVM without CPUID faulting: guests see the host's CPUID, so --hide-cpu-feature has no effect")
         }
+        if worker { return try runInWorker() }
         let models = try devices()
         var config = configuration(console: try consoleSink(), devices: models)
         config.rateLimits = rateLimits(for: models)
@@ -274,6 +279,102 @@ struct Run: ParsableCommand {
             }
         }
         return models
+    }
+
+    /// `--worker`: opens what the VM needs here and runs it in a bulkhead-worker process.
+    func runInWorker() throws {
+        if vsock != nil { throw ValidationError("--vsock is not available with --worker yet") }
+        if reportTiming { throw ValidationError("--report-timing is not available with --worker") }
+        var descriptors: [FileDescriptor] = []
+        func add(_ fd: FileDescriptor) -> UInt8 {
+            descriptors.append(fd)
+            return UInt8(descriptors.count - 1)
+        }
+        func open(_ path: String, what: String, status: Int32, readOnly: Bool = true) throws -> FileDescriptor {
+            do { return readOnly ? try FileDescriptor.open(readOnly: path) : try FileDescriptor.open(readWrite: path) } catch {
+                printError("cannot open \(what) \(path): \(error)")
+                throw ExitCode(status)
+            }
+        }
+        let imageSpec: VMConfiguration.Image
+        if let kernel {
+            let k = add(try open(kernel, what: "kernel", status: Status.badImage))
+            let i = try initrd.map { add(try open($0, what: "initrd", status: Status.badImage)) }
+            imageSpec = .kernel(descriptor: k, initrd: i)
+        } else {
+            let path: String
+            if let image { path = image } else {
+                guard let p = GuestCatalog.locate(GuestCatalog.defaultGuest) else {
+                    printError("the built-in '\(GuestCatalog.defaultGuest)' guest is not built; run Guest/build.sh")
+                    throw ExitCode(Status.unavailable)
+                }
+                path = p
+            }
+            imageSpec = .program(descriptor: add(try open(path, what: "guest image", status: Status.badImage)))
+        }
+        let kvm = add(try open("/dev/kvm", what: "the KVM device", status: Status.unavailable, readOnly: false))
+        let consoleFD: FileDescriptor
+        if let console {
+            do { consoleFD = try FileDescriptor.open(writing: console) } catch {
+                printError("cannot open console file: \(error)")
+                throw ExitCode(Status.internalError)
+            }
+        } else {
+            consoleFD = .standardOutput
+        }
+        let consoleIndex = add(consoleFD)
+        var devices: [VMConfiguration.Device] = []
+        var limits: [VMConfiguration.Limit] = []
+        for (path, readOnly) in disk.map({ ($0, false) }) + readOnlyDisks.map({ ($0, true) }) {
+            devices.append(.disk(descriptor: add(try open(path, what: "disk", status: Status.badImage, readOnly: readOnly)), readOnly: readOnly))
+            limits.append(.init(operationsPerSecond: diskOpsLimit ?? 0, bytesPerSecond: diskBytesLimit ?? 0))
+        }
+        if let path = netListen ?? netConnect {
+            do {
+                let fd = netListen != nil ? try UnixSeqpacket.listenAndAccept(path) : try UnixSeqpacket.connect(path)
+                devices.append(.net(descriptor: add(fd), mac: mac.flatMap(Run.parseMAC) ?? Run.randomMAC()))
+                limits.append(.init(operationsPerSecond: netOpsLimit ?? 0, bytesPerSecond: netBytesLimit ?? 0))
+            } catch {
+                printError("cannot attach the network device on \(path): \(error)")
+                throw ExitCode(Status.internalError)
+            }
+        }
+        if rng {
+            devices.append(.rng)
+            limits.append(.init(bytesPerSecond: rngBytesLimit ?? 0))
+        }
+        let timeoutMilliseconds = timeout.map { UInt64(min($0, 366 * 86_400) * 1000) } ?? 0
+        let configuration = VMConfiguration(
+            memoryMiB: UInt32(memory), vcpus: UInt16(vcpus), commandLine: cmdline,
+            timeoutMilliseconds: timeout == nil ? 0 : max(1, timeoutMilliseconds), image: imageSpec, kvm: kvm,
+            console: consoleIndex, devices: devices, limits: limits, hiddenCPUFeatures: hiddenFeatures,
+            faultHandlers: !noFaultHandlers, doorbellsInKernel: !noIoeventfd)
+        let result: Launcher.Result
+        do { result = try Launcher.run(configuration, descriptors: descriptors) } catch {
+            printError("cannot start the worker: \(error)")
+            throw ExitCode(Status.internalError)
+        }
+        switch result {
+        case .refused(let why):
+            printError("the worker refused the VM: \(why)")
+            throw ExitCode(Status.internalError)
+        case .workerFailed(let why, let status):
+            printError(why)
+            throw ExitCode(status)
+        case .ended(let outcome, let counters):
+            if stats {
+                printError("counters: " + counters.map { "\($0.name)=\($0.value)" }.joined(separator: " "))
+            }
+            let code: Int32
+            switch outcome {
+            case .exited(let s): code = Int32(s); if s != 0 { printError("guest exited with status \(s)") }
+            case .faulted(let why): code = 134; printError(why)
+            case .timedOut(let ms): code = 124; printError("timeout: the guest was still running after \(Double(ms) / 1000) s and was stopped")
+            case .vcpuFailure(let why): code = 125; printError(why)
+            case .reset: code = 0; printError("the guest reset the machine (i8042 command 0xFE); the VM ended")
+            }
+            if code != 0 { throw ExitCode(code) }
+        }
     }
 
     static func parseMAC(_ text: String) -> [UInt8]? {

@@ -111,4 +111,13 @@ static inline int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t lengt
 }
 // ---- end of file I/O ----
 
+// ---- Processes ----
+// prctl(2) is variadic; this sets the calling thread's name (the process's, for the main thread),
+// as `ps` and /proc/PID/comm show it (at most 15 bytes are kept).
+#include <sys/prctl.h>
+static inline int ckvm_set_thread_name(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
+}
+// ---- end of processes ----
+
 #endif

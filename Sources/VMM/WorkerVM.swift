@@ -1,0 +1,101 @@
+import Boot
+import Devices
+import KVM
+import WorkerProtocol
+
+/// Turns a worker's `configure` message and the descriptors that came with it into a VM, and its
+/// end into the `ended` message. The worker opens nothing itself: the image, the KVM device, the
+/// console and every device's back end are descriptors the launcher opened.
+public struct WorkerVM {
+    public enum Kind { case program, kernel(initrd: [UInt8]?) }
+
+    public var machine: MachineConfiguration
+    public var image: [UInt8]
+    public var kind: Kind
+
+    /// Why a configuration cannot be run (sent back as `refused`).
+    public struct Refusal: Error, Equatable, CustomStringConvertible {
+        public var description: String
+        init(_ d: String) { description = d }
+    }
+
+    /// `descriptors` are the ones attached to the message, in order (the decoder has checked
+    /// every index). Descriptors the configuration does not use are closed by the caller.
+    public init(_ c: VMConfiguration, descriptors: [FileDescriptor], now: UInt64 = monotonicNanoseconds()) throws(Refusal) {
+        func fd(_ i: UInt8) -> FileDescriptor { descriptors[Int(i)] }
+        let memory = UInt64(c.memoryMiB) << 20
+        func read(_ i: UInt8, _ what: String) throws(Refusal) -> [UInt8] {
+            do { return try fd(i).readAll(limit: Int(memory)) } catch { throw Refusal("cannot read the \(what): \(error)") }
+        }
+        image = []
+        switch c.image {
+        case .program(let d):
+            kind = .program
+            image = try read(d, "guest image")
+        case .kernel(let d, let initrd):
+            image = try read(d, "kernel")
+            kind = .kernel(initrd: try initrd.map { i throws(Refusal) in try read(i, "initrd") })
+        }
+        var hidden = Set<CPUIDPolicy.Feature>()
+        for name in c.hiddenCPUFeatures {
+            guard let f = CPUIDPolicy.Feature(rawValue: name) else { throw Refusal("unknown CPU feature '\(name)'") }
+            hidden.insert(f)
+        }
+        var models: [VirtioDeviceModel] = []
+        for (i, d) in c.devices.enumerated() {
+            do {
+                switch d {
+                case .disk(let desc, let readOnly):
+                    models.append(VirtioBlock(backend: try FileBlockBackend(fd: fd(desc)), readOnly: readOnly, id: "bulkhead-disk\(i)"))
+                case .net(let desc, let mac):
+                    models.append(try VirtioNet(backend: try SeqpacketFrameBackend(fd: fd(desc)), mac: mac))
+                case .rng:
+                    models.append(VirtioRNG(source: randomBytes))
+                }
+            } catch {
+                throw Refusal("device \(i): \(error)")
+            }
+        }
+        var m = MachineConfiguration(
+            boot: BootConfiguration(memorySize: memory, vcpus: Int(c.vcpus), commandLine: c.commandLine,
+                                    faultHandlers: c.faultHandlers),
+            timeout: c.timeoutMilliseconds == 0 ? nil : Double(c.timeoutMilliseconds) / 1000,
+            cpuid: CPUIDPolicy(hidden: hidden), console: ConsoleSink(fd: fd(c.console)), devices: models)
+        m.kvmDescriptor = fd(c.kvm)
+        m.doorbellsInKernel = c.doorbellsInKernel
+        func bucket(_ rate: UInt64) -> TokenBucket? { rate == 0 ? nil : TokenBucket(capacity: rate, ratePerSecond: rate, now: now) }
+        for (i, l) in c.limits.enumerated() where l.operationsPerSecond != 0 || l.bytesPerSecond != 0 {
+            m.rateLimits[i] = RateLimiter(operations: bucket(l.operationsPerSecond), bytes: bucket(l.bytesPerSecond))
+        }
+        machine = m
+    }
+
+    /// Boots and runs the VM to its end.
+    public func run() throws(MachineError) -> RunReport {
+        switch kind {
+        case .program: return try Machine.run(image: image, configuration: machine)
+        case .kernel(let initrd): return try Machine.runLinux(kernel: image, initrd: initrd, configuration: machine)
+        }
+    }
+
+    /// The `ended` message for a report: the outcome and the counters (hypercalls by name,
+    /// exits by kind).
+    public static func ended(_ report: RunReport) -> WorkerMessage {
+        let outcome: VMOutcome
+        switch report.outcome {
+        case .exited(let s): outcome = .exited(status: s)
+        case .fault, .tripleFault: outcome = .faulted(String(report.outcome.description.prefix(VMOutcome.maxReasonLength)))
+        case .timedOut(let s): outcome = .timedOut(milliseconds: UInt64(max(0, s) * 1000))
+        case .vcpuFailure: outcome = .vcpuFailure(String(report.outcome.description.prefix(VMOutcome.maxReasonLength)))
+        case .reset: outcome = .reset
+        }
+        var counters = Hypercall.allCases.map { Counter(name: "hypercall.\($0.name)", value: report.statistics.count($0)) }
+        counters.append(Counter(name: "hypercall.unknown", value: report.statistics.unknownCalls))
+        counters.append(Counter(name: "hypercall.errors", value: report.statistics.totalErrors))
+        let e = report.exits
+        counters += [Counter(name: "exit.mmio", value: e.mmio), Counter(name: "exit.pio", value: e.pio),
+                     Counter(name: "exit.other", value: e.other), Counter(name: "exit.unassigned-mmio", value: e.unassignedMMIO),
+                     Counter(name: "exit.unassigned-pio", value: e.unassignedPIO)]
+        return .ended(outcome, counters: counters)
+    }
+}

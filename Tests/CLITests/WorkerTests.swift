@@ -1,0 +1,77 @@
+import Foundation
+import KVM
+import Testing
+
+/// The processes whose parent is `pid` and whose command name is `name`.
+func children(of pid: Int32, named name: String) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { e -> Int32? in
+        guard let p = Int32(e), let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8),
+              let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+        let comm = String(stat[stat.index(after: open)..<close])
+        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+        guard fields.count > 1, Int32(fields[1]) == pid, name.hasPrefix(comm) else { return nil }
+        return p
+    }
+}
+
+/// `bulkhead run --worker`: the VM runs in a bulkhead-worker process configured over a socketpair.
+@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+struct WorkerTests {
+    @Test func defaultGuestRunsInAWorker() throws {
+        let r = try bulkhead(["run", "--worker", "--stats"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("Hello from a Bulkhead guest"))
+        #expect(r.stderr.contains("hypercall.exit=1") && r.stderr.contains("exit.mmio="), "\(r.stderr)")
+    }
+
+    /// Each way a VM ends arrives from the worker with the same status as in one process.
+    @Test func outcomesMatchTheInProcessRun() throws {
+        #expect(try bulkhead(["run", "--worker", guests + "/exitcode.elf", "--cmdline", "9"]).status == 9)
+        let f = try bulkhead(["run", "--worker", guests + "/fault-ud.elf"])
+        #expect(f.status == 134 && f.stderr.contains("invalid opcode (#UD)"), "\(f.stderr)")
+        let t = try bulkhead(["run", "--worker", guests + "/loop.elf", "--timeout", "0.3"])
+        #expect(t.status == 124 && t.stderr.contains("timeout"), "\(t.stderr)")
+    }
+
+    /// Devices whose back ends the launcher opened and handed over: a disk written and verified.
+    @Test func diskAndRNGThroughTheWorker() throws {
+        let path = NSTemporaryDirectory() + "bulkhead-worker-disk-\(getpid())"
+        FileManager.default.createFile(atPath: path, contents: Data(count: 1 << 20))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let b = try bulkhead(["run", "--worker", guests + "/blk.elf", "--disk", path])
+        #expect(b.status == 0, "\(b.stdout)\(b.stderr)")
+        let r = try bulkhead(["run", "--worker", guests + "/rng.elf", "--rng", "--rng-bytes-limit", "64"])
+        #expect(r.status == 0 && r.stdout.contains("rng: ok"), "\(r.stdout)\(r.stderr)")
+    }
+
+    /// A worker killed from outside: the launcher says so and exits 128 + the signal.
+    @Test(.timeLimit(.minutes(1)))
+    func killedWorkerIsReported() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["run", "--worker", guests + "/loop.elf", "--timeout", "30"]
+        var env = ProcessInfo.processInfo.environment
+        env["BULKHEAD_GUEST_DIR"] = guests
+        p.environment = env
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        var worker: [Int32] = []
+        for _ in 0..<200 where worker.isEmpty {
+            worker = children(of: p.processIdentifier, named: "bulkhead-worker")
+            usleep(10_000)
+        }
+        #expect(worker.count == 1)
+        if let w = worker.first { kill(w, SIGKILL) }
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 128 + SIGKILL, "\(text)")
+        #expect(text.contains("killed"), "\(text)")
+    }
+
+    @Test func unsupportedCombinationsAreUsageErrors() throws {
+        #expect(try bulkhead(["run", "--worker", "--vsock", "/tmp/v"]).status == 64)
+    }
+}
