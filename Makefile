@@ -19,15 +19,18 @@ test: guests
 guests:
 	bash Guest/build.sh $(GUESTS)
 
+# The worker's SHA-256 goes next to it: `bulkhead run --worker` runs only a binary with that digest.
 build:
 	$(SWIFT) build --product bulkhead
 	$(SWIFT) build --product bulkhead-worker
+	cd .build/debug && sha256sum bulkhead-worker > bulkhead-worker.sha256
 
 # The binary to install: optimised, with the Swift runtime linked in (starts ~3 ms sooner and
 # uses ~3 MiB less than the dynamically linked build; see docs/benchmarks.md).
 release:
 	$(SWIFT) build -c release --static-swift-stdlib --product bulkhead
 	$(SWIFT) build -c release --static-swift-stdlib --product bulkhead-worker
+	cd .build/release && sha256sum bulkhead-worker > bulkhead-worker.sha256
 
 bench:
 	python3 Benchmarks/run.py

@@ -30,6 +30,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // SHA-256 of the worker binary before the launcher executes it (issue 4, verified exec).
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         .target(name: "CKVM"),
@@ -41,7 +43,8 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices", "WorkerProtocol"]),
         .executableTarget(
             name: "bulkhead",
-            dependencies: ["VMM", "WorkerProtocol", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["VMM", "WorkerProtocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Crypto", package: "swift-crypto")],
             linkerSettings: hardening
         ),
         // One VM per process, configured over a socketpair: no argument parser, no Foundation.
@@ -53,7 +56,8 @@ let package = Package(
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "KVM"]),
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "KVM",
+                                                     .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -11,10 +11,15 @@ public struct FileStatus: Equatable, Sendable {
     public var isBlockDevice: Bool
     /// Bytes actually allocated on disk (`st_blocks` × 512): less than `size` for sparse files.
     public var allocatedBytes: UInt64
+    /// The owner's user id and the permission bits (`st_uid`, `st_mode & 0o7777`).
+    public var owner: UInt32 = 0
+    public var permissions: UInt32 = 0
 
-    public init(size: UInt64, isRegularFile: Bool, isBlockDevice: Bool, allocatedBytes: UInt64) {
+    public init(size: UInt64, isRegularFile: Bool, isBlockDevice: Bool, allocatedBytes: UInt64,
+                owner: UInt32 = 0, permissions: UInt32 = 0) {
         self.size = size; self.isRegularFile = isRegularFile
         self.isBlockDevice = isBlockDevice; self.allocatedBytes = allocatedBytes
+        self.owner = owner; self.permissions = permissions
     }
 }
 
@@ -40,7 +45,8 @@ extension FileDescriptor {
         }
         let type = st.st_mode & S_IFMT
         return FileStatus(size: UInt64(max(0, st.st_size)), isRegularFile: type == S_IFREG,
-                          isBlockDevice: type == S_IFBLK, allocatedBytes: UInt64(max(0, st.st_blocks)) * 512)
+                          isBlockDevice: type == S_IFBLK, allocatedBytes: UInt64(max(0, st.st_blocks)) * 512,
+                          owner: st.st_uid, permissions: UInt32(st.st_mode & 0o7777))
     }
 
     /// Reads exactly `count` bytes at `offset`. Reaching the end of the file first is an error

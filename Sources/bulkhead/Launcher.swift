@@ -1,6 +1,10 @@
+import Crypto
 import KVM
 import VMM
 import WorkerProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `bulkhead run --worker`: the VM runs in a `bulkhead-worker` process of its own. This process
 /// opens everything the VM will use (the image, /dev/kvm, the console, disks, network sockets),
@@ -17,15 +21,64 @@ struct Launcher {
         case workerFailed(String, status: Int32)
     }
 
-    static func workerExecutable() throws(SystemError) -> FileDescriptor {
-        let exe = executablePath() ?? ""
-        let dir = exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
-        return try FileDescriptor.open(readOnly: dir + "/bulkhead-worker")
+    /// Why the worker binary was not executed.
+    struct VerificationError: Error, CustomStringConvertible {
+        var description: String
     }
 
-    /// Runs `configuration` with `descriptors` (in the order its indexes name them) in a worker.
-    static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor]) throws(SystemError) -> Result {
-        let executable = try workerExecutable()
+    static var directory: String {
+        let exe = executablePath() ?? ""
+        return exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
+    }
+
+    /// The SHA-256 the worker binary must have: `expected` (from --worker-sha256) or the first
+    /// word of `bulkhead-worker.sha256` next to this executable (what `make build` and
+    /// `make release` write, in `sha256sum` format).
+    static func expectedDigest(_ expected: String?) throws(VerificationError) -> String {
+        var text = expected
+        if text == nil, let bytes = try? readFile(directory + "/bulkhead-worker.sha256", limit: 4096) {
+            text = String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).first.map(String.init)
+        }
+        guard let hex = text?.lowercased() else {
+            throw VerificationError(description: "no expected SHA-256 for bulkhead-worker: put bulkhead-worker.sha256 next to bulkhead (make build writes it) or pass --worker-sha256")
+        }
+        guard hex.count == 64, hex.allSatisfy({ $0.isHexDigit }) else {
+            throw VerificationError(description: "the expected SHA-256 '\(hex.prefix(80))' is not 64 hex digits")
+        }
+        return hex
+    }
+
+    /// Opens the worker binary next to this executable and checks it before anything runs it: a
+    /// regular file, writable by nobody but its owner, owned by root or by us, whose SHA-256 is
+    /// `digest`. The descriptor returned is the one that was checked, and the one executed.
+    static func verifiedWorker(digest: String) throws(VerificationError) -> FileDescriptor {
+        let path = directory + "/bulkhead-worker"
+        let fd: FileDescriptor
+        let status: FileStatus
+        let bytes: [UInt8]
+        do {
+            fd = try FileDescriptor.open(readOnly: path)
+            status = try fd.status()
+            guard status.isRegularFile, status.size <= 256 << 20 else {
+                throw VerificationError(description: "\(path) is not a regular file of at most 256 MiB")
+            }
+            bytes = try fd.read(at: 0, count: Int(status.size))
+        } catch let e as VerificationError { throw e } catch {
+            throw VerificationError(description: "cannot read the worker binary \(path): \(error)")
+        }
+        guard status.permissions & 0o022 == 0, status.owner == 0 || status.owner == geteuid() else {
+            throw VerificationError(description: "\(path) may be changed by others (owner \(status.owner), mode \(String(status.permissions, radix: 8))): refusing to run it")
+        }
+        let actual = SHA256.hash(data: bytes).map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
+        guard actual == digest else {
+            throw VerificationError(description: "\(path) has SHA-256 \(actual), expected \(digest): refusing to run it")
+        }
+        return fd
+    }
+
+    /// Runs `configuration` with `descriptors` (in the order its indexes name them) in a worker
+    /// started from `executable` (see `verifiedWorker`).
+    static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor) throws(SystemError) -> Result {
         let mine: FileDescriptor
         let child: ChildProcess
         do {

@@ -111,6 +111,9 @@ struct Run: ParsableCommand {
     @Flag(help: "Run the VM in a bulkhead-worker process of its own, which gets every descriptor it uses from this one (no jail yet).")
     var worker = false
 
+    @Option(name: .customLong("worker-sha256"), help: "With --worker: the SHA-256 the worker binary must have (default: from bulkhead-worker.sha256 next to bulkhead).")
+    var workerSHA256: String?
+
     @Flag(help: ArgumentHelp("Print monotonic timestamps (ns) of VMM start and first hypercall to standard error.", visibility: .hidden))
     var reportTiming = false
 
@@ -285,6 +288,13 @@ struct Run: ParsableCommand {
     func runInWorker() throws {
         if vsock != nil { throw ValidationError("--vsock is not available with --worker yet") }
         if reportTiming { throw ValidationError("--report-timing is not available with --worker") }
+        // Verified exec: the binary is checked (owner, mode, SHA-256) before anything else is
+        // opened, and the checked descriptor is the one executed.
+        let executable: FileDescriptor
+        do { executable = try Launcher.verifiedWorker(digest: try Launcher.expectedDigest(workerSHA256)) } catch {
+            printError(error.description)
+            throw ExitCode(Status.internalError)
+        }
         var descriptors: [FileDescriptor] = []
         func add(_ fd: FileDescriptor) -> UInt8 {
             descriptors.append(fd)
@@ -350,7 +360,7 @@ struct Run: ParsableCommand {
             console: consoleIndex, devices: devices, limits: limits, hiddenCPUFeatures: hiddenFeatures,
             faultHandlers: !noFaultHandlers, doorbellsInKernel: !noIoeventfd)
         let result: Launcher.Result
-        do { result = try Launcher.run(configuration, descriptors: descriptors) } catch {
+        do { result = try Launcher.run(configuration, descriptors: descriptors, executable: executable) } catch {
             printError("cannot start the worker: \(error)")
             throw ExitCode(Status.internalError)
         }

@@ -1,6 +1,19 @@
+import Crypto
 import Foundation
 import KVM
 import Testing
+
+/// The SHA-256 of the built worker, as `--worker-sha256` wants it.
+let workerDigest: String = {
+    let dir = String(binary[..<(binary.lastIndex(of: "/") ?? binary.startIndex)])
+    let bytes = (try? Data(contentsOf: URL(fileURLWithPath: dir + "/bulkhead-worker"))) ?? Data()
+    return SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+}()
+
+/// `bulkhead run --worker` with the worker's digest.
+func runWorker(_ args: [String]) throws -> Result {
+    try bulkhead(["run", "--worker", "--worker-sha256", workerDigest] + args)
+}
 
 /// The processes whose parent is `pid` and whose command name is `name`.
 func children(of pid: Int32, named name: String) -> [Int32] {
@@ -19,7 +32,7 @@ func children(of pid: Int32, named name: String) -> [Int32] {
 @Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct WorkerTests {
     @Test func defaultGuestRunsInAWorker() throws {
-        let r = try bulkhead(["run", "--worker", "--stats"])
+        let r = try runWorker(["--stats"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("Hello from a Bulkhead guest"))
         #expect(r.stderr.contains("hypercall.exit=1") && r.stderr.contains("exit.mmio="), "\(r.stderr)")
@@ -27,10 +40,10 @@ struct WorkerTests {
 
     /// Each way a VM ends arrives from the worker with the same status as in one process.
     @Test func outcomesMatchTheInProcessRun() throws {
-        #expect(try bulkhead(["run", "--worker", guests + "/exitcode.elf", "--cmdline", "9"]).status == 9)
-        let f = try bulkhead(["run", "--worker", guests + "/fault-ud.elf"])
+        #expect(try runWorker([guests + "/exitcode.elf", "--cmdline", "9"]).status == 9)
+        let f = try runWorker([guests + "/fault-ud.elf"])
         #expect(f.status == 134 && f.stderr.contains("invalid opcode (#UD)"), "\(f.stderr)")
-        let t = try bulkhead(["run", "--worker", guests + "/loop.elf", "--timeout", "0.3"])
+        let t = try runWorker([guests + "/loop.elf", "--timeout", "0.3"])
         #expect(t.status == 124 && t.stderr.contains("timeout"), "\(t.stderr)")
     }
 
@@ -39,9 +52,9 @@ struct WorkerTests {
         let path = NSTemporaryDirectory() + "bulkhead-worker-disk-\(getpid())"
         FileManager.default.createFile(atPath: path, contents: Data(count: 1 << 20))
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let b = try bulkhead(["run", "--worker", guests + "/blk.elf", "--disk", path])
+        let b = try runWorker([guests + "/blk.elf", "--disk", path])
         #expect(b.status == 0, "\(b.stdout)\(b.stderr)")
-        let r = try bulkhead(["run", "--worker", guests + "/rng.elf", "--rng", "--rng-bytes-limit", "64"])
+        let r = try runWorker([guests + "/rng.elf", "--rng", "--rng-bytes-limit", "64"])
         #expect(r.status == 0 && r.stdout.contains("rng: ok"), "\(r.stdout)\(r.stderr)")
     }
 
@@ -50,7 +63,7 @@ struct WorkerTests {
     func killedWorkerIsReported() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = ["run", "--worker", guests + "/loop.elf", "--timeout", "30"]
+        p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", "30"]
         var env = ProcessInfo.processInfo.environment
         env["BULKHEAD_GUEST_DIR"] = guests
         p.environment = env
@@ -71,7 +84,17 @@ struct WorkerTests {
         #expect(text.contains("killed"), "\(text)")
     }
 
+    /// Verified exec: a binary whose digest is not the expected one is never run.
+    @Test func workerWithTheWrongDigestIsRefused() throws {
+        let wrong = String(repeating: "0", count: 64)
+        let r = try bulkhead(["run", "--worker", "--worker-sha256", wrong])
+        #expect(r.status == 70 && r.stderr.contains("expected \(wrong): refusing to run it"), "\(r.stderr)")
+        #expect(!r.stdout.contains("Hello"))
+        let bad = try bulkhead(["run", "--worker", "--worker-sha256", "xyz"])
+        #expect(bad.status == 70 && bad.stderr.contains("not 64 hex digits"), "\(bad.stderr)")
+    }
+
     @Test func unsupportedCombinationsAreUsageErrors() throws {
-        #expect(try bulkhead(["run", "--worker", "--vsock", "/tmp/v"]).status == 64)
+        #expect(try runWorker(["--vsock", "/tmp/v"]).status == 64)
     }
 }
