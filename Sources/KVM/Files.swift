@@ -118,6 +118,11 @@ public func randomBytes(_ count: Int) -> [UInt8]? {
     return out
 }
 
+/// Asks the kernel to send `signal` to this process when its parent exits (a worker must not
+/// outlive its launcher). Returns false if the kernel refused.
+@discardableResult
+public func setParentDeathSignal(_ signal: Int32) -> Bool { ckvm_set_parent_death_signal(signal) == 0 }
+
 /// Names the calling thread (the process, when called on the main thread) as `ps` shows it:
 /// a process started from a descriptor would otherwise be named after the descriptor's number.
 public func setThreadName(_ name: String) {

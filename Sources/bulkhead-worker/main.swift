@@ -17,6 +17,8 @@ import Glibc
 #endif
 
 setThreadName("bulkhead-worker")   // started from a descriptor, it would be called "3" or so
+// Never outlive the launcher: SIGKILL when it goes (the closed control socket ends us too).
+setParentDeathSignal(SIGKILL)
 let control = FileDescriptor(borrowing: 3)
 ignoreBrokenPipe()
 

@@ -38,6 +38,12 @@ struct WorkerTests {
         #expect(r.stderr.contains("hypercall.exit=1") && r.stderr.contains("exit.mmio="), "\(r.stderr)")
     }
 
+    /// Memory hygiene in a worker: the guest's fresh memory reads as zero.
+    @Test func freshMemoryInAWorkerIsAllZero() throws {
+        let r = try runWorker([guests + "/zeros.elf", "--memory", "64"])
+        #expect(r.status == 0 && r.stdout.contains("all zero"), "\(r.stdout)\(r.stderr)")
+    }
+
     /// Each way a VM ends arrives from the worker with the same status as in one process.
     @Test func outcomesMatchTheInProcessRun() throws {
         #expect(try runWorker([guests + "/exitcode.elf", "--cmdline", "9"]).status == 9)
@@ -82,6 +88,34 @@ struct WorkerTests {
         let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(p.terminationStatus == 128 + SIGKILL, "\(text)")
         #expect(text.contains("killed"), "\(text)")
+    }
+
+    /// A launcher killed outright takes its worker with it: no VM outlives the process that
+    /// started it.
+    @Test(.timeLimit(.minutes(1)))
+    func workerDiesWithItsLauncher() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", "30"]
+        p.standardError = Pipe()
+        p.standardOutput = Pipe()
+        try p.run()
+        var worker: [Int32] = []
+        for _ in 0..<200 where worker.isEmpty {
+            worker = children(of: p.processIdentifier, named: "bulkhead-worker")
+            usleep(10_000)
+        }
+        try #require(worker.count == 1)
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        var gone = false
+        for _ in 0..<200 where !gone {
+            // Gone, or a zombie waiting for its new parent to reap it.
+            let stat = (try? String(contentsOfFile: "/proc/\(worker[0])/stat", encoding: .utf8)) ?? ""
+            gone = stat.isEmpty || stat.contains(") Z ")
+            if !gone { usleep(10_000) }
+        }
+        #expect(gone, "worker \(worker[0]) still running after its launcher was killed")
     }
 
     /// Verified exec: a binary whose digest is not the expected one is never run.

@@ -51,6 +51,13 @@ struct GuestRunTests {
         #expect(r.report.firstHypercallNanoseconds != nil)
     }
 
+    /// Memory hygiene: every byte of RAM the guest gets as free reads as zero the first time.
+    @Test func freshGuestMemoryIsAllZero() throws {
+        let r = try runGuest("zeros", memory: 128)
+        #expect(r.report.outcome == .exited(status: 0), "\(r.console)")
+        #expect(r.console.contains("all zero") && r.console.contains(" bytes of fresh memory"), "\(r.console)")
+    }
+
     @Test func exitStatusIsTheGuests() throws {
         #expect(try runGuest("exitcode", cmdline: "42").report.outcome == .exited(status: 42))
         #expect(try runGuest("exitcode", cmdline: "0").report.outcome == .exited(status: 0))

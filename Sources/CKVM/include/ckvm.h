@@ -118,6 +118,10 @@ static inline int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t lengt
 static inline int ckvm_set_thread_name(const char *name) {
     return prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
 }
+// The signal the calling process gets when the thread that created it exits (PR_SET_PDEATHSIG).
+static inline int ckvm_set_parent_death_signal(int signal) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0UL, 0UL, 0UL);
+}
 // ---- end of processes ----
 
 #endif
