@@ -7,6 +7,8 @@
 // sockets. It answers `started` (or `refused`), runs the VM, reports `ended` with the outcome and
 // counters, and exits. A `stop` message, or the launcher going away, ends it at once.
 //
+// Before reading anything it applies the first steps of its jail (see below).
+//
 // Exit status: 0 after `ended` was sent, 3 after `refused`, 2 when the launcher's message was
 // not a valid `configure`, 1 when the control socket failed.
 import KVM
@@ -21,6 +23,19 @@ setThreadName("bulkhead-worker")   // started from a descriptor, it would be cal
 setParentDeathSignal(SIGKILL)
 let control = FileDescriptor(borrowing: 3)
 ignoreBrokenPipe()
+
+// The jail's first steps, while this process is single-threaded, each checked (Sources/KVM/
+// Jail.swift): only descriptors 0-3 open, no environment, no core dumps, bounded descriptors and
+// file growth, no new privileges, not dumpable. A step that fails is refused.
+do {
+    try Jail.closeDescriptors(above: 3)
+    try Jail.clearEnvironment()
+    try Jail.limitResources(openFiles: 4096, fileSize: 1 << 30)
+    try Jail.forbidNewPrivileges()
+} catch {
+    send(.refused(error.description))
+    exit(3)
+}
 
 func send(_ m: WorkerMessage) {
     do { try control.sendMessage(WorkerProtocol.encode(m)) } catch { exit(1) }

@@ -90,6 +90,38 @@ struct WorkerTests {
         #expect(text.contains("killed"), "\(text)")
     }
 
+    /// The first jail steps as the kernel reports them for a running worker: no new privileges,
+    /// not dumpable (its /proc files then belong to root), no core dumps, bounded descriptors and
+    /// file size, an empty environment.
+    @Test(.timeLimit(.minutes(1)))
+    func runningWorkerHasItsJailSteps() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", "30"]
+        p.standardError = Pipe()
+        p.standardOutput = Pipe()
+        try p.run()
+        defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        var worker: [Int32] = []
+        for _ in 0..<200 where worker.isEmpty {
+            worker = children(of: p.processIdentifier, named: "bulkhead-worker")
+            usleep(10_000)
+        }
+        let w = try #require(worker.first)
+        usleep(100_000)   // let it apply its steps and start the VM
+        let status = try String(contentsOfFile: "/proc/\(w)/status", encoding: .utf8)
+        #expect(status.contains("NoNewPrivs:\t1"), "\(status)")
+        let limits = try String(contentsOfFile: "/proc/\(w)/limits", encoding: .utf8)
+        func limit(_ name: String) -> [Substring] {
+            limits.split(separator: "\n").first { $0.hasPrefix(name) }?.dropFirst(name.count).split(separator: " ") ?? []
+        }
+        #expect(limit("Max core file size").prefix(2) == ["0", "0"], "\(limits)")
+        #expect(limit("Max open files").prefix(2) == ["4096", "4096"], "\(limits)")
+        #expect(limit("Max file size").prefix(2) == ["1073741824", "1073741824"], "\(limits)")
+        let environ = try Data(contentsOf: URL(fileURLWithPath: "/proc/\(w)/environ"))
+        #expect(environ.isEmpty)
+    }
+
     /// A launcher killed outright takes its worker with it: no VM outlives the process that
     /// started it.
     @Test(.timeLimit(.minutes(1)))

@@ -122,6 +122,15 @@ static inline int ckvm_set_thread_name(const char *name) {
 static inline int ckvm_set_parent_death_signal(int signal) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0UL, 0UL, 0UL);
 }
+// PR_SET_NO_NEW_PRIVS / PR_GET_NO_NEW_PRIVS and PR_SET_DUMPABLE / PR_GET_DUMPABLE.
+static inline int ckvm_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1UL, 0UL, 0UL, 0UL); }
+static inline int ckvm_get_no_new_privs(void) { return prctl(PR_GET_NO_NEW_PRIVS, 0UL, 0UL, 0UL, 0UL); }
+static inline int ckvm_set_dumpable(int on) { return prctl(PR_SET_DUMPABLE, (unsigned long)on, 0UL, 0UL, 0UL); }
+static inline int ckvm_get_dumpable(void) { return prctl(PR_GET_DUMPABLE, 0UL, 0UL, 0UL, 0UL); }
+// close_range(2) (Linux 5.9), which glibc declares only under _GNU_SOURCE.
+static inline int ckvm_close_range(unsigned int first, unsigned int last) {
+    return (int)syscall(436 /* SYS_close_range */, first, last, 0);
+}
 // ---- end of processes ----
 
 #endif
