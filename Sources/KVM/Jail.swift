@@ -63,4 +63,35 @@ public enum Jail {
             throw StepFailed(step: "not dumpable", reason: SystemError.message(for: errno))
         }
     }
+
+    /// The namespaces a worker gets of its own: mount, network (nothing but a loopback that is
+    /// down), IPC, UTS and cgroup. Mounts are made private first so nothing this process mounts
+    /// later reaches the host. Checked by comparing each /proc/self/ns link before and after.
+    /// Needs CAP_SYS_ADMIN (root); the user and PID namespaces come with the rest of the jail.
+    public static func enterNamespaces() throws(StepFailed) {
+        let kinds = ["mnt", "net", "ipc", "uts", "cgroup"]
+        let before = kinds.map(namespace)
+        let flags = CKVM_CLONE_NEWNS | CKVM_CLONE_NEWNET | CKVM_CLONE_NEWIPC | CKVM_CLONE_NEWUTS | CKVM_CLONE_NEWCGROUP
+        guard ckvm_unshare(flags) == 0 else {
+            throw StepFailed(step: "namespaces", reason: "unshare: " + SystemError.message(for: errno))
+        }
+        guard mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0 else {
+            throw StepFailed(step: "namespaces", reason: "making mounts private: " + SystemError.message(for: errno))
+        }
+        for (kind, old) in zip(kinds, before) {
+            let now = namespace(kind)
+            guard !now.isEmpty, now != old else { throw StepFailed(step: "namespaces", reason: "still in the host's \(kind) namespace") }
+        }
+    }
+
+    /// The `/proc/self/ns/<kind>` link text, e.g. "net:[4026531840]" (empty if unreadable).
+    static func namespace(_ kind: String) -> String {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let n = buffer.withUnsafeMutableBytes { b -> Int in
+            guard let base = b.baseAddress else { return -1 }
+            // SAFETY: readlink writes at most b.count bytes into the array's own storage.
+            return readlink("/proc/self/ns/" + kind, base.assumingMemoryBound(to: CChar.self), b.count)
+        }
+        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+    }
 }

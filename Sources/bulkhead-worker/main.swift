@@ -25,11 +25,15 @@ let control = FileDescriptor(borrowing: 3)
 ignoreBrokenPipe()
 
 // The jail's first steps, while this process is single-threaded, each checked (Sources/KVM/
-// Jail.swift): only descriptors 0-3 open, no environment, no core dumps, bounded descriptors and
-// file growth, no new privileges, not dumpable. A step that fails is refused.
+// Jail.swift): only descriptors 0-3 open, no environment, its own mount, network, IPC, UTS and
+// cgroup namespaces (as root), no core dumps, bounded descriptors and file growth, no new
+// privileges, not dumpable. A step that fails is refused.
 do {
     try Jail.closeDescriptors(above: 3)
     try Jail.clearEnvironment()
+    // Namespaces need root; a worker started without it (`bulkhead run --worker` by a user) runs
+    // without them for now.
+    if geteuid() == 0 { try Jail.enterNamespaces() }
     try Jail.limitResources(openFiles: 4096, fileSize: 1 << 30)
     try Jail.forbidNewPrivileges()
 } catch {

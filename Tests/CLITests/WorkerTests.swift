@@ -120,6 +120,17 @@ struct WorkerTests {
         #expect(limit("Max file size").prefix(2) == ["1073741824", "1073741824"], "\(limits)")
         let environ = try Data(contentsOf: URL(fileURLWithPath: "/proc/\(w)/environ"))
         #expect(environ.isEmpty)
+        // Its own namespaces (as root): a network with nothing but loopback.
+        if getuid() == 0 {
+            for kind in ["mnt", "net", "ipc", "uts", "cgroup"] {
+                let mine = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\(kind)")
+                let its = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(w)/ns/\(kind)")
+                #expect(mine != its, "the worker shares the \(kind) namespace")
+            }
+            let devices = try String(contentsOfFile: "/proc/\(w)/net/dev", encoding: .utf8)
+                .split(separator: "\n").dropFirst(2).map { $0.split(separator: ":")[0].trimmingCharacters(in: .whitespaces) }
+            #expect(devices == ["lo"], "network devices in the worker: \(devices)")
+        }
     }
 
     /// A launcher killed outright takes its worker with it: no VM outlives the process that

@@ -131,6 +131,13 @@ static inline int ckvm_get_dumpable(void) { return prctl(PR_GET_DUMPABLE, 0UL, 0
 static inline int ckvm_close_range(unsigned int first, unsigned int last) {
     return (int)syscall(436 /* SYS_close_range */, first, last, 0);
 }
+// unshare(2), which glibc declares only under _GNU_SOURCE, and the namespace flags (<linux/sched.h>).
+static inline int ckvm_unshare(unsigned long flags) { return (int)syscall(SYS_unshare, flags); }
+static const unsigned long CKVM_CLONE_NEWNS = 0x00020000UL;
+static const unsigned long CKVM_CLONE_NEWCGROUP = 0x02000000UL;
+static const unsigned long CKVM_CLONE_NEWUTS = 0x04000000UL;
+static const unsigned long CKVM_CLONE_NEWIPC = 0x08000000UL;
+static const unsigned long CKVM_CLONE_NEWNET = 0x40000000UL;
 // ---- end of processes ----
 
 #endif
