@@ -10,6 +10,23 @@ let workerDigest: String = {
     return SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
 }()
 
+/// A launcher running the endless `loop` guest in a worker, and the worker's pid once it shows.
+func startLoopingWorker() throws -> (launcher: Process, stderr: Pipe, worker: Int32?) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: binary)
+    p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", "30"]
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = Pipe()
+    try p.run()
+    var worker: [Int32] = []
+    for _ in 0..<200 where worker.isEmpty {
+        worker = children(of: p.processIdentifier, named: "bulkhead-worker")
+        usleep(10_000)
+    }
+    return (p, err, worker.count == 1 ? worker[0] : nil)
+}
+
 /// `bulkhead run --worker` with the worker's digest.
 func runWorker(_ args: [String]) throws -> Result {
     try bulkhead(["run", "--worker", "--worker-sha256", workerDigest] + args)
@@ -67,23 +84,9 @@ struct WorkerTests {
     /// A worker killed from outside: the launcher says so and exits 128 + the signal.
     @Test(.timeLimit(.minutes(1)))
     func killedWorkerIsReported() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", "30"]
-        var env = ProcessInfo.processInfo.environment
-        env["BULKHEAD_GUEST_DIR"] = guests
-        p.environment = env
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = Pipe()
-        try p.run()
-        var worker: [Int32] = []
-        for _ in 0..<200 where worker.isEmpty {
-            worker = children(of: p.processIdentifier, named: "bulkhead-worker")
-            usleep(10_000)
-        }
-        #expect(worker.count == 1)
-        if let w = worker.first { kill(w, SIGKILL) }
+        let (p, err, worker) = try startLoopingWorker()
+        #expect(worker != nil)
+        if let w = worker { kill(w, SIGKILL) }
         p.waitUntilExit()
         let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(p.terminationStatus == 128 + SIGKILL, "\(text)")
@@ -95,19 +98,9 @@ struct WorkerTests {
     /// file size, an empty environment.
     @Test(.timeLimit(.minutes(1)))
     func runningWorkerHasItsJailSteps() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", "30"]
-        p.standardError = Pipe()
-        p.standardOutput = Pipe()
-        try p.run()
+        let (p, _, worker) = try startLoopingWorker()
         defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
-        var worker: [Int32] = []
-        for _ in 0..<200 where worker.isEmpty {
-            worker = children(of: p.processIdentifier, named: "bulkhead-worker")
-            usleep(10_000)
-        }
-        let w = try #require(worker.first)
+        let w = try #require(worker)
         usleep(100_000)   // let it apply its steps and start the VM
         let status = try String(contentsOfFile: "/proc/\(w)/status", encoding: .utf8)
         #expect(status.contains("NoNewPrivs:\t1"), "\(status)")
@@ -137,28 +130,18 @@ struct WorkerTests {
     /// started it.
     @Test(.timeLimit(.minutes(1)))
     func workerDiesWithItsLauncher() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", "30"]
-        p.standardError = Pipe()
-        p.standardOutput = Pipe()
-        try p.run()
-        var worker: [Int32] = []
-        for _ in 0..<200 where worker.isEmpty {
-            worker = children(of: p.processIdentifier, named: "bulkhead-worker")
-            usleep(10_000)
-        }
-        try #require(worker.count == 1)
+        let (p, _, found) = try startLoopingWorker()
+        let w = try #require(found)
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         var gone = false
         for _ in 0..<200 where !gone {
             // Gone, or a zombie waiting for its new parent to reap it.
-            let stat = (try? String(contentsOfFile: "/proc/\(worker[0])/stat", encoding: .utf8)) ?? ""
+            let stat = (try? String(contentsOfFile: "/proc/\(w)/stat", encoding: .utf8)) ?? ""
             gone = stat.isEmpty || stat.contains(") Z ")
             if !gone { usleep(10_000) }
         }
-        #expect(gone, "worker \(worker[0]) still running after its launcher was killed")
+        #expect(gone, "worker \(w) still running after its launcher was killed")
     }
 
     /// Verified exec: a binary whose digest is not the expected one is never run.
