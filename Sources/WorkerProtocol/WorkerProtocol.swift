@@ -32,6 +32,12 @@ public enum WorkerProtocol {
         return out + p.bytes
     }
 
+    /// Text from the other side made safe for a terminal: control characters (escape sequences
+    /// a compromised worker could use to rewrite the operator's screen) become "?".
+    public static func printable(_ text: String) -> String {
+        String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || ($0.value >= 0x7f && $0.value < 0xa0) ? "?" : $0 }))
+    }
+
     /// Decodes one datagram from `sender`, which arrived with `descriptors` descriptors.
     public static func decode(_ bytes: [UInt8], from sender: Sender, descriptors: Int) throws(WorkerProtocolError) -> WorkerMessage {
         guard bytes.count >= headerSize else { throw .truncated("header") }

@@ -107,10 +107,16 @@ struct Launcher {
                 started = true
             case .ended(let outcome, let counters) where started:
                 _ = try? child.wait()
-                return .ended(outcome, counters: counters)
+                let safe: VMOutcome
+                switch outcome {
+                case .faulted(let why): safe = .faulted(WorkerProtocol.printable(why))
+                case .vcpuFailure(let why): safe = .vcpuFailure(WorkerProtocol.printable(why))
+                default: safe = outcome
+                }
+                return .ended(safe, counters: counters.map { Counter(name: WorkerProtocol.printable($0.name), value: $0.value) })
             case .refused(let why):
                 _ = try? child.wait()
-                return .refused(why)
+                return .refused(WorkerProtocol.printable(why))
             default:
                 return failed(child, "the worker sent \(message.type) out of turn")
             }

@@ -99,6 +99,11 @@ struct WorkerProtocolTests {
         #expect(refused(c, descriptors: 6) == .invalid("descriptor index", "0 used twice"))
     }
 
+    @Test func workerTextIsMadeSafeForATerminal() {
+        #expect(WorkerProtocol.printable("fault \u{1b}[2J\u{1b}]0;owned\u{07} at\tx\u{7f}\u{9b}é") == "fault ?[2J?]0;owned? at?x??é")
+        #expect(WorkerProtocol.printable("vCPU 0: #UD") == "vCPU 0: #UD")
+    }
+
     @Test func malformedValuesAreRefused() {
         var b = WorkerProtocol.encode(.configure(sample))
         // The first boolean after the features (fault handlers) is the second-to-last byte.
