@@ -76,9 +76,17 @@ struct Launcher {
         return fd
     }
 
+    /// How long after the VM's own timeout the launcher waits for the worker's report before it
+    /// kills the worker: a worker that stops answering (only a compromised or stopped one would)
+    /// cannot keep the launcher, or its VM, alive for ever.
+    static let reportMarginMilliseconds = 2000
+
     /// Runs `configuration` with `descriptors` (in the order its indexes name them) in a worker
     /// started from `executable` (see `verifiedWorker`).
     static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor) throws(SystemError) -> Result {
+        let start = monotonicNanoseconds()
+        let deadline: UInt64? = configuration.timeoutMilliseconds == 0 ? nil
+            : start + (configuration.timeoutMilliseconds + UInt64(reportMarginMilliseconds)) * 1_000_000
         let mine: FileDescriptor
         let child: ChildProcess
         do {
@@ -91,11 +99,24 @@ struct Launcher {
 
         var started = false
         while true {
-            let received: ReceivedMessage?
-            do { received = try mine.receiveMessage(maxBytes: WorkerProtocol.maxMessage, maxDescriptors: 0) } catch {
+            var wait = -1
+            if let deadline {
+                let now = monotonicNanoseconds()
+                wait = now >= deadline ? 0 : Int((deadline - now + 999_999) / 1_000_000)
+            }
+            let received: ReceivedMessage
+            do {
+                switch try mine.receiveMessage(maxBytes: WorkerProtocol.maxMessage, maxDescriptors: 0, timeoutMilliseconds: wait) {
+                case .message(let m): received = m
+                case .closed: return ended(child)
+                case .timedOut:
+                    let r = failed(child, "the worker did not report within \(reportMarginMilliseconds / 1000) s of the VM's timeout and was killed")
+                    if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 124) }
+                    return r
+                }
+            } catch {
                 return failed(child, "the control socket failed: \(error)")
             }
-            guard let received else { break }
             let message: WorkerMessage
             do {
                 message = try WorkerProtocol.decode(received.bytes, from: .worker, descriptors: received.descriptors.count)
@@ -121,7 +142,10 @@ struct Launcher {
                 return failed(child, "the worker sent \(message.type) out of turn")
             }
         }
-        // The worker closed its end without an `ended`.
+    }
+
+    /// The worker closed its end without an `ended`.
+    static func ended(_ child: ChildProcess) -> Result {
         let end = (try? child.wait()).map { "\($0)" } ?? "unknown"
         switch try? child.wait() {
         case .signaled(let sig, _)?: return .workerFailed("the worker was killed (\(end)) before the VM ended", status: 128 + sig)

@@ -11,10 +11,10 @@ let workerDigest: String = {
 }()
 
 /// A launcher running the endless `loop` guest in a worker, and the worker's pid once it shows.
-func startLoopingWorker() throws -> (launcher: Process, stderr: Pipe, worker: Int32?) {
+func startLoopingWorker(timeout: String = "30") throws -> (launcher: Process, stderr: Pipe, worker: Int32?) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: binary)
-    p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", "30"]
+    p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", timeout]
     let err = Pipe()
     p.standardError = err
     p.standardOutput = Pipe()
@@ -124,6 +124,21 @@ struct WorkerTests {
                 .split(separator: "\n").dropFirst(2).map { $0.split(separator: ":")[0].trimmingCharacters(in: .whitespaces) }
             #expect(devices == ["lo"], "network devices in the worker: \(devices)")
         }
+    }
+
+    /// A worker that stops answering (here: stopped with SIGSTOP, so its own watchdog cannot run)
+    /// is killed by the launcher once the VM's timeout and a margin have passed.
+    @Test(.timeLimit(.minutes(1)))
+    func unresponsiveWorkerIsKilledAfterTheTimeout() throws {
+        let (p, err, worker) = try startLoopingWorker(timeout: "2")
+        let w = try #require(worker)
+        kill(w, SIGSTOP)
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 124, "\(text)")
+        #expect(text.contains("did not report") && text.contains("killed"), "\(text)")
+        let stat = (try? String(contentsOfFile: "/proc/\(w)/stat", encoding: .utf8)) ?? ""
+        #expect(stat.isEmpty || stat.contains(") Z "), "the worker is still there: \(stat)")
     }
 
     /// A launcher killed outright takes its worker with it: no VM outlives the process that
