@@ -13,7 +13,9 @@ run: guests build
 # so that CI is repeatable; `make fuzz` explores with fresh randomness.
 FUZZ_SECONDS ?= 10
 test: guests
-	BULKHEAD_REQUIRE_GUESTS=1 $(SWIFT) test
+	$(SWIFT) build --build-tests
+	cd .build/debug && sha256sum bulkhead-worker > bulkhead-worker.sha256
+	BULKHEAD_REQUIRE_GUESTS=1 $(SWIFT) test --skip-build
 	FUZZ_ARGS="-seed=1 $(FUZZ_ARGS)" bash Fuzz/run.sh $(FUZZ_SECONDS)
 
 guests:

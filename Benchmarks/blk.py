@@ -23,7 +23,7 @@ MODES = [("seq-read", 128, 1 << 20), ("seq-write", 128, 1 << 20), ("rand-read", 
 
 
 def guest(bh, mode, ops, extra):
-    out = subprocess.run([bh, "run", str(REPO / ".build/guests/blkbench.elf"), "--disk", str(IMAGE),
+    out = subprocess.run([bh, "run", "--no-jail", str(REPO / ".build/guests/blkbench.elf"), "--disk", str(IMAGE),
                           "--memory", "128", "--cmdline", f"{mode} {ops}"] + extra,
                          capture_output=True, text=True, timeout=300)
     m = re.search(r"blkbench: \S+ (\d+) ops (\d+) bytes (\d+) ns", out.stdout)

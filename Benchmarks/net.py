@@ -19,9 +19,9 @@ from common import REPO, bulkhead_path  # noqa: E402
 def one(bh, size, frames):
     sock = os.path.join(tempfile.mkdtemp(), "net.sock")
     g = str(REPO / ".build/guests/netbench.elf")
-    rx = subprocess.Popen([bh, "run", g, "--net-listen", sock, "--cmdline", f"rx {frames}", "--timeout", "120"],
+    rx = subprocess.Popen([bh, "run", "--no-jail", g, "--net-listen", sock, "--cmdline", f"rx {frames}", "--timeout", "120"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tx = subprocess.run([bh, "run", g, "--net-connect", sock, "--cmdline", f"tx {size} {frames}", "--timeout", "120"],
+    tx = subprocess.run([bh, "run", "--no-jail", g, "--net-connect", sock, "--cmdline", f"tx {size} {frames}", "--timeout", "120"],
                         capture_output=True, text=True)
     out, err = rx.communicate(timeout=150)
     m = re.search(r"netbench: rx (\d+) frames (\d+) bytes (\d+) ns", out)

@@ -78,7 +78,7 @@ def tsc_hz():
 
 
 def bulkhead_cmd(bh, a):
-    return [bh, "run", "--kernel", str(GUEST), "--memory", str(a.memory), "--disk", str(IMAGE),
+    return [bh, "run", "--no-jail", "--kernel", str(GUEST), "--memory", str(a.memory), "--disk", str(IMAGE),
             "--timeout", "60", "--cmdline", f"pvh.reads={a.reads}"]
 
 

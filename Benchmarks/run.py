@@ -293,11 +293,11 @@ def main() -> None:
 
     exit0, hcbench, cpu = GUESTS / "exit0.elf", GUESTS / "hcbench.elf", GUESTS / "cpu.elf"
     bh = Variant("bulkhead", "Bulkhead (`swift build -c release`)",
-                 [str(BULKHEAD), "run", "--report-timing"], "--cmdline")
+                 [str(BULKHEAD), "run", "--no-jail", "--report-timing"], "--cmdline")
     variants_bh = [bh]
     if not args.no_static and BULKHEAD_STATIC.exists():
         variants_bh.append(Variant("bulkhead-static", "Bulkhead (`--static-swift-stdlib`, `make release`)",
-                                   [str(BULKHEAD_STATIC), "run", "--report-timing"], "--cmdline"))
+                                   [str(BULKHEAD_STATIC), "run", "--no-jail", "--report-timing"], "--cmdline"))
     elif not args.no_static:
         log(f"[note] {BULKHEAD_STATIC} missing: static variant skipped")
     c_bare = Variant("c", "C baseline (rdi = 0)", [str(C_BASELINE), "--report-timing"], "--cmdline")

@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 GUESTS = REPO / ".build" / "guests"
 LAUNCH = REPO / "Benchmarks" / "out" / "launch"
 BINARIES = [
-    ("bulkhead", REPO / ".build" / "release" / "bulkhead", ["run"]),
-    ("bulkhead-static", REPO / ".build-static" / "release" / "bulkhead", ["run"]),
+    ("bulkhead", REPO / ".build" / "release" / "bulkhead", ["run", "--no-jail"]),
+    ("bulkhead-static", REPO / ".build-static" / "release" / "bulkhead", ["run", "--no-jail"]),
     ("c", REPO / "Benchmarks" / "out" / "kvm_baseline", []),
 ]
 SWIFT_PROBES = {  # probe name -> symbol

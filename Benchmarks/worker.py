@@ -28,7 +28,8 @@ def main():
         sys.exit(f"worker.py: {worker} not built")
     digest = hashlib.sha256(worker.read_bytes()).hexdigest()
     guest = str(REPO / ".build/guests/exit0.elf")
-    modes = {"in-process": [bh, "run", guest], "worker": [bh, "run", "--worker", "--worker-sha256", digest, guest]}
+    modes = {"in-process": [bh, "run", "--no-jail", guest], "worker": [bh, "run", "--no-jail", "--worker", "--worker-sha256", digest, guest],
+             "jailed": [bh, "run", "--worker-sha256", digest, guest]}
     samples = {m: [] for m in modes}
     for _ in range(2):  # warm-up
         for cmd in modes.values():
@@ -47,6 +48,7 @@ def main():
     for m, v in samples.items():
         print(f"| {m} | {med[m]:.2f} ms | {min(v):.2f} | {max(v):.2f} |")
     print(f"| worker - in-process | {med['worker'] - med['in-process']:+.2f} ms | | |")
+    print(f"| jailed - worker (the jail's own cost) | {med['jailed'] - med['worker']:+.2f} ms | | |")
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def pagetable_seeds():
 # that the seeds also check the Swift encoder's layout: the fuzzer accepts a seed only if it
 # decodes and re-encodes to the same bytes.
 def wp_message(mtype, payload):
-    return b"BHWP" + struct.pack("<HHI", 1, mtype, len(payload)) + payload
+    return b"BHWP" + struct.pack("<HHI", 2, mtype, len(payload)) + payload
 
 
 def wp_string(s):
@@ -247,7 +247,8 @@ def wp_string(s):
     return struct.pack("<I", len(b)) + b
 
 
-def wp_configure(memory, vcpus, cmdline, timeout, image, kvm, console, devices, limits, features, faults, doorbells):
+def wp_configure(memory, vcpus, cmdline, timeout, image, kvm, console, devices, limits, features, faults, doorbells,
+                 jail=None):
     p = struct.pack("<IH", memory, vcpus) + wp_string(cmdline) + struct.pack("<Q", timeout)
     if image[0] == "program":
         p += bytes([1, image[1]])
@@ -263,7 +264,13 @@ def wp_configure(memory, vcpus, cmdline, timeout, image, kvm, console, devices, 
             p += bytes([3])
     p += struct.pack("<H", len(limits)) + b"".join(struct.pack("<QQ", o, b) for o, b in limits)
     p += struct.pack("<H", len(features)) + b"".join(wp_string(f) for f in features)
-    return wp_message(1, p + bytes([faults, doorbells]))
+    p += bytes([faults, doorbells])
+    if jail is None:
+        p += bytes([0])
+    else:  # (uid, gid, root, process limit, seccomp mode, probe)
+        uid, gid, root, processes, seccomp, probe = jail
+        p += bytes([1]) + struct.pack("<II", uid, gid) + wp_string(root) + struct.pack("<I", processes) + bytes([seccomp, probe])
+    return wp_message(1, p)
 
 
 def worker_protocol_seeds():
@@ -275,12 +282,15 @@ def worker_protocol_seeds():
         256, 2, "console=ttyS0 count=3", 60000, ("kernel", 0, 1), 5, 2,
         [("disk", 3, True), ("net", 4, [2, 0, 0, 0, 0, 9]), ("rng",)],
         [(10, 0), (0, 0), (0, 4096)], ["xsave", "cx16"], 0, 1))
+    seed("configure-jailed", launcher, 3, wp_configure(64, 2, "", 1000, ("program", 2), 0, 1, [("rng",)], [], [], 1, 1,
+                                                       (1900000007, 1900000007, "/run/bulkhead/jail/7", 18, 1, 0)))
     seed("stop", launcher, 0, wp_message(2, b""))
+    seed("violation", worker, 0, wp_message(19, struct.pack("<I", 41)))
     seed("started", worker, 0, wp_message(16, b""))
     seed("ended-exit", worker, 0, wp_message(17, bytes([1, 0]) + struct.pack("<H", 1)
                                              + wp_string("hypercalls.exit") + struct.pack("<Q", 1)))
     seed("ended-fault", worker, 0, wp_message(17, bytes([2]) + wp_string("vCPU 0: #UD at 0x401000") + struct.pack("<H", 0)))
-    seed("refused", worker, 0, wp_message(18, wp_string("cannot open /dev/kvm")))
+    seed("refused", worker, 0, wp_message(18, wp_string("cannot open /dev/kvm") + bytes([69])))
     seed("wrong-direction", worker, 0, wp_message(2, b""))
 
 

@@ -3,10 +3,10 @@ import CKVM
 import Glibc
 #endif
 
-/// The first steps of a worker's jail (issue 4), each applied while the worker is still
-/// single-threaded and each checked after it is applied: a step that does not hold throws, and
-/// the worker refuses to run. Namespaces, pivot_root, cgroups, the per-VM uid, capabilities and
-/// seccomp come next.
+/// The steps of a worker's jail (issue 4), each applied while the worker is still single-threaded
+/// and each checked after it is applied: a step that does not hold throws, and the worker refuses
+/// to run. The worker's main.swift applies them in order; the launcher does the parts that need
+/// the host's privileges (the PID namespace, the cgroup, the jail directory, choosing the uid).
 public enum Jail {
     public struct StepFailed: Error, CustomStringConvertible {
         public let step: String
@@ -36,10 +36,13 @@ public enum Jail {
     /// No core dumps (guest memory must never reach a file), at most `openFiles` descriptors, and
     /// files the process writes grow to at most `fileSize` bytes (a guest flooding its console
     /// file cannot fill the host's disk; the write fails instead of raising SIGXFSZ).
-    public static func limitResources(openFiles: UInt64, fileSize: UInt64) throws(StepFailed) {
+    /// With `processes`, also at most that many processes and threads for the process's uid
+    /// (RLIMIT_NPROC: with a uid of its own, that is the worker's threads).
+    public static func limitResources(openFiles: UInt64, fileSize: UInt64, processes: UInt64? = nil) throws(StepFailed) {
         _ = signal(SIGXFSZ, SIG_IGN)
-        for (resource, value, name) in [(RLIMIT_CORE, UInt64(0), "core"), (RLIMIT_NOFILE, openFiles, "open files"),
-                                          (RLIMIT_FSIZE, fileSize, "file size")] {
+        var limits = [(RLIMIT_CORE, UInt64(0), "core"), (RLIMIT_NOFILE, openFiles, "open files"), (RLIMIT_FSIZE, fileSize, "file size")]
+        if let processes { limits.append((__RLIMIT_NPROC, processes, "processes")) }
+        for (resource, value, name) in limits {
             var limit = rlimit(rlim_cur: rlim_t(value), rlim_max: rlim_t(value))
             // SAFETY: setrlimit/getrlimit read/write one `rlimit` on the stack.
             guard setrlimit(__rlimit_resource_t(resource.rawValue), &limit) == 0 else {
@@ -93,5 +96,120 @@ public enum Jail {
             return readlink("/proc/self/ns/" + kind, base.assumingMemoryBound(to: CChar.self), b.count)
         }
         return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+    }
+
+    // MARK: - The jail proper (a root launcher asks for it)
+
+    /// Becomes the VM's own host uid and gid, with no supplementary groups: from here on the
+    /// process has no privilege on the host, and nothing else on the host runs as that uid (the
+    /// launcher hands out one per running VM). Checked with getresuid/getresgid/getgroups.
+    public static func becomeUser(uid: UInt32, gid: UInt32) throws(StepFailed) {
+        guard uid != 0, gid != 0 else { throw StepFailed(step: "per-VM uid", reason: "uid and gid must not be 0") }
+        guard ckvm_setgroups_none() == 0, ckvm_setresgid(gid) == 0, ckvm_setresuid(uid) == 0 else {
+            throw StepFailed(step: "per-VM uid", reason: SystemError.message(for: errno))
+        }
+        var u: [UInt32] = [0, 0, 0], g: [UInt32] = [0, 0, 0]
+        // SAFETY: each call writes three uint32 into the array's own storage.
+        guard ckvm_getresuid(&u) == 0, ckvm_getresgid(&g) == 0, u == [uid, uid, uid], g == [gid, gid, gid],
+              getgroups(0, nil) == 0 else {
+            throw StepFailed(step: "per-VM uid", reason: "the ids did not hold (uid \(u), gid \(g))")
+        }
+        // Changing uid made the process non-dumpable, which would leave /proc/self/uid_map owned
+        // by host root and unwritable for us; `forbidNewPrivileges` makes it non-dumpable again.
+        guard ckvm_set_dumpable(1) == 0 else { throw StepFailed(step: "per-VM uid", reason: SystemError.message(for: errno)) }
+    }
+
+    /// New user, mount, network, IPC, UTS and cgroup namespaces. In the user namespace the
+    /// process is root, mapped to its (unprivileged) host uid and gid and to nothing else: its
+    /// capabilities there reach only the namespaces it owns, which lets it build its own root
+    /// below. Must follow `becomeUser` (a process may map only its own uid). The network
+    /// namespace has nothing but a loopback that is down. Checked via /proc/self/ns and getuid.
+    public static func enterUserNamespaces(uid: UInt32, gid: UInt32) throws(StepFailed) {
+        let kinds = ["user", "mnt", "net", "ipc", "uts", "cgroup"]
+        let before = kinds.map(namespace)
+        let flags = CKVM_CLONE_NEWUSER | CKVM_CLONE_NEWNS | CKVM_CLONE_NEWNET | CKVM_CLONE_NEWIPC | CKVM_CLONE_NEWUTS | CKVM_CLONE_NEWCGROUP
+        guard ckvm_unshare(flags) == 0 else {
+            throw StepFailed(step: "namespaces", reason: "unshare: " + SystemError.message(for: errno))
+        }
+        for (file, text) in [("setgroups", "deny"), ("uid_map", "0 \(uid) 1"), ("gid_map", "0 \(gid) 1")] {
+            if let why = writeProcFile("/proc/self/" + file, text) {
+                throw StepFailed(step: "namespaces", reason: "writing \(file): \(why)")
+            }
+        }
+        for (kind, old) in zip(kinds, before) {
+            let now = namespace(kind)
+            guard !now.isEmpty, now != old else { throw StepFailed(step: "namespaces", reason: "still in the host's \(kind) namespace") }
+        }
+        guard getuid() == 0, getgid() == 0 else { throw StepFailed(step: "namespaces", reason: "not root in the new user namespace") }
+    }
+
+    /// Replaces the root with an empty, read-only tmpfs mounted on `path` (an empty directory the
+    /// launcher made) in this process's own mount namespace, and detaches the host's whole tree:
+    /// afterwards no host file, /proc or /sys is reachable by any path. Mounts are made private
+    /// first so nothing reaches the host. Checked with statfs("/") and by looking for /proc.
+    public static func pivotRoot(into path: String) throws(StepFailed) {
+        func step(_ what: String, _ ok: Bool) throws(StepFailed) {
+            guard ok else { throw StepFailed(step: "pivot_root", reason: what + ": " + SystemError.message(for: errno)) }
+        }
+        try step("making mounts private", mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0)
+        try step("mounting the empty root on \(path)",
+                 mount("bulkhead-root", path, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=4k,nr_inodes=8,mode=0555") == 0)
+        try step("entering it", chdir(path) == 0)
+        // With the new root as both arguments, the old root is stacked on it and then detached.
+        try step("pivot_root", ckvm_pivot_root(".", ".") == 0)
+        try step("detaching the host's tree", umount2(".", Int32(MNT_DETACH)) == 0)
+        try step("chdir /", chdir("/") == 0)
+        try step("making the root read-only",
+                 mount(nil, "/", nil, UInt(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC), nil) == 0)
+        var type: Int64 = 0, mountFlags: Int64 = 0
+        // SAFETY: ckvm_statfs writes one Int64 into each of two stack variables.
+        guard ckvm_statfs("/", &type, &mountFlags) == 0, type == 0x0102_1994 /* TMPFS_MAGIC */, mountFlags & 1 /* ST_RDONLY */ != 0 else {
+            throw StepFailed(step: "pivot_root", reason: "the root is not the read-only tmpfs")
+        }
+        for host in ["/proc", "/etc", "/dev", "/sys", path] where access(host, F_OK) == 0 {
+            throw StepFailed(step: "pivot_root", reason: "\(host) is still reachable")
+        }
+    }
+
+    /// Locks the capability rules (no privilege from uid 0 or setuid transitions, no ambient
+    /// capabilities, ever), empties the ambient and bounding sets, then the effective, permitted
+    /// and inheritable sets. Checked with capget and PR_CAPBSET_READ.
+    public static func dropCapabilities() throws(StepFailed) {
+        let bits = CKVM_SECBIT_NOROOT | CKVM_SECBIT_NOROOT_LOCKED | CKVM_SECBIT_NO_SETUID_FIXUP | CKVM_SECBIT_NO_SETUID_FIXUP_LOCKED
+            | CKVM_SECBIT_KEEP_CAPS_LOCKED | CKVM_SECBIT_NO_CAP_AMBIENT_RAISE | CKVM_SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
+        guard ckvm_prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) == 0, ckvm_prctl(PR_GET_SECUREBITS, 0, 0, 0, 0) == Int32(bits) else {
+            throw StepFailed(step: "capabilities", reason: "securebits: " + SystemError.message(for: errno))
+        }
+        guard ckvm_prctl(PR_CAP_AMBIENT, UInt(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0) == 0 else {
+            throw StepFailed(step: "capabilities", reason: "ambient: " + SystemError.message(for: errno))
+        }
+        var known = 0
+        for cap in 0..<64 {
+            guard ckvm_prctl(PR_CAPBSET_READ, UInt(cap), 0, 0, 0) >= 0 else { break }   // past the last capability
+            known = cap + 1
+            guard ckvm_prctl(PR_CAPBSET_DROP, UInt(cap), 0, 0, 0) == 0 else {
+                throw StepFailed(step: "capabilities", reason: "bounding set, capability \(cap): " + SystemError.message(for: errno))
+            }
+        }
+        let none: [UInt32] = [0, 0, 0, 0, 0, 0]
+        // SAFETY: capset reads six uint32 from the array's own storage.
+        guard known > 0, ckvm_capset(none) == 0 else { throw StepFailed(step: "capabilities", reason: "capset: " + SystemError.message(for: errno)) }
+        var sets: [UInt32] = [1, 1, 1, 1, 1, 1]
+        // SAFETY: capget writes six uint32 into the array's own storage.
+        guard ckvm_capget(&sets) == 0, sets == none else { throw StepFailed(step: "capabilities", reason: "capabilities remain: \(sets)") }
+        for cap in 0..<known where ckvm_prctl(PR_CAPBSET_READ, UInt(cap), 0, 0, 0) != 0 {
+            throw StepFailed(step: "capabilities", reason: "capability \(cap) is still in the bounding set")
+        }
+    }
+
+    /// Writes `text` to a /proc file in one write; nil on success, else why not.
+    static func writeProcFile(_ path: String, _ text: String) -> String? {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return SystemError.message(for: errno) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        // SAFETY: write reads bytes.count bytes from the array's own storage.
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        return n == bytes.count ? nil : (n < 0 ? SystemError.message(for: errno) : "short write")
     }
 }

@@ -16,7 +16,8 @@ public struct WorkerVM {
     /// Why a configuration cannot be run (sent back as `refused`).
     public struct Refusal: Error, Equatable, CustomStringConvertible {
         public var description: String
-        init(_ d: String) { description = d }
+        public var kind: RefusalKind
+        init(_ d: String, kind: RefusalKind = .internal) { description = d; self.kind = kind }
     }
 
     /// `descriptors` are the ones attached to the message, in order (the decoder has checked
@@ -25,7 +26,7 @@ public struct WorkerVM {
         func fd(_ i: UInt8) -> FileDescriptor { descriptors[Int(i)] }
         let memory = UInt64(c.memoryMiB) << 20
         func read(_ i: UInt8, _ what: String) throws(Refusal) -> [UInt8] {
-            do { return try fd(i).readAll(limit: Int(memory)) } catch { throw Refusal("cannot read the \(what): \(error)") }
+            do { return try fd(i).readAll(limit: Int(memory)) } catch { throw Refusal("cannot read the \(what): \(error)", kind: .image) }
         }
         image = []
         switch c.image {
@@ -97,5 +98,18 @@ public struct WorkerVM {
                      Counter(name: "exit.other", value: e.other), Counter(name: "exit.unassigned-mmio", value: e.unassignedMMIO),
                      Counter(name: "exit.unassigned-pio", value: e.unassignedPIO)]
         return .ended(outcome, counters: counters)
+    }
+}
+
+extension MachineError {
+    /// The refusal kind (and so the exit status) this error gives: the same in a worker as in
+    /// process.
+    public var refusalKind: RefusalKind {
+        switch self {
+        case .boot(.elf), .linux: return .image
+        case .boot: return .configuration
+        case .kvm(.deviceUnavailable), .kvm(.missingCapability), .kvm(.unsupportedAPIVersion): return .unavailable
+        default: return .internal
+        }
     }
 }

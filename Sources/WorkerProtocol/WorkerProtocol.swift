@@ -13,7 +13,7 @@
 /// Pure: no I/O; `FuzzWorkerProtocol` fuzzes the decoder.
 public enum WorkerProtocol {
     public static let magic: [UInt8] = Array("BHWP".utf8)
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     public static let headerSize = 12
     public static let maxPayload = 64 * 1024
     /// The largest datagram either side accepts.
@@ -90,12 +90,12 @@ public enum WorkerProtocolError: Error, Equatable, Sendable, CustomStringConvert
 
 public enum MessageType: UInt16, Sendable, CaseIterable {
     case configure = 1, stop = 2
-    case started = 16, ended = 17, refused = 18
+    case started = 16, ended = 17, refused = 18, violation = 19
 
     var sender: WorkerProtocol.Sender {
         switch self {
         case .configure, .stop: return .launcher
-        case .started, .ended, .refused: return .worker
+        case .started, .ended, .refused, .violation: return .worker
         }
     }
     var name: String { "\(self)" }
@@ -113,8 +113,15 @@ public enum WorkerMessage: Equatable, Sendable {
     case started
     /// Worker → launcher, last: how the VM ended, and its counters.
     case ended(VMOutcome, counters: [Counter])
-    /// Worker → launcher, instead of `started`: the configuration cannot be run.
-    case refused(String)
+    /// Worker → launcher, instead of `started`: the configuration cannot be run, and why.
+    case refused(String, kind: RefusalKind)
+    /// Worker → launcher, last: a thread made a system call its seccomp allowlist forbids (the
+    /// kernel did not run it), and the worker is ending itself. Sent by the worker's SIGSYS
+    /// handler from a prebuilt template; `syscallOffset` is where the number goes.
+    case violation(syscall: UInt32)
+
+    /// Where `violation`'s syscall number sits in the encoded message.
+    public static let violationSyscallOffset = WorkerProtocol.headerSize
 
     public var type: MessageType {
         switch self {
@@ -123,6 +130,7 @@ public enum WorkerMessage: Equatable, Sendable {
         case .started: return .started
         case .ended: return .ended
         case .refused: return .refused
+        case .violation: return .violation
         }
     }
 
@@ -140,7 +148,8 @@ public enum WorkerMessage: Equatable, Sendable {
             o.encode(into: &e)
             e.u16(UInt16(truncatingIfNeeded: counters.count))
             for c in counters { e.string(c.name); e.u64(c.value) }
-        case .refused(let why): e.string(why)
+        case .refused(let why, let kind): e.string(why); e.u8(kind.rawValue)
+        case .violation(let n): e.u32(n)
         }
     }
 
@@ -160,9 +169,27 @@ public enum WorkerMessage: Equatable, Sendable {
                 counters.append(Counter(name: name, value: try d.u64("counter value")))
             }
             return .ended(outcome, counters: counters)
-        case .refused: return .refused(try d.string("reason", max: VMOutcome.maxReasonLength))
+        case .refused:
+            let why = try d.string("reason", max: VMOutcome.maxReasonLength)
+            let raw = try d.u8("refusal kind")
+            guard let kind = RefusalKind(rawValue: raw) else { throw .invalid("refusal kind", "\(raw)") }
+            return .refused(why, kind: kind)
+        case .violation: return .violation(syscall: try d.u32("syscall number"))
         }
     }
+}
+
+/// What kind of problem a refusal is, so that the launcher exits with the same status as a VM run
+/// in process would (the values are those exit statuses, from sysexits.h).
+public enum RefusalKind: UInt8, Sendable {
+    /// The configuration cannot work (e.g. too little memory for the vCPUs): 64, EX_USAGE.
+    case configuration = 64
+    /// The image or kernel is not one Bulkhead can run: 65, EX_DATAERR.
+    case image = 65
+    /// KVM is missing or lacks something: 69, EX_UNAVAILABLE.
+    case unavailable = 69
+    /// Anything else, including a jail step that failed: 70, EX_SOFTWARE.
+    case `internal` = 70
 }
 
 /// A named count the worker reports at the end (hypercalls, exits, device drops...).
@@ -235,6 +262,58 @@ public struct VMConfiguration: Equatable, Sendable {
         }
     }
 
+    /// The jail a root launcher asks for (nil: no jail beyond the worker's unconditional first
+    /// steps, e.g. `bulkhead run --worker` by an unprivileged user).
+    public struct Jail: Equatable, Sendable {
+        public enum Seccomp: UInt8, Sendable {
+            /// A forbidden system call is not run; the worker reports it and ends.
+            case enforce = 1
+            /// Diagnosis: forbidden system calls run and the kernel logs them (audit type 1326).
+            case log = 2
+        }
+        /// A test mode: after the jail, the worker tries what a compromised worker would and
+        /// writes what happened to the console (`probes`), then also makes a forbidden system
+        /// call (`probesThenViolation`).
+        public enum Probe: UInt8, Sendable { case none = 0, probes = 1, probesThenViolation = 2 }
+
+        public static let maxRootPath = 1024
+        /// The host uid and gid the VM's worker runs as (never root).
+        public var uid: UInt32
+        public var gid: UInt32
+        /// An empty directory on the host, absolute path: the worker mounts its own empty,
+        /// read-only root there, in its own mount namespace, and pivots into it.
+        public var root: String
+        /// RLIMIT_NPROC for the worker's uid: its threads.
+        public var processLimit: UInt32
+        public var seccomp: Seccomp
+        public var probe: Probe
+
+        public init(uid: UInt32, gid: UInt32, root: String, processLimit: UInt32, seccomp: Seccomp = .enforce, probe: Probe = .none) {
+            self.uid = uid; self.gid = gid; self.root = root; self.processLimit = processLimit
+            self.seccomp = seccomp; self.probe = probe
+        }
+
+        func encode(into e: inout Encoder) {
+            e.u32(uid); e.u32(gid); e.string(root); e.u32(processLimit); e.u8(seccomp.rawValue); e.u8(probe.rawValue)
+        }
+
+        static func decode(_ d: inout Decoder) throws(WorkerProtocolError) -> Jail {
+            let uid = try d.u32("jail uid"), gid = try d.u32("jail gid")
+            guard uid != 0, gid != 0, uid != UInt32.max, gid != UInt32.max else { throw .invalid("jail uid/gid", "\(uid)/\(gid)") }
+            let root = try d.string("jail root", max: maxRootPath)
+            guard root.hasPrefix("/"), root.count > 1, !root.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+                throw .invalid("jail root", "'\(root)' is not an absolute path without . or ..")
+            }
+            let processes = try d.u32("process limit")
+            guard processes >= 1, processes <= 4096 else { throw .invalid("process limit", "\(processes) (1...4096)") }
+            let raw = try d.u8("seccomp mode")
+            guard let seccomp = Seccomp(rawValue: raw) else { throw .invalid("seccomp mode", "\(raw)") }
+            let rawProbe = try d.u8("probe")
+            guard let probe = Probe(rawValue: rawProbe) else { throw .invalid("probe", "\(rawProbe)") }
+            return Jail(uid: uid, gid: gid, root: root, processLimit: processes, seccomp: seccomp, probe: probe)
+        }
+    }
+
     public static let maxMemoryMiB: UInt32 = 3072
     public static let maxVCPUs: UInt16 = 64
     public static let maxCommandLine = 4096
@@ -258,14 +337,16 @@ public struct VMConfiguration: Equatable, Sendable {
     public var hiddenCPUFeatures: [String]
     public var faultHandlers: Bool
     public var doorbellsInKernel: Bool
+    public var jail: Jail?
 
     public init(memoryMiB: UInt32, vcpus: UInt16, commandLine: String = "", timeoutMilliseconds: UInt64 = 0,
                 image: Image, kvm: UInt8, console: UInt8, devices: [Device] = [], limits: [Limit] = [],
-                hiddenCPUFeatures: [String] = [], faultHandlers: Bool = true, doorbellsInKernel: Bool = true) {
+                hiddenCPUFeatures: [String] = [], faultHandlers: Bool = true, doorbellsInKernel: Bool = true,
+                jail: Jail? = nil) {
         self.memoryMiB = memoryMiB; self.vcpus = vcpus; self.commandLine = commandLine
         self.timeoutMilliseconds = timeoutMilliseconds; self.image = image; self.kvm = kvm; self.console = console
         self.devices = devices; self.limits = limits; self.hiddenCPUFeatures = hiddenCPUFeatures
-        self.faultHandlers = faultHandlers; self.doorbellsInKernel = doorbellsInKernel
+        self.faultHandlers = faultHandlers; self.doorbellsInKernel = doorbellsInKernel; self.jail = jail
     }
 
     /// Every descriptor index the configuration uses, in field order.
@@ -309,6 +390,8 @@ public struct VMConfiguration: Equatable, Sendable {
         e.u16(UInt16(truncatingIfNeeded: hiddenCPUFeatures.count))
         for f in hiddenCPUFeatures { e.string(f) }
         e.bool(faultHandlers); e.bool(doorbellsInKernel)
+        e.bool(jail != nil)
+        jail?.encode(into: &e)
     }
 
     static func decode(_ d: inout Decoder, descriptors: Int) throws(WorkerProtocolError) -> VMConfiguration {
@@ -366,7 +449,8 @@ public struct VMConfiguration: Equatable, Sendable {
         let c = VMConfiguration(memoryMiB: memory, vcpus: vcpus, commandLine: commandLine, timeoutMilliseconds: timeout,
                                 image: image, kvm: kvm, console: console, devices: devices, limits: limits,
                                 hiddenCPUFeatures: features, faultHandlers: try d.bool("fault handlers"),
-                                doorbellsInKernel: try d.bool("doorbells"))
+                                doorbellsInKernel: try d.bool("doorbells"),
+                                jail: try d.bool("jail present") ? try Jail.decode(&d) : nil)
         // Every index names an attached descriptor, and no descriptor serves twice.
         var seen = Set<UInt8>()
         for i in c.descriptorIndexes {

@@ -24,30 +24,21 @@ setParentDeathSignal(SIGKILL)
 let control = FileDescriptor(borrowing: 3)
 ignoreBrokenPipe()
 
-// The jail's first steps, while this process is single-threaded, each checked (Sources/KVM/
-// Jail.swift): only descriptors 0-3 open, no environment, its own mount, network, IPC, UTS and
-// cgroup namespaces (as root), no core dumps, bounded descriptors and file growth, no new
-// privileges, not dumpable. A step that fails is refused.
-do {
-    try Jail.closeDescriptors(above: 3)
-    try Jail.clearEnvironment()
-    // Namespaces need root; a worker started without it (`bulkhead run --worker` by a user) runs
-    // without them for now.
-    if geteuid() == 0 { try Jail.enterNamespaces() }
-    try Jail.limitResources(openFiles: 4096, fileSize: 1 << 30)
-    try Jail.forbidNewPrivileges()
-} catch {
-    send(.refused(error.description))
-    exit(3)
-}
-
 func send(_ m: WorkerMessage) {
     do { try control.sendMessage(WorkerProtocol.encode(m)) } catch { exit(1) }
 }
 
-func refuse(_ why: String, status: Int32 = 3) -> Never {
-    send(.refused(String(why.prefix(VMOutcome.maxReasonLength))))
+func refuse(_ why: String, kind: RefusalKind = .internal, status: Int32 = 3) -> Never {
+    send(.refused(String(why.prefix(VMOutcome.maxReasonLength)), kind: kind))
     exit(status)
+}
+
+// Before reading anything: only descriptors 0-3 open, no environment.
+do {
+    try Jail.closeDescriptors(above: 3)
+    try Jail.clearEnvironment()
+} catch {
+    refuse(error.description)
 }
 
 let first: ReceivedMessage
@@ -69,8 +60,40 @@ do {
     refuse("bad configure message: \(error)", status: 2)
 }
 
+// The jail, while this process is single-threaded, each step checked (Sources/KVM/Jail.swift).
+// The launcher has already put this process in its own PID namespace (it is pid 1 there) and in
+// the VM's cgroup, and made the empty directory `root`. Here:
+//   1. the VM's own host uid and gid, no supplementary groups (first: a process can map only its
+//      own uid into a user namespace it makes);
+//   2. new user, mount, network, IPC, UTS and cgroup namespaces (root inside = that uid outside);
+//   3. pivot_root into an empty read-only tmpfs, the host's tree detached;
+//   4. resource limits: no core dumps, 4096 descriptors, files of at most 1 GiB, `processLimit`
+//      threads;
+//   5. every capability dropped, for good (securebits locked);
+//   6. no_new_privs, not dumpable.
+// Without a jail (`bulkhead run --no-jail --worker`, or a launcher without root) only 4 and 6.
+do {
+    if let jail = configuration.jail {
+        try Jail.becomeUser(uid: jail.uid, gid: jail.gid)
+        setParentDeathSignal(SIGKILL)   // a change of uid clears it
+        try Jail.enterUserNamespaces(uid: jail.uid, gid: jail.gid)
+        try Jail.pivotRoot(into: jail.root)
+        try Jail.limitResources(openFiles: 4096, fileSize: 1 << 30, processes: UInt64(jail.processLimit))
+        try Jail.dropCapabilities()
+    } else {
+        try Jail.limitResources(openFiles: 4096, fileSize: 1 << 30)
+    }
+    try Jail.forbidNewPrivileges()
+} catch {
+    refuse(error.description)
+}
+
+if let jail = configuration.jail, jail.probe != .none, Int(configuration.console) < first.descriptors.count {
+    JailProbes.run(writingTo: first.descriptors[Int(configuration.console)])
+}
+
 let vm: WorkerVM
-do { vm = try WorkerVM(configuration, descriptors: first.descriptors) } catch { refuse(error.description) }
+do { vm = try WorkerVM(configuration, descriptors: first.descriptors) } catch { refuse(error.description, kind: error.kind) }
 
 // The launcher's later messages: `stop` (or its going away) ends the VM and this process now.
 do {
@@ -95,5 +118,5 @@ do {
     send(WorkerVM.ended(report))
     exit(0)
 } catch {
-    refuse(error.description)
+    refuse(error.description, kind: error.refusalKind)
 }

@@ -16,7 +16,7 @@ struct Launcher {
     /// What the launcher concluded.
     enum Result {
         case ended(VMOutcome, counters: [Counter])
-        case refused(String)
+        case refused(String, kind: RefusalKind)
         /// The worker died without reporting an end (a signal, or an exit) or broke the protocol.
         case workerFailed(String, status: Int32)
     }
@@ -82,8 +82,24 @@ struct Launcher {
     static let reportMarginMilliseconds = 2000
 
     /// Runs `configuration` with `descriptors` (in the order its indexes name them) in a worker
-    /// started from `executable` (see `verifiedWorker`).
-    static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor) throws(SystemError) -> Result {
+    /// started from `executable` (see `verifiedWorker`). With `jail` (root only), the worker
+    /// starts as pid 1 of a new PID namespace, joins the VM's cgroup before it reads anything,
+    /// and is told to jail itself with the slot's uid and directory; the launcher tears the
+    /// jail's host side down once the worker is reaped, however it ended.
+    static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
+                    jail: JailSetup? = nil) throws(SystemError) -> Result {
+        var result = try supervise(configuration, descriptors: descriptors, executable: executable, jail: jail)
+        if let jail {
+            if case .workerFailed(let why, let status) = result, status == 128 + SIGKILL, let kills = jail.cgroup.oomKills(), kills > 0 {
+                result = .workerFailed("the worker was killed by the kernel's OOM killer: the VM reached its memory limit of \(jail.limits.memoryBytes >> 20) MiB (\(why))", status: status)
+            }
+            for problem in jail.teardown() { printError("warning: jail teardown: \(problem)") }
+        }
+        return result
+    }
+
+    static func supervise(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
+                          jail: JailSetup?) throws(SystemError) -> Result {
         let start = monotonicNanoseconds()
         let deadline: UInt64? = configuration.timeoutMilliseconds == 0 ? nil
             : start + (configuration.timeoutMilliseconds + UInt64(reportMarginMilliseconds)) * 1_000_000
@@ -91,10 +107,21 @@ struct Launcher {
         let child: ChildProcess
         do {
             let (a, theirs) = try UnixSeqpacket.pair()
+            // This thread's children start in a PID namespace of their own; the worker will be
+            // its pid 1, alone there. (This thread lives as long as the launcher: the worker's
+            // parent-death signal follows the thread that started it.)
+            if jail != nil { try startChildrenInNewPIDNamespace() }
             child = try ChildProcess.spawn(executable: executable, arguments: ["bulkhead-worker"], environment: [],
                                            descriptors: [(theirs, 3)])
             mine = a
         }   // our copy of the worker's end closes here: when the worker dies, reads see the end
+        // The worker waits for its configuration; it joins the VM's cgroup before it gets it, so
+        // everything it allocates is accounted and limited.
+        if let jail {
+            do { try jail.cgroup.join(pid: child.pid) } catch {
+                return failed(child, "cannot put the worker in its cgroup: \(error)")
+            }
+        }
         try mine.sendMessage(WorkerProtocol.encode(.configure(configuration)), descriptors: descriptors)
 
         var started = false
@@ -135,9 +162,14 @@ struct Launcher {
                 default: safe = outcome
                 }
                 return .ended(safe, counters: counters.map { Counter(name: WorkerProtocol.printable($0.name), value: $0.value) })
-            case .refused(let why):
+            case .refused(let why, let kind):
                 _ = try? child.wait()
-                return .refused(WorkerProtocol.printable(why))
+                return .refused(WorkerProtocol.printable(why), kind: kind)
+            case .violation(let number):
+                // The worker's SIGSYS handler sends this and ends the worker; make sure.
+                let r = failed(child, "the worker made a system call its seccomp allowlist forbids: number \(number); the kernel refused it and the worker was stopped")
+                if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 128 + SIGSYS) }
+                return r
             default:
                 return failed(child, "the worker sent \(message.type) out of turn")
             }

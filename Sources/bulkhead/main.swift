@@ -4,6 +4,9 @@ import Devices
 import KVM
 import VMM
 import WorkerProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct BulkheadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -108,11 +111,23 @@ struct Run: ParsableCommand {
     @Flag(help: "Print hypercall statistics to standard error when the guest ends.")
     var stats = false
 
-    @Flag(help: "Run the VM in a bulkhead-worker process of its own, which gets every descriptor it uses from this one (no jail yet).")
+    @Flag(name: .customLong("no-jail"), help: "Run the VM without the jail: in this process (or, with --worker, in a worker that is not jailed). Needed without root.")
+    var noJail = false
+
+    @Flag(help: "With --no-jail: run the VM in a bulkhead-worker process of its own anyway (without root: no jail). As root without --no-jail, the VM always runs in a jailed worker.")
     var worker = false
 
-    @Option(name: .customLong("worker-sha256"), help: "With --worker: the SHA-256 the worker binary must have (default: from bulkhead-worker.sha256 next to bulkhead).")
+    @Option(name: .customLong("worker-sha256"), help: "The SHA-256 the worker binary must have (default: from bulkhead-worker.sha256 next to bulkhead).")
     var workerSHA256: String?
+
+    @Option(name: .customLong("memory-limit"), help: "The jailed worker's memory limit in MiB, guest memory included (default: --memory + 64). Over it, the kernel kills the worker.")
+    var memoryLimit: Int?
+
+    @Flag(name: .customLong("seccomp-log"), help: "Diagnosis: system calls outside the worker's seccomp allowlists run, and the kernel logs them (dmesg: 'audit: type=1326 ... syscall=N'), instead of stopping the worker.")
+    var seccompLog = false
+
+    @Option(name: .customLong("jail-probe"), help: ArgumentHelp("Test mode: the jailed worker tries to escape and reports each try on the console (probes), then also makes a forbidden system call (violation).", visibility: .hidden))
+    var jailProbe: String?
 
     @Flag(help: ArgumentHelp("Print monotonic timestamps (ns) of VMM start and first hypercall to standard error.", visibility: .hidden))
     var reportTiming = false
@@ -134,6 +149,8 @@ struct Run: ParsableCommand {
         if netListen != nil && netConnect != nil { throw ValidationError("give --net-listen or --net-connect, not both") }
         if let vsock { do { _ = try UnixVsockHost(pathPrefix: vsock) } catch { throw ValidationError("--vsock: \(error)") } }
         if vsockCID < 3 || vsockCID >= 0xffff_ffff { throw ValidationError("--vsock-cid must be between 3 and 4294967294") }
+        if let memoryLimit, memoryLimit < 16 || memoryLimit > 1 << 20 { throw ValidationError("--memory-limit must be between 16 and 1048576 MiB") }
+        if let jailProbe, !["probes", "violation"].contains(jailProbe) { throw ValidationError("--jail-probe is probes or violation") }
         if let mac, Run.parseMAC(mac) == nil { throw ValidationError("--mac must look like 52:54:00:12:34:56 (unicast)") }
         for (name, v) in [("--disk-ops-limit", diskOpsLimit), ("--disk-bytes-limit", diskBytesLimit), ("--rng-bytes-limit", rngBytesLimit),
                         ("--net-ops-limit", netOpsLimit), ("--net-bytes-limit", netBytesLimit),
@@ -151,7 +168,15 @@ struct Run: ParsableCommand {
         if !hiddenFeatures.isEmpty && !CPUIDPolicy.enforcedByHost {
             printError("warning: this host's KVM is PVM without CPUID faulting: guests see the host's CPUID, so --hide-cpu-feature has no effect")
         }
-        if worker { return try runInWorker() }
+        // As root the VM runs in a jailed worker; --no-jail opts out (and is needed without root).
+        if !noJail {
+            guard geteuid() == 0 else {
+                printError("the jail (a per-VM uid, PID namespace and cgroup) needs root: run as root, or pass --no-jail to run this VM without it")
+                throw ExitCode(Status.unavailable)
+            }
+            return try runInWorker(jailed: true)
+        }
+        if worker { return try runInWorker(jailed: false) }
         let models = try devices()
         var config = configuration(console: try consoleSink(), devices: models)
         config.rateLimits = rateLimits(for: models)
@@ -220,12 +245,7 @@ struct Run: ParsableCommand {
 
     func fail(_ error: MachineError) throws -> Never {
         printError("\(error)")
-        switch error {
-        case .boot(.elf), .linux: throw ExitCode(Status.badImage)
-        case .boot: throw ExitCode(ExitCode.validationFailure.rawValue)
-        case .kvm(.deviceUnavailable), .kvm(.missingCapability), .kvm(.unsupportedAPIVersion): throw ExitCode(Status.unavailable)
-        default: throw ExitCode(Status.internalError)
-        }
+        throw ExitCode(Int32(error.refusalKind.rawValue))
     }
 
     /// The rate limits the options ask for, by device index.
@@ -284,10 +304,10 @@ struct Run: ParsableCommand {
         return models
     }
 
-    /// `--worker`: opens what the VM needs here and runs it in a bulkhead-worker process.
-    func runInWorker() throws {
-        if vsock != nil { throw ValidationError("--vsock is not available with --worker yet") }
-        if reportTiming { throw ValidationError("--report-timing is not available with --worker") }
+    /// Opens what the VM needs here and runs it in a bulkhead-worker process, jailed or not.
+    func runInWorker(jailed: Bool) throws {
+        if vsock != nil { throw ValidationError("--vsock is not available in a worker yet: pass --no-jail to run the VM in this process") }
+        if reportTiming { throw ValidationError("--report-timing is not available in a worker: pass --no-jail") }
         // Verified exec: the binary is checked (owner, mode, SHA-256) before anything else is
         // opened, and the checked descriptor is the one executed.
         let executable: FileDescriptor
@@ -302,7 +322,7 @@ struct Run: ParsableCommand {
         }
         func open(_ path: String, what: String, status: Int32, readOnly: Bool = true) throws -> FileDescriptor {
             do { return readOnly ? try FileDescriptor.open(readOnly: path) : try FileDescriptor.open(readWrite: path) } catch {
-                printError("cannot open \(what) \(path): \(error)")
+                printError("cannot read \(what) \(path): \(error)")
                 throw ExitCode(status)
             }
         }
@@ -354,26 +374,50 @@ struct Run: ParsableCommand {
             limits.append(.init(bytesPerSecond: rngBytesLimit ?? 0))
         }
         let timeoutMilliseconds = timeout.map { UInt64(min($0, 366 * 86_400) * 1000) } ?? 0
-        let configuration = VMConfiguration(
+        var configuration = VMConfiguration(
             memoryMiB: UInt32(memory), vcpus: UInt16(vcpus), commandLine: cmdline,
             timeoutMilliseconds: timeout == nil ? 0 : max(1, timeoutMilliseconds), image: imageSpec, kvm: kvm,
             console: consoleIndex, devices: devices, limits: limits, hiddenCPUFeatures: hiddenFeatures,
             faultHandlers: !noFaultHandlers, doorbellsInKernel: !noIoeventfd)
+        var jail: JailSetup?
+        if jailed {
+            // The worker's threads: main, control, device, one per vCPU, and room to spare.
+            let cgroupLimits = CgroupLimits(memoryBytes: UInt64(memoryLimit ?? Int(memory) + 64) << 20, processes: UInt32(vcpus + 8),
+                                            cpuQuotaMicroseconds: UInt64(vcpus + 1) * CgroupLimits.cpuPeriodMicroseconds)
+            do { jail = try JailSetup.prepare(limits: cgroupLimits) } catch {
+                printError("\(error)")
+                throw ExitCode(Status.unavailable)
+            }
+            let probe: VMConfiguration.Jail.Probe = jailProbe == "probes" ? .probes : jailProbe == "violation" ? .probesThenViolation : .none
+            configuration.jail = jail?.settings(seccomp: seccompLog ? .log : .enforce, probe: probe)
+        }
         let result: Launcher.Result
-        do { result = try Launcher.run(configuration, descriptors: descriptors, executable: executable) } catch {
+        do { result = try Launcher.run(configuration, descriptors: descriptors, executable: executable, jail: jail) } catch {
+            for problem in jail?.teardown() ?? [] { printError("warning: jail teardown: \(problem)") }
             printError("cannot start the worker: \(error)")
             throw ExitCode(Status.internalError)
         }
         switch result {
-        case .refused(let why):
+        case .refused(let why, let kind):
             printError("the worker refused the VM: \(why)")
-            throw ExitCode(Status.internalError)
+            throw ExitCode(Int32(kind.rawValue))
         case .workerFailed(let why, let status):
             printError(why)
             throw ExitCode(status)
         case .ended(let outcome, let counters):
             if stats {
-                printError("counters: " + counters.map { "\($0.name)=\($0.value)" }.joined(separator: " "))
+                // As the in-process run prints them: "hypercalls: version=0 ...", "exits: mmio=2 ...".
+                var groups: [(String, [String])] = []
+                for c in counters {
+                    let parts = c.name.split(separator: ".", maxSplits: 1).map(String.init)
+                    let (group, name) = parts.count == 2 ? (parts[0], parts[1]) : ("counters", c.name)
+                    let item = "\(name)=\(c.value)"
+                    if let i = groups.firstIndex(where: { $0.0 == group }) { groups[i].1.append(item) } else { groups.append((group, [item])) }
+                }
+                for (group, items) in groups {
+                    let label = group == "hypercall" ? "hypercalls" : group == "exit" ? "exits" : group
+                    printError(label + ": " + items.joined(separator: " "))
+                }
             }
             let code: Int32
             switch outcome {

@@ -52,7 +52,7 @@ struct WorkerTests {
         let r = try runWorker(["--stats"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("Hello from a Bulkhead guest"))
-        #expect(r.stderr.contains("hypercall.exit=1") && r.stderr.contains("exit.mmio="), "\(r.stderr)")
+        #expect(r.stderr.contains("hypercalls: version=0 console_write=1 exit=1") && r.stderr.contains("exits: mmio="), "\(r.stderr)")
     }
 
     /// Memory hygiene in a worker: the guest's fresh memory reads as zero.

@@ -20,12 +20,15 @@ struct WorkerProtocolTests {
     @Test func everyMessageRoundTrips() throws {
         let launcher: [WorkerMessage] = [.configure(sample), .stop,
                                          .configure(VMConfiguration(memoryMiB: 1, vcpus: 1, image: .program(descriptor: 1), kvm: 2, console: 0))]
-        for m in launcher { #expect(try decode(m, from: .launcher) == m) }
-        let worker: [WorkerMessage] = [.started, .refused("no KVM"),
+        var jailed = sample
+        jailed.jail = .init(uid: 1_900_000_001, gid: 1_900_000_001, root: "/run/bulkhead/jail/1", processLimit: 18, seccomp: .log, probe: .probes)
+        for m in launcher + [.configure(jailed)] { #expect(try decode(m, from: .launcher) == m) }
+        let worker: [WorkerMessage] = [.started, .refused("no KVM", kind: .unavailable), .refused("odd", kind: .internal),
                                        .ended(.exited(status: 3), counters: [Counter(name: "hypercalls.exit", value: 1)]),
                                        .ended(.faulted("vCPU 0: #UD at 0x401000"), counters: []),
                                        .ended(.timedOut(milliseconds: 1500), counters: []),
-                                       .ended(.vcpuFailure("KVM internal error"), counters: []), .ended(.reset, counters: [])]
+                                       .ended(.vcpuFailure("KVM internal error"), counters: []), .ended(.reset, counters: []),
+                                       .violation(syscall: 41)]
         for m in worker { #expect(try decode(m, from: .worker) == m) }
         #expect(sample.descriptorIndexes == [0, 1, 5, 2, 3, 4])
     }
@@ -36,8 +39,8 @@ struct WorkerProtocolTests {
         #expect(error(Array(good.prefix(11))) == .truncated("header"))
         var bad = good; bad[0] = UInt8(ascii: "X")
         #expect(error(bad) == .badMagic)
-        bad = good; bad[4] = 2
-        #expect(error(bad) == .unsupportedVersion(2))
+        bad = good; bad[4] = 3
+        #expect(error(bad) == .unsupportedVersion(3))
         bad = good; bad[6] = 99
         #expect(error(bad) == .unknownType(99))
         #expect(error(good, from: .worker) == .wrongDirection("stop"))
@@ -99,6 +102,37 @@ struct WorkerProtocolTests {
         #expect(refused(c, descriptors: 6) == .invalid("descriptor index", "0 used twice"))
     }
 
+    @Test func jailSettingsAreRangeChecked() {
+        func refused(_ j: VMConfiguration.Jail) -> WorkerProtocolError? {
+            var c = sample; c.jail = j
+            return error(WorkerProtocol.encode(.configure(c)), descriptors: c.descriptorCount)
+        }
+        let good = VMConfiguration.Jail(uid: 1_900_000_001, gid: 1_900_000_002, root: "/run/bulkhead/jail/1", processLimit: 18)
+        #expect(refused(good) == nil)
+        var j = good; j.uid = 0
+        #expect(refused(j) == .invalid("jail uid/gid", "0/1900000002"))
+        j = good; j.gid = UInt32.max
+        #expect(refused(j) != nil)
+        for root in ["relative/dir", "/", "/run/../etc", "/run/./x", ""] {
+            j = good; j.root = root
+            #expect(refused(j) == .invalid("jail root", "'\(root)' is not an absolute path without . or .."))
+        }
+        j = good; j.processLimit = 0
+        #expect(refused(j) == .invalid("process limit", "0 (1...4096)"))
+        var b = WorkerProtocol.encode(.configure(VMConfiguration(memoryMiB: 1, vcpus: 1, image: .program(descriptor: 0), kvm: 1, console: 2, jail: good)))
+        b[b.count - 2] = 3   // the seccomp mode
+        #expect(error(b, descriptors: 3) == .invalid("seccomp mode", "3"))
+        b[b.count - 2] = 1; b[b.count - 1] = 7
+        #expect(error(b, descriptors: 3) == .invalid("probe", "7"))
+    }
+
+    @Test func violationTemplateHasTheNumberWhereTheWorkerPatchesIt() throws {
+        var template = WorkerProtocol.encode(.violation(syscall: 0))
+        let at = WorkerMessage.violationSyscallOffset
+        template.replaceSubrange(at..<at + 4, with: [0x3b, 0x01, 0, 0])
+        #expect(try WorkerProtocol.decode(template, from: .worker, descriptors: 0) == .violation(syscall: 315))
+    }
+
     @Test func workerTextIsMadeSafeForATerminal() {
         #expect(WorkerProtocol.printable("fault \u{1b}[2J\u{1b}]0;owned\u{07} at\tx\u{7f}\u{9b}é") == "fault ?[2J?]0;owned? at?x??é")
         #expect(WorkerProtocol.printable("vCPU 0: #UD") == "vCPU 0: #UD")
@@ -106,8 +140,9 @@ struct WorkerProtocolTests {
 
     @Test func malformedValuesAreRefused() {
         var b = WorkerProtocol.encode(.configure(sample))
-        // The first boolean after the features (fault handlers) is the second-to-last byte.
-        b[b.count - 2] = 2
+        // The first boolean after the features (fault handlers) is the third-to-last byte (then
+        // doorbells, then "no jail").
+        b[b.count - 3] = 2
         #expect(error(b, descriptors: 6) == .invalid("fault handlers", "boolean 2"))
         // A command line that is not UTF-8: its first byte follows memory (4), vcpus (2), length (4).
         b = WorkerProtocol.encode(.configure(sample))

@@ -2,6 +2,9 @@
 // allocated there) and checks that it is zero: guest memory must never show the guest what was
 // in it before, whether another VM's data or the VMM's. Prints the byte count and exits 0, or
 // the first non-zero address and exits 1.
+//
+// With the command line "fill", it then writes to every page of that RAM, so the host must give
+// the guest all of it (the jail tests use this to reach a worker's memory limit).
 
 @_cdecl("bulkhead_guest_main")
 func guestMain(_ bootInfoAddress: UInt64, _ vcpu: UInt64) {
@@ -49,6 +52,25 @@ func guestMain(_ bootInfoAddress: UInt64, _ vcpu: UInt64) {
         out.append(" bytes of fresh memory in ")
         out.append(decimal: regions)
         out.append(" regions, all zero")
+    }
+    let line = info.commandLine
+    if line.count == 4 && line[0] == 0x66 && line[1] == 0x69 && line[2] == 0x6c && line[3] == 0x6c {   // "fill"
+        var filled: UInt64 = 0
+        info.forEachMemoryRegion { region in
+            guard region.rawType == MemoryType.freeRAM.rawValue else { return }
+            var address = region.base
+            while address + 8 <= region.end {
+                guard let word = UnsafeMutablePointer<UInt64>(bitPattern: UInt(address)) else { break }
+                word.pointee = 0xa5a5_a5a5_a5a5_a5a5
+                filled += 4096
+                address += 4096
+            }
+        }
+        Console.line { out in
+            out.append("zeros: wrote to ")
+            out.append(decimal: filled)
+            out.append(" bytes")
+        }
     }
     exit(0)
 }

@@ -138,6 +138,40 @@ static const unsigned long CKVM_CLONE_NEWCGROUP = 0x02000000UL;
 static const unsigned long CKVM_CLONE_NEWUTS = 0x04000000UL;
 static const unsigned long CKVM_CLONE_NEWIPC = 0x08000000UL;
 static const unsigned long CKVM_CLONE_NEWNET = 0x40000000UL;
+static const unsigned long CKVM_CLONE_NEWUSER = 0x10000000UL;
+static const unsigned long CKVM_CLONE_NEWPID = 0x20000000UL;
+// prctl(2) with all five arguments, non-variadic (PR_CAPBSET_*, PR_CAP_AMBIENT, PR_*_SECUREBITS).
+static inline int ckvm_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5) {
+    return prctl(option, a2, a3, a4, a5);
+}
+// <linux/securebits.h> builds these with function-like macros.
+static const unsigned long CKVM_SECBIT_NOROOT = 1UL << 0, CKVM_SECBIT_NOROOT_LOCKED = 1UL << 1;
+static const unsigned long CKVM_SECBIT_NO_SETUID_FIXUP = 1UL << 2, CKVM_SECBIT_NO_SETUID_FIXUP_LOCKED = 1UL << 3;
+static const unsigned long CKVM_SECBIT_KEEP_CAPS_LOCKED = 1UL << 5;
+static const unsigned long CKVM_SECBIT_NO_CAP_AMBIENT_RAISE = 1UL << 6, CKVM_SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED = 1UL << 7;
+// capget(2)/capset(2) for the calling thread, _LINUX_CAPABILITY_VERSION_3: `sets` is
+// {effective, permitted, inheritable} for capabilities 0-31, then the same for 32-63.
+int ckvm_capget(uint32_t sets[6]);
+int ckvm_capset(const uint32_t sets[6]);
+// setgroups/setresgid/setresuid through glibc, which applies them to every thread of the process
+// (the raw system calls change only the calling thread). Declared by glibc only under _GNU_SOURCE.
+int ckvm_setgroups_none(void);
+int ckvm_setresgid(uint32_t gid);
+int ckvm_setresuid(uint32_t uid);
+int ckvm_getresuid(uint32_t ids[3]);
+int ckvm_getresgid(uint32_t ids[3]);
+// pivot_root(2) has no glibc wrapper.
+static inline int ckvm_pivot_root(const char *new_root, const char *put_old) {
+    return (int)syscall(SYS_pivot_root, new_root, put_old);
+}
+// statfs(2) reduced to what the jail checks: the filesystem type and the mount flags.
+#include <sys/statfs.h>
+static inline int ckvm_statfs(const char *path, int64_t *type, int64_t *flags) {
+    struct statfs s;
+    int r = statfs(path, &s);
+    if (r == 0) { *type = (int64_t)s.f_type; *flags = (int64_t)s.f_flags; }
+    return r;
+}
 // ---- end of processes ----
 
 #endif

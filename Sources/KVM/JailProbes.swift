@@ -1,0 +1,100 @@
+import CKVM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A test mode of the worker (`bulkhead run --jail-probe`): after its jail is complete, the
+/// worker tries what a compromised worker would try first and writes one line per attempt,
+/// `jail-probe NAME: RESULT`, to the VM's console. The tests (Tests/CLITests/JailTests.swift)
+/// read those lines and check each result: these are the jail's proofs seen from inside it.
+/// Results are errno names ("ENOENT") or what was seen; nothing here changes anything.
+public enum JailProbes {
+    public static func run(writingTo console: FileDescriptor) {
+        var lines: [String] = []
+        func report(_ name: String, _ result: String) { lines.append("jail-probe \(name): \(result)") }
+        func errnoName(_ e: Int32) -> String {
+            switch e {
+            case ENOENT: return "ENOENT"
+            case EACCES: return "EACCES"
+            case EPERM: return "EPERM"
+            case ESRCH: return "ESRCH"
+            case ENETUNREACH: return "ENETUNREACH"
+            case EROFS: return "EROFS"
+            case EINVAL: return "EINVAL"
+            default: return "errno \(e)"
+            }
+        }
+        func tryOpen(_ path: String) -> String {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            if fd >= 0 { close(fd); return "opened" }
+            return errnoName(errno)
+        }
+        // Host files, /proc (other processes), devices.
+        report("open /etc/passwd", tryOpen("/etc/passwd"))
+        report("open /proc/self/status", tryOpen("/proc/self/status"))
+        report("open /dev/kvm", tryOpen("/dev/kvm"))
+        report("open ../../etc/passwd", tryOpen("../../etc/passwd"))
+        // The root: what is in it, and whether it can be written.
+        var names: [String] = []
+        if let dir = opendir("/") {
+            // SAFETY: readdir returns entries owned by `dir`, valid until the next call; the name is
+            // copied out at once.
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+                }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            closedir(dir)
+            report("list /", names.isEmpty ? "empty" : names.sorted().joined(separator: " "))
+        } else {
+            report("list /", errnoName(errno))
+        }
+        let created = open("/x", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        if created >= 0 { close(created) }
+        report("create /x", created >= 0 ? "created" : errnoName(errno))
+        report("mount tmpfs", mount("x", "/", "tmpfs", 0, nil) == 0 ? "mounted" : errnoName(errno))
+        // The network: which interfaces exist, and whether anything outside is reachable.
+        if let list = if_nameindex() {
+            var interfaces: [String] = []
+            var i = 0
+            // SAFETY: if_nameindex returns an array ended by an entry with index 0; each name is a
+            // C string owned by the array until if_freenameindex.
+            while list[i].if_index != 0, let name = list[i].if_name {
+                interfaces.append(String(cString: name))
+                i += 1
+            }
+            if_freenameindex(list)
+            report("network interfaces", interfaces.sorted().joined(separator: " "))
+        } else {
+            report("network interfaces", errnoName(errno))
+        }
+        let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if s >= 0 {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(53).bigEndian
+            address.sin_addr.s_addr = UInt32(0x0101_0101).bigEndian   // 1.1.1.1
+            // SAFETY: connect reads one sockaddr_in from the stack.
+            let r = withUnsafePointer(to: &address) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            report("connect 1.1.1.1:53", r == 0 ? "connected" : errnoName(errno))
+            close(s)
+        } else {
+            report("connect 1.1.1.1:53", "socket: " + errnoName(errno))
+        }
+        // Processes: its own PID namespace, where it is alone.
+        report("pid", "\(getpid()) parent \(getppid())")
+        report("kill -1", kill(-1, 0) == 0 ? "signalled" : errnoName(errno))
+        report("kill 2", kill(2, 0) == 0 ? "signalled" : errnoName(errno))
+        // Identity and privilege.
+        var sets: [UInt32] = [1, 1, 1, 1, 1, 1]
+        // SAFETY: capget writes six uint32 into the array's own storage.
+        let caps = ckvm_capget(&sets) == 0 ? (sets.allSatisfy { $0 == 0 } ? "none" : "\(sets)") : errnoName(errno)
+        report("uid", "\(getuid()) capabilities \(caps) no_new_privs \(ckvm_get_no_new_privs())")
+        report("setuid 1", setuid(1) == 0 ? "changed" : errnoName(errno))
+        let bytes = Array((lines.joined(separator: "\n") + "\n").utf8)
+        _ = try? console.writeAll(bytes)
+    }
+}

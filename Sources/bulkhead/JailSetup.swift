@@ -1,0 +1,116 @@
+import KVM
+import VMM
+import WorkerProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The host side of a worker's jail, which needs root and so is the launcher's: a slot (which
+/// gives the VM its own uid and gid), the empty directory the worker pivots into, and the VM's
+/// cgroup. `teardown` removes all of it; a slot whose launcher crashed is cleaned up by the next
+/// launcher that takes it, so nothing is left behind for long either way.
+///
+/// Slots are numbered 0..<`slots`. Slot N is owned by whoever holds the flock on
+/// `/run/bulkhead/jails/N.lock` (the kernel drops it when the holder dies), and gives
+///   - uid and gid `uidBase + N` (a range no distribution hands out; nothing else runs as them),
+///   - the jail directory `/run/bulkhead/jails/N` (empty on the host: the worker's root is a
+///     tmpfs mounted over it in the worker's own mount namespace),
+///   - the cgroup `bulkhead-N` below the launcher's own cgroup in each hierarchy.
+struct JailSetup {
+    static let stateDirectory = "/run/bulkhead"
+    static let jailsDirectory = stateDirectory + "/jails"
+    static let uidBase: UInt32 = 1_900_000_000
+    static let slots = 4096
+
+    struct Failed: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    let slot: Int
+    let lock: LockFile
+    let root: String
+    let cgroup: CgroupPlan
+    let limits: CgroupLimits
+    var uid: UInt32 { Self.uidBase + UInt32(slot) }
+
+    /// Takes a free slot and makes its directory and cgroup.
+    static func prepare(limits: CgroupLimits) throws(Failed) -> JailSetup {
+        for dir in [stateDirectory, jailsDirectory] where !isDirectory(dir) {
+            do { try makeDirectory(dir, mode: 0o711) } catch {
+                if error.errno != EEXIST { throw Failed(description: "cannot make \(dir): \(error)") }
+            }
+        }
+        let layout: CgroupLayout
+        var v2Controllers: [String] = []
+        do {
+            layout = try CgroupLayout.current()
+            if let unified = layout.unified, let text = try? readFile(unified + "/cgroup.controllers", limit: 4096) {
+                v2Controllers = String(decoding: text, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+            }
+        } catch {
+            throw Failed(description: "cannot read this process's cgroups: \(error)")
+        }
+        sweep(layout: layout, v2Controllers: v2Controllers)
+        let start = Int(getpid()) % slots
+        for i in 0..<slots {
+            let slot = (start + i) % slots
+            let lock: LockFile?
+            do { lock = try LockFile.acquire("\(jailsDirectory)/\(slot).lock") } catch {
+                throw Failed(description: "cannot take a jail slot: \(error)")
+            }
+            guard let lock else { continue }   // in use
+            let plan: CgroupPlan
+            do { plan = try CgroupPlan.plan(layout, name: "bulkhead-\(slot)", limits: limits, v2Controllers: v2Controllers) } catch {
+                lock.release()
+                throw Failed(description: error.description)
+            }
+            let root = "\(jailsDirectory)/\(slot)"
+            // Left by a launcher that crashed: its worker is gone (it dies with its launcher).
+            if !plan.remove(patienceMilliseconds: 100).isEmpty || (pathExists(root) && (try? removeDirectory(root)) == nil) {
+                lock.release()
+                continue
+            }
+            do {
+                try makeDirectory(root, mode: 0)
+                try plan.create()
+            } catch {
+                try? removeDirectory(root)
+                lock.release()
+                throw Failed(description: "cannot set up the jail: \(error)")
+            }
+            return JailSetup(slot: slot, lock: lock, root: root, cgroup: plan, limits: limits)
+        }
+        throw Failed(description: "all \(slots) jail slots are in use")
+    }
+
+    /// Cleans up after launchers that died without tearing their jail down (a worker dies with
+    /// its launcher, but a SIGKILLed launcher cannot remove the worker's cgroup and directory):
+    /// every slot whose lock file nobody holds. Costs a few system calls per stale slot.
+    static func sweep(layout: CgroupLayout, v2Controllers: [String]) {
+        guard let names = try? listDirectory(jailsDirectory) else { return }
+        for name in names where name.hasSuffix(".lock") {
+            guard let slot = Int(name.dropLast(5)), (0..<slots).contains(slot),
+                  let lock = try? LockFile.acquire("\(jailsDirectory)/\(name)") else { continue }
+            let dummy = CgroupLimits(memoryBytes: 0, processes: 0, cpuQuotaMicroseconds: 0)
+            if let plan = try? CgroupPlan.plan(layout, name: "bulkhead-\(slot)", limits: dummy, v2Controllers: v2Controllers) {
+                _ = plan.remove(patienceMilliseconds: 100)
+            }
+            try? removeDirectory("\(jailsDirectory)/\(slot)")
+            lock.release()
+        }
+    }
+
+    /// The settings the worker applies to itself.
+    func settings(seccomp: VMConfiguration.Jail.Seccomp, probe: VMConfiguration.Jail.Probe) -> VMConfiguration.Jail {
+        VMConfiguration.Jail(uid: uid, gid: uid, root: root, processLimit: limits.processes, seccomp: seccomp, probe: probe)
+    }
+
+    /// Removes the cgroup, the directory and the slot's lock. The worker must have been reaped.
+    /// Returns what could not be removed.
+    func teardown() -> [String] {
+        var problems = cgroup.remove().map { $0.description }
+        do { try removeDirectory(root) } catch { if error.errno != ENOENT { problems.append(error.description) } }
+        lock.release()
+        return problems
+    }
+}

@@ -1,0 +1,230 @@
+import Foundation
+import KVM
+import Testing
+
+/// The jail's proofs (issue 4). Root is needed for the jail; without it these skip.
+let isRoot = getuid() == 0
+
+/// The jail state on the host: slot directories and lock files, and cgroups named bulkhead-N in
+/// the hierarchies this process's cgroups are in.
+func jailState() -> [String] {
+    var found: [String] = []
+    let jails = "/run/bulkhead/jails"
+    found += ((try? FileManager.default.contentsOfDirectory(atPath: jails)) ?? []).map { jails + "/" + $0 }
+    for line in ((try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? "").split(separator: "\n") {
+        let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3 else { continue }
+        let controller = parts[0] == "0" ? "unified" : String(parts[1].split(separator: ",").first ?? "")
+        let dir = "/sys/fs/cgroup/" + controller + (parts[2] == "/" ? "" : String(parts[2]))
+        found += ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("bulkhead-") }.map { dir + "/" + $0 }
+    }
+    return found
+}
+
+/// Whether some process holds jail slot N's lock (other tests run VMs at the same time: their
+/// jails are live, not left over).
+func slotIsHeld(_ slot: Int) -> Bool {
+    let fd = open("/run/bulkhead/jails/\(slot).lock", O_RDWR | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    if flock(fd, LOCK_EX | LOCK_NB) == 0 { flock(fd, LOCK_UN); return false }
+    return true
+}
+
+/// Jail state nobody owns: left behind. A slot's directory and cgroups are made after its lock is
+/// taken and removed before it is dropped, so a live jail is never counted.
+func jailLeftovers() -> [String] {
+    jailState().filter { path in
+        let last = path.split(separator: "/").last.map(String.init) ?? ""
+        let number = last.hasPrefix("bulkhead-") ? String(last.dropFirst(9)) : last.hasSuffix(".lock") ? String(last.dropLast(5)) : last
+        guard let slot = Int(number) else { return true }
+        return !slotIsHeld(slot)
+    }
+}
+
+/// bulkhead-worker processes whose parent is not a bulkhead launcher: orphans (a worker always
+/// dies with its launcher).
+func orphanedWorkers() -> [Int32] {
+    func stat(_ pid: String) -> (comm: String, state: String, ppid: String)? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(close, offsetBy: 2)...].split(separator: " ")
+        guard fields.count > 1 else { return nil }
+        return (String(text[text.index(after: open)..<close]), String(fields[0]), String(fields[1]))
+    }
+    return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { e in
+        guard let p = Int32(e), let s = stat(e), s.comm.hasPrefix("bulkhead-worker"), s.state != "Z" else { return nil }
+        return stat(s.ppid)?.comm == "bulkhead" ? nil : p
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie).
+func isGone(_ pid: Int32) -> Bool {
+    let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+    return stat.isEmpty || stat.contains(") Z ")
+}
+
+/// Other tests run VMs (jailed, as root) at the same time; these tests look only at what is left
+/// over (`jailLeftovers`, `orphanedWorkers`) or at their own worker's slot.
+@Suite(.serialized, .enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"),
+       .enabled(if: isRoot, "the jail needs root"))
+struct JailTests {
+    /// From inside: the worker's probes, after its jail is complete, find no host file, no /proc,
+    /// no device, an empty read-only root, only a loopback network with no route out, no other
+    /// process to see or signal, and no capability.
+    @Test func fromInsideTheJailNothingIsReachable() throws {
+        let r = try runWorker(["--jail-probe", "probes"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let expected = [
+            "open /etc/passwd: ENOENT", "open /proc/self/status: ENOENT", "open /dev/kvm: ENOENT", "open ../../etc/passwd: ENOENT",
+            "list /: empty", "create /x: EROFS", "mount tmpfs: EPERM",
+            "network interfaces: lo", "connect 1.1.1.1:53: ENETUNREACH",
+            "pid: 1 parent 0", "kill -1: ESRCH", "kill 2: ESRCH",
+            "uid: 0 capabilities none no_new_privs 1",
+        ]
+        for line in expected { #expect(r.stdout.contains("jail-probe " + line + "\n"), "missing '\(line)' in:\n\(r.stdout)") }
+        #expect(r.stdout.contains("jail-probe setuid 1: EINVAL") || r.stdout.contains("jail-probe setuid 1: EPERM"), "\(r.stdout)")
+        // The VM still runs after the probes.
+        #expect(r.stdout.contains("Hello from a Bulkhead guest"))
+        #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+    }
+
+    /// From outside: what the kernel says about a running jailed worker.
+    @Test(.timeLimit(.minutes(1)))
+    func fromOutsideTheWorkerIsJailed() throws {
+        let (p, _, worker) = try startLoopingWorker()
+        defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        let w = try #require(worker)
+        usleep(200_000)   // let it jail itself and start the VM
+        let status = try String(contentsOfFile: "/proc/\(w)/status", encoding: .utf8)
+        func field(_ name: String) -> [Substring] {
+            status.split(separator: "\n").first { $0.hasPrefix(name + ":") }?.dropFirst(name.count + 1).split(whereSeparator: { $0 == "\t" || $0 == " " }) ?? []
+        }
+        // Its own uid and gid from the jail range, the same in every slot of each.
+        let uid = try #require(field("Uid").first.flatMap { UInt32($0) })
+        #expect(uid >= 1_900_000_000 && uid < 1_900_004_096, "\(status)")
+        #expect(field("Uid") == Array(repeating: Substring(String(uid)), count: 4))
+        #expect(field("Gid") == Array(repeating: Substring(String(uid)), count: 4))
+        #expect(field("Groups").isEmpty, "\(status)")
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            #expect(field(caps) == ["0000000000000000"], "\(caps): \(field(caps))")
+        }
+        #expect(field("NoNewPrivs") == ["1"])
+        // Pid 1 of its own PID namespace.
+        #expect(field("NSpid").count == 2 && field("NSpid").last == "1", "NSpid \(field("NSpid"))")
+        for kind in ["user", "mnt", "pid", "net", "ipc", "uts", "cgroup"] {
+            let mine = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\(kind)")
+            let its = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(w)/ns/\(kind)")
+            #expect(mine != its, "the worker shares the \(kind) namespace")
+        }
+        // Its root: one mount, the empty read-only tmpfs.
+        let mounts = try String(contentsOfFile: "/proc/\(w)/mountinfo", encoding: .utf8).split(separator: "\n")
+        #expect(mounts.count == 1 && mounts[0].contains(" / / ro,") && mounts[0].contains(" - tmpfs "), "\(mounts)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(w)/root/").isEmpty)
+        // Its cgroup, with the limits: 64 MiB guest + 64, 1 vCPU + 8 threads, 2 CPUs' worth.
+        let cgroups = try String(contentsOfFile: "/proc/\(w)/cgroup", encoding: .utf8)
+        let memoryLine = try #require(cgroups.split(separator: "\n").first { $0.contains(":memory:") })
+        let name = try #require(memoryLine.split(separator: "/").last.map(String.init))
+        #expect(name.hasPrefix("bulkhead-"))
+        let slot = try #require(Int(name.dropFirst("bulkhead-".count)))
+        #expect(uid == 1_900_000_000 + UInt32(slot))
+        for c in ["memory", "pids", "cpu"] {
+            #expect(cgroups.split(separator: "\n").contains { $0.contains(":\(c)") && $0.hasSuffix("/" + name) }, "\(c) in \(cgroups)")
+        }
+        let dirs = jailState().filter { $0.hasSuffix("/" + name) || $0.hasSuffix("/\(slot)") || $0.hasSuffix("/\(slot).lock") }
+        func value(_ file: String) -> String? {
+            dirs.lazy.compactMap { try? String(contentsOfFile: $0 + "/" + file, encoding: .utf8) }.first?.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        if FileManager.default.fileExists(atPath: "/sys/fs/cgroup/memory/memory.limit_in_bytes") {   // v1 (these machines)
+            #expect(value("memory.limit_in_bytes") == String(128 << 20))
+            #expect(value("pids.max") == "9")
+            #expect(value("cpu.cfs_quota_us") == "200000")
+        } else {
+            #expect(value("memory.max") == String(128 << 20))
+            #expect(value("pids.max") == "9")
+            #expect(value("cpu.max") == "200000 100000")
+        }
+        #expect(dirs.contains("/run/bulkhead/jails/\(slot)") && dirs.contains("/run/bulkhead/jails/\(slot).lock"), "\(dirs)")
+    }
+
+    /// A guest that writes more memory than its worker may have: the kernel kills the worker, the
+    /// launcher says why, and the jail is gone afterwards.
+    @Test func memoryLimitKillsTheWorkerAndIsReported() throws {
+        let r = try runWorker([guests + "/zeros.elf", "--memory", "256", "--memory-limit", "64", "--cmdline", "fill"])
+        #expect(r.status == 137, "\(r.stderr)")
+        #expect(r.stderr.contains("OOM killer") && r.stderr.contains("memory limit of 64 MiB"), "\(r.stderr)")
+        #expect(!r.stdout.contains("wrote to"))
+        #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+        // Within the limit the same guest writes all of its memory.
+        let ok = try runWorker([guests + "/zeros.elf", "--memory", "64", "--cmdline", "fill"])
+        #expect(ok.status == 0 && ok.stdout.contains("zeros: wrote to"), "\(ok.stderr)")
+    }
+
+    /// A worker that crashes (here: SIGKILL) leaves no process, cgroup, directory or lock behind;
+    /// a launcher that is killed leaves its worker dead and its slot to the next launcher, which
+    /// cleans it up.
+    @Test(.timeLimit(.minutes(1)))
+    func crashesLeaveNothingBehind() throws {
+        let (p, err, worker) = try startLoopingWorker()
+        let w = try #require(worker)
+        usleep(100_000)
+        kill(w, SIGKILL)
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 137 && text.contains("killed"), "\(text)")
+        #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+        #expect(isGone(w))
+
+        let (q, _, second) = try startLoopingWorker()
+        let w2 = try #require(second)
+        usleep(100_000)
+        kill(q.processIdentifier, SIGKILL)
+        q.waitUntilExit()
+        for _ in 0..<200 where !isGone(w2) { usleep(10_000) }
+        #expect(isGone(w2), "the worker outlived its launcher")
+        // A killed launcher cannot clean up; the next launcher (here, or any other test's) does.
+        let r = try runWorker([])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+    }
+
+    /// Without root, `bulkhead run` will not run a VM unjailed unless told to.
+    @Test func withoutRootTheJailIsRequiredOrRefusedExplicitly() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        p.arguments = ["--reuid", "65534", "--regid", "65534", "--clear-groups", binary, "run", guests + "/hello.elf"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 69, "\(text)")
+        #expect(text.contains("needs root") && text.contains("--no-jail"), "\(text)")
+    }
+
+    /// Fifty jailed VMs at once, each started, run and torn down: every one ends well, and
+    /// nothing is left afterwards (no worker, cgroup, directory or lock).
+    @Test(.timeLimit(.minutes(3)))
+    func fiftyJailedVMsAtOnceLeaveNothingBehind() throws {
+        var launchers: [(Process, Pipe, Pipe)] = []
+        for i in 0..<50 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = ["run", "--worker-sha256", workerDigest, "--memory", "16", "--cmdline", "vm \(i)", guests + "/hello.elf", "--timeout", "120"]
+            let out = Pipe(), err = Pipe()
+            p.standardOutput = out
+            p.standardError = err
+            try p.run()
+            launchers.append((p, out, err))
+        }
+        for (i, (p, out, err)) in launchers.enumerated() {
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0 && text.contains("command line: \"vm \(i)\""), "VM \(i): \(errors)")
+        }
+        #expect(orphanedWorkers().isEmpty, "\(orphanedWorkers())")
+        #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+    }
+}
