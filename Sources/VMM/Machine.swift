@@ -60,6 +60,10 @@ public struct MachineConfiguration {
     /// Serve queue doorbells with KVM ioeventfds (default). Off: every QueueNotify is an MMIO exit
     /// served on the vCPU thread (for measuring what ioeventfd saves).
     public var doorbellsInKernel = true
+    /// Runs first on every vCPU thread, before its first KVM call (a worker installs the vCPU
+    /// role's seccomp filter there). A non-nil result is why the thread cannot run: the VM ends
+    /// with a vCPU failure.
+    public var vcpuThreadStart: (@Sendable () -> String?)?
 
     public init(boot: BootConfiguration, timeout: Double? = nil, cpuid: CPUIDPolicy = CPUIDPolicy(),
                 console: ConsoleSink = .standardOutput(), kvmPath: String = "/dev/kvm",
@@ -303,7 +307,8 @@ public enum Machine {
         var threads: [OSThread] = []
         for (i, vcpu) in vcpus.enumerated() {
             let runner = VCPURunner(index: i, vcpu: vcpu, waker: wakers[i], control: control, env: env,
-                                    serial: serial, plan: guest.programPlan, memory: memory, bus: bus)
+                                    serial: serial, plan: guest.programPlan, memory: memory, bus: bus,
+                                    threadStart: configuration.vcpuThreadStart)
             do {
                 threads.append(try OSThread.spawn {
                     let r = runner.run()
@@ -435,11 +440,16 @@ struct VCPURunner: @unchecked Sendable {
     let plan: BootPlan?
     let memory: GuestMemory
     let bus: DeviceBus
+    let threadStart: (@Sendable () -> String?)?
 
     func run() -> (HypercallStatistics, UInt64?, ExitStatistics) {
         var stats = HypercallStatistics()
         var exits = ExitStatistics()
         var firstHypercall: UInt64?
+        if let threadStart, let why = threadStart() {
+            control.finish(.vcpuFailure(vcpu: index, reason: "its thread could not be set up: \(why)"))
+            return (stats, nil, exits)
+        }
         vcpu.kicker.attachCurrentThread()
         defer { vcpu.kicker.detachThread() }
         while control.result == nil {

@@ -81,7 +81,7 @@ public struct WorkerVM {
 
     /// The `ended` message for a report: the outcome and the counters (hypercalls by name,
     /// exits by kind).
-    public static func ended(_ report: RunReport) -> WorkerMessage {
+    public static func ended(_ report: RunReport, extra: [Counter] = []) -> WorkerMessage {
         let outcome: VMOutcome
         switch report.outcome {
         case .exited(let s): outcome = .exited(status: s)
@@ -97,7 +97,11 @@ public struct WorkerVM {
         counters += [Counter(name: "exit.mmio", value: e.mmio), Counter(name: "exit.pio", value: e.pio),
                      Counter(name: "exit.other", value: e.other), Counter(name: "exit.unassigned-mmio", value: e.unassignedMMIO),
                      Counter(name: "exit.unassigned-pio", value: e.unassignedPIO)]
-        return .ended(outcome, counters: counters)
+        // CLOCK_MONOTONIC is one clock for every process (no time namespace is used): the
+        // launcher's --report-timing and the benchmarks compare it with their own readings.
+        counters.append(Counter(name: "timing.start-ns", value: report.startNanoseconds))
+        if let first = report.firstHypercallNanoseconds { counters.append(Counter(name: "timing.first-hypercall-ns", value: first)) }
+        return .ended(outcome, counters: counters + extra)
     }
 }
 

@@ -18,6 +18,7 @@ import WorkerProtocol
 import Glibc
 #endif
 
+let processStart = monotonicNanoseconds()
 setThreadName("bulkhead-worker")   // started from a descriptor, it would be called "3" or so
 // Never outlive the launcher: SIGKILL when it goes (the closed control socket ends us too).
 setParentDeathSignal(SIGKILL)
@@ -60,6 +61,8 @@ do {
     refuse("bad configure message: \(error)", status: 2)
 }
 
+let configured = monotonicNanoseconds()
+
 // The jail, while this process is single-threaded, each step checked (Sources/KVM/Jail.swift).
 // The launcher has already put this process in its own PID namespace (it is pid 1 there) and in
 // the VM's cgroup, and made the empty directory `root`. Here:
@@ -88,6 +91,8 @@ do {
     refuse(error.description)
 }
 
+let jailed = monotonicNanoseconds()
+
 if let jail = configuration.jail, jail.probe != .none, Int(configuration.console) < first.descriptors.count {
     JailProbes.run(writingTo: first.descriptors[Int(configuration.console)])
 }
@@ -115,7 +120,9 @@ do {
 send(.started)
 do {
     let report = try vm.run()
-    send(WorkerVM.ended(report))
+    send(WorkerVM.ended(report, extra: [Counter(name: "timing.worker-start-ns", value: processStart),
+                                        Counter(name: "timing.configured-ns", value: configured),
+                                        Counter(name: "timing.jailed-ns", value: jailed)]))
     exit(0)
 } catch {
     refuse(error.description, kind: error.refusalKind)

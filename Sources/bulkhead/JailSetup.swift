@@ -100,6 +100,14 @@ struct JailSetup {
         }
     }
 
+    /// Moves this process into the cgroup it is already in (a no-op for the process), on a
+    /// thread of its own, to start the grace period a cgroup move waits for; see the caller.
+    static func warmUpCgroupMoves() {
+        guard let layout = try? CgroupLayout.current(), let dir = layout.v1["pids"] ?? layout.v1["cpu"] ?? layout.unified else { return }
+        let pid = getpid()
+        _ = try? OSThread.spawn { try? writeControlFile(dir + "/cgroup.procs", String(pid)) }
+    }
+
     /// The settings the worker applies to itself.
     func settings(seccomp: VMConfiguration.Jail.Seccomp, probe: VMConfiguration.Jail.Probe) -> VMConfiguration.Jail {
         VMConfiguration.Jail(uid: uid, gid: uid, root: root, processLimit: limits.processes, seccomp: seccomp, probe: probe)
