@@ -44,6 +44,10 @@ let package = Package(
         .target(name: "Virtio"),
         .target(name: "Devices", dependencies: ["Virtio"]),
         .target(name: "WorkerProtocol"),
+        // Seccomp allowlists: policy text -> classic BPF, and a BPF interpreter (pure).
+        .target(name: "Seccomp"),
+        // The worker's policy files, embedded in the binary with C23 #embed (data only).
+        .target(name: "CPolicies", exclude: ["policies"]),
         .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices", "WorkerProtocol"]),
         .executableTarget(
             name: "bulkhead",
@@ -59,6 +63,8 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
+        // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
+        .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "KVM"]),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "KVM",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
