@@ -70,4 +70,65 @@ struct InstallTests {
         #expect(r["mmap-rw"] == 0)
         #expect(r["mmap-rwx"] == EPERM)
     }
+
+    /// The worker's own policies, in errno mode: a thread under "main" can still create a thread
+    /// (glibc's clone3 gets ENOSYS and falls back to clone, which the filter lets through as a
+    /// thread), and that thread, adding "vcpu", loses what only the main thread may do.
+    @Test func workerPoliciesLetThreadsStartAndStackTheVCPUFilter() throws {
+        let eperm = DefaultAction.errno(UInt16(EPERM))
+        let main = try SeccompPolicy(parsing: stringFromStaticCString(bulkhead_policy_worker_main_text())).compile(defaultAction: eperm)
+        let vcpu = try SeccompPolicy(parsing: stringFromStaticCString(bulkhead_policy_worker_vcpu_text())).compile(defaultAction: eperm)
+        let kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)
+        defer { if kvm >= 0 { close(kvm) } }
+        let r = try onFilteredThread { () -> [String: Int32] in
+            var out: [String: Int32] = [:]
+            do { try installSeccompFilter(main.map(\.fields)) } catch { return ["main-install": -1] }
+            out["openat"] = Self.errnoAfter(Int(open("/etc/hostname", O_RDONLY)))
+            out["socket"] = Self.errnoAfter(Int(socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)))
+            if kvm >= 0 { out["main-api-version"] = ckvm_ioctl(kvm, CKVM_GET_API_VERSION, 0) }
+            let events = eventfd(0, Int32(EFD_CLOEXEC))
+            out["eventfd"] = events >= 0 ? 0 : errno
+            let inner = Mutex<[String: Int32]>([:])
+            do {
+                let thread = try OSThread.spawn {
+                    var v: [String: Int32] = [:]
+                    do { try installSeccompFilter(vcpu.map(\.fields)) } catch { v["vcpu-install"] = -1 }
+                    if kvm >= 0 {
+                        v["vcpu-api-version"] = Self.errnoAfter(Int(ckvm_ioctl(kvm, CKVM_GET_API_VERSION, 0)))
+                        v["vcpu-create-vm"] = Self.errnoAfter(Int(ckvm_ioctl(kvm, CKVM_CREATE_VM, 0)))
+                    }
+                    var one: UInt64 = 1
+                    v["vcpu-write"] = Self.errnoAfter(write(events, &one, 8))
+                    v["vcpu-getpgid"] = Self.errnoAfter(Int(getpgid(0)))
+                    v["vcpu-eventfd"] = Self.errnoAfter(Int(eventfd(0, 0)))
+                    inner.withLock { $0 = v }
+                }
+                thread.join()
+                out["thread"] = 0
+            } catch {
+                out["thread"] = -1
+            }
+            for (k, v) in inner.withLock({ $0 }) { out[k] = v }
+            var count: UInt64 = 0
+            out["read"] = Self.errnoAfter(read(events, &count, 8))
+            out["count"] = Int32(count)
+            close(events)
+            return out
+        }
+        #expect(r["main-install"] == nil)
+        #expect(r["openat"] == ENOENT)      // the policy's answer for glibc's overcommit probe
+        #expect(r["socket"] == EPERM)
+        #expect(r["eventfd"] == 0)
+        #expect(r["thread"] == 0, "a thread starts under the main policy")
+        #expect(r["vcpu-install"] == nil)
+        #expect(r["vcpu-write"] == 0)
+        #expect(r["read"] == 0 && r["count"] == 1, "the vCPU-filtered thread's eventfd write arrived")
+        #expect(r["vcpu-getpgid"] == EPERM)
+        #expect(r["vcpu-eventfd"] == EPERM, "a vCPU thread creates no descriptors")
+        if kvm >= 0 {
+            #expect(r["main-api-version"] == 12)
+            #expect(r["vcpu-api-version"] == EPERM)
+            #expect(r["vcpu-create-vm"] == EPERM)
+        }
+    }
 }
