@@ -51,12 +51,12 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices", "WorkerProtocol"]),
         .executableTarget(
             name: "bulkhead",
-            dependencies: ["VMM", "WorkerProtocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            dependencies: ["VMM", "WorkerProtocol", "Seccomp", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Crypto", package: "swift-crypto")],
             linkerSettings: hardening
         ),
         // One VM per process, configured over a socketpair: no argument parser, no Foundation.
-        .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "WorkerProtocol"], linkerSettings: hardening),
+        .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "WorkerProtocol", "Seccomp", "CPolicies"], linkerSettings: hardening),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),

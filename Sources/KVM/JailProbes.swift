@@ -97,4 +97,11 @@ public enum JailProbes {
         let bytes = Array((lines.joined(separator: "\n") + "\n").utf8)
         _ = try? console.writeAll(bytes)
     }
+
+    /// The `violation` probe: a system call no worker policy allows (socket(2)), made after the
+    /// filters are in place. The worker never returns from it when the jail holds.
+    public static func makeForbiddenCall() {
+        let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        if s >= 0 { close(s) }
+    }
 }

@@ -11,7 +11,9 @@
 //
 // Exit status: 0 after `ended` was sent, 3 after `refused`, 2 when the launcher's message was
 // not a valid `configure`, 1 when the control socket failed.
+import CPolicies
 import KVM
+import Seccomp
 import VMM
 import WorkerProtocol
 #if canImport(Glibc)
@@ -91,14 +93,40 @@ do {
     refuse(error.description)
 }
 
-let jailed = monotonicNanoseconds()
-
 if let jail = configuration.jail, jail.probe != .none, Int(configuration.console) < first.descriptors.count {
     JailProbes.run(writingTo: first.descriptors[Int(configuration.console)])
 }
 
-let vm: WorkerVM
+// Last step: the seccomp allowlists (Sources/CPolicies/policies/*.policy, compiled in). The main
+// thread's filter covers every thread made after it (control, device, vCPU); each vCPU thread
+// adds the stricter vCPU filter at its start. A call outside them is not run: the kernel raises
+// SIGSYS, whose handler sends `violation` with the call's number and ends the process. In log
+// mode the calls run and the kernel logs them instead.
+var vcpuProgram: [(code: UInt16, jt: UInt8, jf: UInt8, k: UInt32)] = []
+if let jail = configuration.jail {
+    do {
+        let action: DefaultAction = jail.seccomp == .log ? .log : .trap
+        let main = try SeccompPolicy(parsing: stringFromStaticCString(bulkhead_policy_worker_main_text())).compile(defaultAction: action)
+        vcpuProgram = try SeccompPolicy(parsing: stringFromStaticCString(bulkhead_policy_worker_vcpu_text())).compile(defaultAction: action).map(\.fields)
+        try installViolationReporter(descriptor: control.rawValue, template: WorkerProtocol.encode(.violation(syscall: 0)),
+                                     syscallOffset: WorkerMessage.violationSyscallOffset)
+        try installSeccompFilter(main.map(\.fields))
+    } catch {
+        refuse("jail step 'seccomp' failed: \(error)")
+    }
+    if jail.probe == .probesThenViolation { JailProbes.makeForbiddenCall() }
+}
+
+let jailed = monotonicNanoseconds()
+
+var vm: WorkerVM
 do { vm = try WorkerVM(configuration, descriptors: first.descriptors) } catch { refuse(error.description, kind: error.kind) }
+if configuration.jail != nil {
+    let program = vcpuProgram
+    vm.machine.vcpuThreadStart = {
+        do { try installSeccompFilter(program); return nil } catch { return "seccomp: \(error)" }
+    }
+}
 
 // The launcher's later messages: `stop` (or its going away) ends the VM and this process now.
 do {

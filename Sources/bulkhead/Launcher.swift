@@ -1,5 +1,6 @@
 import Crypto
 import KVM
+import Seccomp
 import VMM
 import WorkerProtocol
 #if canImport(Glibc)
@@ -167,7 +168,8 @@ struct Launcher {
                 return .refused(WorkerProtocol.printable(why), kind: kind)
             case .violation(let number):
                 // The worker's SIGSYS handler sends this and ends the worker; make sure.
-                let r = failed(child, "the worker made a system call its seccomp allowlist forbids: number \(number); the kernel refused it and the worker was stopped")
+                let name = SyscallTable.name(of: number).map { " (\($0))" } ?? ""
+                let r = failed(child, "the worker made a system call its seccomp allowlist forbids: number \(number)\(name); the kernel refused it and the worker was stopped")
                 if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 128 + SIGSYS) }
                 return r
             default:

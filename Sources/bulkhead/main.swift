@@ -313,6 +313,8 @@ struct Run: ParsableCommand {
         // is verified; the real move is then quick. (Measured: docs/benchmarks.md.)
         if !noJail { JailSetup.warmUpCgroupMoves() }
         if vsock != nil { throw ValidationError("--vsock is not available in a worker yet: pass --no-jail to run the VM in this process") }
+        // Without ioeventfds, device I/O runs on vCPU threads, which their seccomp filter forbids.
+        if jailed && noIoeventfd { throw ValidationError("--no-ioeventfd needs --no-jail") }
         // Verified exec: the binary is checked (owner, mode, SHA-256) before anything else is
         // opened, and the checked descriptor is the one executed.
         let executable: FileDescriptor

@@ -110,6 +110,17 @@ struct JailTests {
             #expect(field(caps) == ["0000000000000000"], "\(caps): \(field(caps))")
         }
         #expect(field("NoNewPrivs") == ["1"])
+        // Seccomp: the main thread has the main filter; vCPU threads have the vCPU one on top.
+        #expect(field("Seccomp") == ["2"] && field("Seccomp_filters") == ["1"], "\(status)")
+        var filters: [String] = []
+        for task in try FileManager.default.contentsOfDirectory(atPath: "/proc/\(w)/task") {
+            let text = (try? String(contentsOfFile: "/proc/\(w)/task/\(task)/status", encoding: .utf8)) ?? ""
+            // KVM's own workers (kvm-nx-lpage-recovery) live in the process too; they run kernel
+            // code only.
+            if text.hasPrefix("Name:\tkvm-") { continue }
+            filters += text.split(separator: "\n").filter { $0.hasPrefix("Seccomp_filters:") }.map { String($0.split(separator: "\t").last ?? "") }
+        }
+        #expect(filters.sorted() == ["1", "1", "2"], "main, control, device threads 1; the vCPU thread 2: \(filters)")
         // Pid 1 of its own PID namespace.
         #expect(field("NSpid").count == 2 && field("NSpid").last == "1", "NSpid \(field("NSpid"))")
         for kind in ["user", "mnt", "pid", "net", "ipc", "uts", "cgroup"] {
@@ -186,6 +197,36 @@ struct JailTests {
         let r = try runWorker([])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+    }
+
+    /// A forbidden system call, made after the filters are in place: the kernel does not run
+    /// it, the worker says which it was and ends, and the launcher reports it (status 159).
+    @Test func forbiddenSystemCallIsReportedByNumberAndName() throws {
+        let r = try runWorker(["--jail-probe", "violation"])
+        #expect(r.status == 159, "\(r.stderr)")
+        #expect(r.stderr.contains("seccomp allowlist forbids: number 41 (socket)"), "\(r.stderr)")
+        #expect(!r.stdout.contains("Hello from a Bulkhead guest"), "the VM must not have run")
+        #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+    }
+
+    /// The diagnosis mode: the same call runs, the VM runs, and the kernel logs the call (where
+    /// this process may read the kernel log).
+    @Test func logModeLetsTheCallRunAndTheKernelLogsIt() throws {
+        let r = try runWorker(["--jail-probe", "violation", "--seccomp-log"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("Hello from a Bulkhead guest"))
+        let dmesg = Process()
+        dmesg.executableURL = URL(fileURLWithPath: "/bin/dmesg")
+        let out = Pipe()
+        dmesg.standardOutput = out
+        dmesg.standardError = Pipe()
+        guard (try? dmesg.run()) != nil else { return }
+        let log = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        dmesg.waitUntilExit()
+        if dmesg.terminationStatus == 0 {
+            #expect(log.split(separator: "\n").contains { $0.contains("type=1326") && $0.contains("comm=\"bulkhead-worker\"") && $0.contains("syscall=41 ") },
+                    "no audit record of the logged call")
+        }
     }
 
     /// Without root, `bulkhead run` will not run a VM unjailed unless told to.
