@@ -260,6 +260,8 @@ def wp_configure(memory, vcpus, cmdline, timeout, image, kvm, console, devices, 
             p += bytes([1, d[1], 1 if d[2] else 0])
         elif d[0] == "net":
             p += bytes([2, d[1]]) + bytes(d[2])
+        elif d[0] == "vsock":
+            p += bytes([4, d[1]]) + struct.pack("<I", d[2])
         else:
             p += bytes([3])
     p += struct.pack("<H", len(limits)) + b"".join(struct.pack("<QQ", o, b) for o, b in limits)
@@ -286,6 +288,10 @@ def worker_protocol_seeds():
                                                        (1900000007, 1900000007, "/run/bulkhead/jail/7", 18, 1, 0)))
     seed("stop", launcher, 0, wp_message(2, b""))
     seed("violation", worker, 0, wp_message(19, struct.pack("<I", 41)))
+    seed("configure-vsock", launcher, 4, wp_configure(64, 1, "port=5000", 0, ("program", 0), 1, 2, [("vsock", 3, 3)], [(0, 0)], [], 1, 1))
+    seed("connect-request", worker, 0, wp_message(20, struct.pack("<I", 5000)))
+    seed("connect-reply", launcher, 1, wp_message(3, struct.pack("<II", 5000, 0)))
+    seed("connect-refused", launcher, 0, wp_message(3, struct.pack("<II", 5001, 111)))
     seed("started", worker, 0, wp_message(16, b""))
     seed("ended-exit", worker, 0, wp_message(17, bytes([1, 0]) + struct.pack("<H", 1)
                                              + wp_string("hypercalls.exit") + struct.pack("<Q", 1)))

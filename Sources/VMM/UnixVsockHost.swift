@@ -26,11 +26,18 @@ public enum UnixVsockHostError: Error, Equatable, CustomStringConvertible, Senda
 /// cannot choose the path prefix, and a number has no '/' or "..", so it stays in the directory
 /// the operator named. At most `VirtioVsock.maxConnections` sockets are open at once.
 ///
+/// In a worker, which cannot reach host paths, the connections are made by the launcher and
+/// passed back (`init(connector:)` with a `VsockBrokerClient`); everything else is the same.
+///
 /// Not thread-safe: the device serialises its calls.
 public final class UnixVsockHost: VsockHost {
+    /// Makes the connection for a port (connect(2) to "PATH_P", or a request to the launcher).
+    public typealias Connector = (UInt32) throws(SystemError) -> FileDescriptor
     /// sun_path holds 108 bytes including the terminating NUL.
     public static let maxPathLength = 107
+    /// Empty when connections come from a connector.
     public let pathPrefix: String
+    private let connector: Connector
     private var sockets: [UInt64: FileDescriptor] = [:]
     private var nextID: UInt64 = 1
     /// Connection attempts refused (nothing listening, or a full backlog) and I/O errors.
@@ -45,6 +52,12 @@ public final class UnixVsockHost: VsockHost {
             throw .badPath(pathPrefix)
         }
         self.pathPrefix = pathPrefix
+        connector = { port throws(SystemError) in try UnixStream.connect("\(pathPrefix)_\(port)") }
+    }
+
+    public init(connector: @escaping Connector) {
+        pathPrefix = ""
+        self.connector = connector
     }
 
     public func path(port: UInt32) -> String { "\(pathPrefix)_\(port)" }
@@ -53,7 +66,7 @@ public final class UnixVsockHost: VsockHost {
 
     public func connect(port: UInt32) -> UInt64? {
         do {
-            let fd = try UnixStream.connect(path(port: port))
+            let fd = try connector(port)
             let id = nextID
             nextID += 1
             sockets[id] = fd

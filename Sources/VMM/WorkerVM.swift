@@ -52,6 +52,9 @@ public struct WorkerVM {
                     models.append(try VirtioNet(backend: try SeqpacketFrameBackend(fd: fd(desc)), mac: mac))
                 case .rng:
                     models.append(VirtioRNG(source: randomBytes))
+                case .vsock(let broker, let cid):
+                    let client = VsockBrokerClient(socket: fd(broker))
+                    models.append(try VirtioVsock(guestCID: UInt64(cid), host: UnixVsockHost(connector: client.connect)))
                 }
             } catch {
                 throw Refusal("device \(i): \(error)")

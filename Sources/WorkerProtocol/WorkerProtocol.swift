@@ -89,13 +89,13 @@ public enum WorkerProtocolError: Error, Equatable, Sendable, CustomStringConvert
 }
 
 public enum MessageType: UInt16, Sendable, CaseIterable {
-    case configure = 1, stop = 2
-    case started = 16, ended = 17, refused = 18, violation = 19
+    case configure = 1, stop = 2, connectReply = 3
+    case started = 16, ended = 17, refused = 18, violation = 19, connectRequest = 20
 
     var sender: WorkerProtocol.Sender {
         switch self {
-        case .configure, .stop: return .launcher
-        case .started, .ended, .refused, .violation: return .worker
+        case .configure, .stop, .connectReply: return .launcher
+        case .started, .ended, .refused, .violation, .connectRequest: return .worker
         }
     }
     var name: String { "\(self)" }
@@ -119,6 +119,12 @@ public enum WorkerMessage: Equatable, Sendable {
     /// kernel did not run it), and the worker is ending itself. Sent by the worker's SIGSYS
     /// handler from a prebuilt template; `syscallOffset` is where the number goes.
     case violation(syscall: UInt32)
+    /// Worker → launcher, on the vsock broker socket: the guest connects to host port `port`;
+    /// connect me to "PATH_port" (the worker cannot reach host paths).
+    case connectRequest(port: UInt32)
+    /// Launcher → worker, the answer: with `errno` 0 the connected socket is attached; else the
+    /// connection failed with that errno and nothing is attached.
+    case connectReply(port: UInt32, errno: UInt32)
 
     /// Where `violation`'s syscall number sits in the encoded message.
     public static let violationSyscallOffset = WorkerProtocol.headerSize
@@ -131,12 +137,15 @@ public enum WorkerMessage: Equatable, Sendable {
         case .ended: return .ended
         case .refused: return .refused
         case .violation: return .violation
+        case .connectRequest: return .connectRequest
+        case .connectReply: return .connectReply
         }
     }
 
     /// Descriptors this message must arrive with.
     public var descriptorCount: Int {
         if case .configure(let c) = self { return Int(c.descriptorCount) }
+        if case .connectReply(_, let e) = self, e == 0 { return 1 }
         return 0
     }
 
@@ -150,6 +159,8 @@ public enum WorkerMessage: Equatable, Sendable {
             for c in counters { e.string(c.name); e.u64(c.value) }
         case .refused(let why, let kind): e.string(why); e.u8(kind.rawValue)
         case .violation(let n): e.u32(n)
+        case .connectRequest(let port): e.u32(port)
+        case .connectReply(let port, let errno): e.u32(port); e.u32(errno)
         }
     }
 
@@ -175,6 +186,12 @@ public enum WorkerMessage: Equatable, Sendable {
             guard let kind = RefusalKind(rawValue: raw) else { throw .invalid("refusal kind", "\(raw)") }
             return .refused(why, kind: kind)
         case .violation: return .violation(syscall: try d.u32("syscall number"))
+        case .connectRequest: return .connectRequest(port: try d.u32("port"))
+        case .connectReply:
+            let port = try d.u32("port")
+            let errno = try d.u32("errno")
+            guard errno < 4096 else { throw .invalid("errno", "\(errno)") }
+            return .connectReply(port: port, errno: errno)
         }
     }
 }
@@ -251,6 +268,9 @@ public struct VMConfiguration: Equatable, Sendable {
         /// A connected SOCK_SEQPACKET socket; `mac` is 6 bytes, unicast.
         case net(descriptor: UInt8, mac: [UInt8])
         case rng
+        /// virtio-vsock; `broker` is a SOCK_SEQPACKET socket to the launcher, which connects the
+        /// guest's connections for the worker (`connectRequest` / `connectReply`).
+        case vsock(broker: UInt8, cid: UInt32)
     }
 
     /// Per-device token buckets (0: no limit).
@@ -360,7 +380,7 @@ public struct VMConfiguration: Equatable, Sendable {
         out.append(console)
         for dev in devices {
             switch dev {
-            case .disk(let d, _), .net(let d, _): out.append(d)
+            case .disk(let d, _), .net(let d, _), .vsock(let d, _): out.append(d)
             case .rng: break
             }
         }
@@ -383,6 +403,7 @@ public struct VMConfiguration: Equatable, Sendable {
             case .disk(let d, let ro): e.u8(1); e.u8(d); e.bool(ro)
             case .net(let d, let mac): e.u8(2); e.u8(d); e.raw(mac)
             case .rng: e.u8(3)
+            case .vsock(let d, let cid): e.u8(4); e.u8(d); e.u32(cid)
             }
         }
         e.u16(UInt16(truncatingIfNeeded: limits.count))
@@ -427,6 +448,11 @@ public struct VMConfiguration: Equatable, Sendable {
                 guard mac[0] & 1 == 0 else { throw .invalid("mac", "multicast") }
                 devices.append(.net(descriptor: fd, mac: mac))
             case 3: devices.append(.rng)
+            case 4:
+                let fd = try d.u8("vsock broker descriptor")
+                let cid = try d.u32("vsock cid")
+                guard cid >= 3, cid < UInt32.max else { throw .invalid("vsock cid", "\(cid) (3...4294967294)") }
+                devices.append(.vsock(broker: fd, cid: cid))
             case let k: throw .invalid("device kind", "\(k)")
             }
         }

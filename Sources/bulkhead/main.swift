@@ -312,7 +312,6 @@ struct Run: ParsableCommand {
         // this process, started now in the background, takes that wait while the worker binary
         // is verified; the real move is then quick. (Measured: docs/benchmarks.md.)
         if !noJail { JailSetup.warmUpCgroupMoves() }
-        if vsock != nil { throw ValidationError("--vsock is not available in a worker yet: pass --no-jail to run the VM in this process") }
         // Without ioeventfds, device I/O runs on vCPU threads, which their seccomp filter forbids.
         if jailed && noIoeventfd { throw ValidationError("--no-ioeventfd needs --no-jail") }
         // Verified exec: the binary is checked (owner, mode, SHA-256) before anything else is
@@ -379,6 +378,18 @@ struct Run: ParsableCommand {
         if rng {
             devices.append(.rng)
             limits.append(.init(bytesPerSecond: rngBytesLimit ?? 0))
+        }
+        if let vsock {
+            // The worker cannot reach "PATH_P": this process connects for it (VsockBrokerService).
+            do {
+                let (mine, theirs) = try UnixSeqpacket.pair()
+                devices.append(.vsock(broker: add(theirs), cid: UInt32(vsockCID)))
+                limits.append(.init(operationsPerSecond: vsockOpsLimit ?? 0, bytesPerSecond: vsockBytesLimit ?? 0))
+                _ = try OSThread.spawn { VsockBrokerService.serve(mine, pathPrefix: vsock) }
+            } catch {
+                printError("cannot attach the vsock device: \(error)")
+                throw ExitCode(Status.internalError)
+            }
         }
         let timeoutMilliseconds = timeout.map { UInt64(min($0, 366 * 86_400) * 1000) } ?? 0
         var configuration = VMConfiguration(

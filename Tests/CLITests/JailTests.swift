@@ -176,6 +176,7 @@ struct JailTests {
     /// cleans it up.
     @Test(.timeLimit(.minutes(1)))
     func crashesLeaveNothingBehind() throws {
+        let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         let (p, err, worker) = try startLoopingWorker()
         let w = try #require(worker)
         usleep(100_000)
@@ -197,6 +198,8 @@ struct JailTests {
         let r = try runWorker([])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+        // The worker's mounts lived in its own mount namespace: the host's table is unchanged.
+        #expect(try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) == mountsBefore)
     }
 
     /// A forbidden system call, made after the filters are in place: the kernel does not run
@@ -248,6 +251,7 @@ struct JailTests {
     /// nothing is left afterwards (no worker, cgroup, directory or lock).
     @Test(.timeLimit(.minutes(3)))
     func fiftyJailedVMsAtOnceLeaveNothingBehind() throws {
+        let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         var launchers: [(Process, Pipe, Pipe)] = []
         for i in 0..<50 {
             let p = Process()
@@ -267,5 +271,6 @@ struct JailTests {
         }
         #expect(orphanedWorkers().isEmpty, "\(orphanedWorkers())")
         #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+        #expect(try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) == mountsBefore)
     }
 }

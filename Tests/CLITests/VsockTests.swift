@@ -33,13 +33,16 @@ func vsockEchoPeer(listener: FileDescriptor, payload: [UInt8], acceptSeconds: In
 struct VsockTests {
     /// Runs the vsock-echo guest against a host peer streaming `payload`; returns what came
     /// back, the VMM's exit status and output, and the wall time from start to exit.
-    func echo(_ payload: [UInt8], options: [String] = []) throws -> (back: [UInt8]?, status: Int32, text: String, nanoseconds: UInt64) {
-        let prefix = NSTemporaryDirectory() + "bh-vs-\(getpid())-\(options.count)"
+    /// `jailed`: in a jailed worker, whose connections the launcher makes (the vsock broker);
+    /// otherwise in process.
+    func echo(_ payload: [UInt8], options: [String] = [], jailed: Bool) throws -> (back: [UInt8]?, status: Int32, text: String, nanoseconds: UInt64) {
+        let prefix = NSTemporaryDirectory() + "bh-vs-\(getpid())-\(options.count)-\(jailed)"
         let listener = try UnixStream.listen(prefix + "_5000")
         defer { unlink(prefix + "_5000") }
         let vm = Process()
         vm.executableURL = URL(fileURLWithPath: binary)
-        vm.arguments = ["run", "--no-jail", guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5000", "--timeout", "60"] + options
+        vm.arguments = ["run"] + (jailed ? ["--worker-sha256", workerDigest] : ["--no-jail"])
+            + [guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5000", "--timeout", "60"] + options
         let out = Pipe()
         vm.standardOutput = out
         vm.standardError = out
@@ -53,10 +56,10 @@ struct VsockTests {
 
     /// A guest program connects to a host Unix socket over vsock and echoes 1 MiB of random
     /// bytes: more than 16 times the credit of a connection, so flow control runs both ways.
-    @Test(.timeLimit(.minutes(2)))
-    func guestEchoesAMebibyteToAHostSocket() throws {
+    @Test(.timeLimit(.minutes(2)), arguments: isRoot ? [false, true] : [false])
+    func guestEchoesAMebibyteToAHostSocket(jailed: Bool) throws {
         let payload = try #require(randomBytes(1 << 20))
-        let r = try echo(payload)
+        let r = try echo(payload, jailed: jailed)
         #expect(r.back == payload ? true : false, "the echo differs: \(r.back?.count ?? -1) bytes back; \(r.text)")
         #expect(r.status == 0, "\(r.text)")
         #expect(r.text.contains("echoed \(payload.count) bytes"), "\(r.text)")
@@ -68,17 +71,18 @@ struct VsockTests {
     @Test(.timeLimit(.minutes(2)))
     func rateLimitedEchoLosesNothing() throws {
         let payload = try #require(randomBytes(256 << 10))
-        let r = try echo(payload, options: ["--vsock-bytes-limit", "131072"])
+        let r = try echo(payload, options: ["--vsock-bytes-limit", "131072"], jailed: isRoot)
         #expect(r.back == payload ? true : false, "the echo differs: \(r.back?.count ?? -1) bytes back; \(r.text)")
         #expect(r.status == 0, "\(r.text)")
         #expect(r.nanoseconds >= 1_000_000_000, "took \(r.nanoseconds) ns")
     }
 
     /// Nothing listens at the port: the guest's request is refused (RST) and it says so.
-    @Test(.timeLimit(.minutes(1)))
-    func refusedConnectionIsReportedByTheGuest() throws {
+    @Test(.timeLimit(.minutes(1)), arguments: isRoot ? [false, true] : [false])
+    func refusedConnectionIsReportedByTheGuest(jailed: Bool) throws {
         let prefix = NSTemporaryDirectory() + "bh-vs-none-\(getpid())"
-        let r = try bulkhead(["run", "--no-jail", guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5001", "--timeout", "30"])
+        let r = try bulkhead(["run"] + (jailed ? ["--worker-sha256", workerDigest] : ["--no-jail"])
+                             + [guests + "/vsock-echo.elf", "--vsock", prefix, "--cmdline", "port=5001", "--timeout", "30"])
         #expect(r.status != 0 && r.status != 124, "\(r.stdout)\(r.stderr)")
         #expect((r.stdout + r.stderr).lowercased().contains("refused"), "\(r.stdout)\(r.stderr)")
     }

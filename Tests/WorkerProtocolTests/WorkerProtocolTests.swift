@@ -22,13 +22,15 @@ struct WorkerProtocolTests {
                                          .configure(VMConfiguration(memoryMiB: 1, vcpus: 1, image: .program(descriptor: 1), kvm: 2, console: 0))]
         var jailed = sample
         jailed.jail = .init(uid: 1_900_000_001, gid: 1_900_000_001, root: "/run/bulkhead/jail/1", processLimit: 18, seccomp: .log, probe: .probes)
-        for m in launcher + [.configure(jailed)] { #expect(try decode(m, from: .launcher) == m) }
+        var vsock = sample
+        vsock.devices.append(.vsock(broker: 6, cid: 3)); vsock.limits.append(.init())
+        for m in launcher + [.configure(jailed), .configure(vsock), .connectReply(port: 5000, errno: 0), .connectReply(port: 1, errno: 111)] { #expect(try decode(m, from: .launcher) == m) }
         let worker: [WorkerMessage] = [.started, .refused("no KVM", kind: .unavailable), .refused("odd", kind: .internal),
                                        .ended(.exited(status: 3), counters: [Counter(name: "hypercalls.exit", value: 1)]),
                                        .ended(.faulted("vCPU 0: #UD at 0x401000"), counters: []),
                                        .ended(.timedOut(milliseconds: 1500), counters: []),
                                        .ended(.vcpuFailure("KVM internal error"), counters: []), .ended(.reset, counters: []),
-                                       .violation(syscall: 41)]
+                                       .violation(syscall: 41), .connectRequest(port: 5000)]
         for m in worker { #expect(try decode(m, from: .worker) == m) }
         #expect(sample.descriptorIndexes == [0, 1, 5, 2, 3, 4])
     }
@@ -124,6 +126,20 @@ struct WorkerProtocolTests {
         #expect(error(b, descriptors: 3) == .invalid("seccomp mode", "3"))
         b[b.count - 2] = 1; b[b.count - 1] = 7
         #expect(error(b, descriptors: 3) == .invalid("probe", "7"))
+    }
+
+    @Test func brokerMessagesAreChecked() {
+        // A reply that says "connected" carries exactly one descriptor; a refusal carries none.
+        #expect(error(WorkerProtocol.encode(.connectReply(port: 5, errno: 0)), descriptors: 0) == .invalid("descriptors", "0 attached, the message uses 1"))
+        #expect(error(WorkerProtocol.encode(.connectReply(port: 5, errno: 111)), descriptors: 1) == .invalid("descriptors", "1 attached, the message uses 0"))
+        #expect(error(WorkerProtocol.encode(.connectReply(port: 5, errno: 5000)), descriptors: 0) == .invalid("errno", "5000"))
+        #expect(error(WorkerProtocol.encode(.connectRequest(port: 5)), from: .launcher) == .wrongDirection("connectRequest"))
+        #expect(error(WorkerProtocol.encode(.connectReply(port: 5, errno: 111)), from: .worker) == .wrongDirection("connectReply"))
+        var c = sample
+        c.devices.append(.vsock(broker: 6, cid: 2)); c.limits.append(.init())
+        #expect(error(WorkerProtocol.encode(.configure(c)), descriptors: 7) == .invalid("vsock cid", "2 (3...4294967294)"))
+        c.devices[3] = .vsock(broker: 4, cid: 3)
+        #expect(error(WorkerProtocol.encode(.configure(c)), descriptors: 7) == .invalid("descriptor index", "4 used twice"))
     }
 
     @Test func violationTemplateHasTheNumberWhereTheWorkerPatchesIt() throws {

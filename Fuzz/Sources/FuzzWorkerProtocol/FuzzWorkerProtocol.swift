@@ -34,8 +34,8 @@ public func fuzzWorkerProtocol(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CI
             check(c.vcpus >= 1 && c.vcpus <= VMConfiguration.maxVCPUs, "vcpus \(c.vcpus)")
             check(c.limits.isEmpty || c.limits.count == c.devices.count, "limits for other devices")
             check(!c.commandLine.utf8.contains(0), "NUL in the command line")
-        case .stop: check(sender == .launcher, "stop from the worker")
-        case .started, .ended, .refused, .violation: check(sender == .worker, "\(m) from the launcher")
+        case .stop, .connectReply: check(sender == .launcher, "\(m) from the worker")
+        case .started, .ended, .refused, .violation, .connectRequest: check(sender == .worker, "\(m) from the launcher")
         }
     } catch {
         check(!error.description.isEmpty, "a refusal without a reason")
