@@ -6,8 +6,10 @@ GUESTS := .build/guests
 
 .PHONY: run test guests build release bench fuzz surface clean
 
+# As root the guest runs in a jailed worker; without root, in process (--no-jail), since the jail
+# needs root.
 run: guests build
-	.build/debug/bulkhead run
+	.build/debug/bulkhead run $$([ "$$(id -u)" = 0 ] || echo --no-jail)
 
 # All tests, then a short smoke run of every fuzz target (FUZZ_SECONDS each) with a fixed seed,
 # so that CI is repeatable; `make fuzz` explores with fresh randomness.

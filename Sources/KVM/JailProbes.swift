@@ -35,20 +35,11 @@ public enum JailProbes {
         report("open /dev/kvm", tryOpen("/dev/kvm"))
         report("open ../../etc/passwd", tryOpen("../../etc/passwd"))
         // The root: what is in it, and whether it can be written.
-        var names: [String] = []
-        if let dir = opendir("/") {
-            // SAFETY: readdir returns entries owned by `dir`, valid until the next call; the name is
-            // copied out at once.
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            closedir(dir)
+        do {
+            let names = try listDirectory("/")
             report("list /", names.isEmpty ? "empty" : names.sorted().joined(separator: " "))
-        } else {
-            report("list /", errnoName(errno))
+        } catch {
+            report("list /", errnoName(error.errno))
         }
         let created = open("/x", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
         if created >= 0 { close(created) }
