@@ -114,6 +114,7 @@ if let jail = configuration.jail {
     } catch {
         refuse("jail step 'seccomp' failed: \(error)")
     }
+    if !isUnderSeccompFilter() { refuse("jail step 'seccomp' failed: the filter is not in force") }
     if jail.probe == .probesThenViolation { JailProbes.makeForbiddenCall() }
 }
 

@@ -138,6 +138,7 @@ struct WorkerPolicyTests {
         #expect(try judge("futex", [0, 0x85]) == (.trap, .trap))            // FUTEX_WAKE_OP_PRIVATE
         #expect(try judge("prctl", [39]) == (.allow, .trap))                // PR_GET_NO_NEW_PRIVS
         #expect(try judge("prctl", [38]).main == .trap)                     // PR_SET_NO_NEW_PRIVS: not needed again
+        #expect(try judge("prctl", [21]) == (.allow, .trap))                // PR_GET_SECCOMP: the worker's check, main thread only
         #expect(try judge("prctl", [4]).main == .trap)                      // PR_SET_DUMPABLE
         #expect(try judge("seccomp", [1, 0]) == (.allow, .trap))            // vCPU threads add their filter
         #expect(try judge("seccomp", [1, 2]).main == .allow)                // ... optionally with FLAG_LOG
