@@ -72,6 +72,31 @@ extension FileDescriptor {
         return out
     }
 
+    /// Reads bytes 0..<`size` in order, at most `chunkSize` at a time, through one buffer that is
+    /// reused: `body` sees each chunk (valid only during the call). For hashing a large file
+    /// without a copy of all of it: on these nested hosts every fresh page of a whole-file buffer
+    /// costs a page fault of several µs (8 MiB: ~16 ms). Reaching the end early is EIO.
+    public func readChunks(size: UInt64, chunkSize: Int = 256 << 10, _ body: (ArraySlice<UInt8>) -> Void) throws(SystemError) {
+        guard chunkSize > 0 else { throw SystemError("pread (empty chunk)", errno: EINVAL) }
+        var buffer = [UInt8](repeating: 0, count: Int(min(UInt64(chunkSize), size)))
+        var offset: UInt64 = 0
+        while offset < size {
+            let want = Int(min(UInt64(buffer.count), size - offset))
+            let start = try fileOffset(offset, want, "pread")
+            let n = buffer.withUnsafeMutableBytes { buf -> Int in
+                // SAFETY: reads at most `want` <= buf.count bytes into the array's own storage.
+                pread(rawValue, buf.baseAddress, want, start)
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("pread of \(want) bytes at \(offset)", errno: errno)
+            }
+            if n == 0 { throw SystemError("pread at \(offset) (end of file before \(size) bytes)", errno: EIO) }
+            body(buffer[0..<n])
+            offset += UInt64(n)
+        }
+    }
+
     /// Writes all of `bytes` at `offset`.
     public func write(_ bytes: [UInt8], at offset: UInt64) throws(SystemError) {
         let start = try fileOffset(offset, bytes.count, "pwrite")

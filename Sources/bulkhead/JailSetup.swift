@@ -101,7 +101,11 @@ struct JailSetup {
     }
 
     /// Moves this process into the cgroup it is already in (a no-op for the process), on a
-    /// thread of its own, to start the grace period a cgroup move waits for; see the caller.
+    /// thread of its own. Moving a process between cgroups takes the kernel's
+    /// cgroup_threadgroup_rwsem for writing, which the first time in a while waits for an RCU
+    /// grace period: 6-25 ms on these hosts, for the worker's move. Started at the launcher's
+    /// beginning, that wait overlaps the verification of the worker binary and the set-up, and
+    /// the worker's own move is then quick (docs/benchmarks.md).
     static func warmUpCgroupMoves() {
         guard let layout = try? CgroupLayout.current(), let dir = layout.v1["pids"] ?? layout.v1["cpu"] ?? layout.unified else { return }
         let pid = getpid()

@@ -56,21 +56,21 @@ struct Launcher {
         let path = directory + "/bulkhead-worker"
         let fd: FileDescriptor
         let status: FileStatus
-        let bytes: [UInt8]
+        var hasher = SHA256()
         do {
             fd = try FileDescriptor.open(readOnly: path)
             status = try fd.status()
             guard status.isRegularFile, status.size <= 256 << 20 else {
                 throw VerificationError(description: "\(path) is not a regular file of at most 256 MiB")
             }
-            bytes = try fd.read(at: 0, count: Int(status.size))
+            guard status.permissions & 0o022 == 0, status.owner == 0 || status.owner == geteuid() else {
+                throw VerificationError(description: "\(path) may be changed by others (owner \(status.owner), mode \(String(status.permissions, radix: 8))): refusing to run it")
+            }
+            try fd.readChunks(size: status.size) { hasher.update(data: $0) }
         } catch let e as VerificationError { throw e } catch {
             throw VerificationError(description: "cannot read the worker binary \(path): \(error)")
         }
-        guard status.permissions & 0o022 == 0, status.owner == 0 || status.owner == geteuid() else {
-            throw VerificationError(description: "\(path) may be changed by others (owner \(status.owner), mode \(String(status.permissions, radix: 8))): refusing to run it")
-        }
-        let actual = SHA256.hash(data: bytes).map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
+        let actual = hasher.finalize().map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
         guard actual == digest else {
             throw VerificationError(description: "\(path) has SHA-256 \(actual), expected \(digest): refusing to run it")
         }
@@ -81,6 +81,9 @@ struct Launcher {
     /// kills the worker: a worker that stops answering (only a compromised or stopped one would)
     /// cannot keep the launcher, or its VM, alive for ever.
     static let reportMarginMilliseconds = 2000
+
+    /// When the worker was started (CLOCK_MONOTONIC), for --report-timing.
+    nonisolated(unsafe) static var spawnNanoseconds: UInt64 = 0
 
     /// Runs `configuration` with `descriptors` (in the order its indexes name them) in a worker
     /// started from `executable` (see `verifiedWorker`). With `jail` (root only), the worker
@@ -112,6 +115,7 @@ struct Launcher {
             // its pid 1, alone there. (This thread lives as long as the launcher: the worker's
             // parent-death signal follows the thread that started it.)
             if jail != nil { try startChildrenInNewPIDNamespace() }
+            spawnNanoseconds = monotonicNanoseconds()
             child = try ChildProcess.spawn(executable: executable, arguments: ["bulkhead-worker"], environment: [],
                                            descriptors: [(theirs, 3)])
             mine = a

@@ -307,11 +307,6 @@ struct Run: ParsableCommand {
     /// Opens what the VM needs here and runs it in a bulkhead-worker process, jailed or not.
     func runInWorker(jailed: Bool) throws {
         let launcherStart = monotonicNanoseconds()
-        // Moving the worker into its cgroup later waits for an RCU grace period (the kernel's
-        // cgroup_threadgroup_rwsem), up to 25 ms here, the first time in a while. A no-op move of
-        // this process, started now in the background, takes that wait while the worker binary
-        // is verified; the real move is then quick. (Measured: docs/benchmarks.md.)
-        if !noJail { JailSetup.warmUpCgroupMoves() }
         // Without ioeventfds, device I/O runs on vCPU threads, which their seccomp filter forbids.
         if jailed && noIoeventfd { throw ValidationError("--no-ioeventfd needs --no-jail") }
         // Verified exec: the binary is checked (owner, mode, SHA-256) before anything else is
@@ -425,7 +420,7 @@ struct Run: ParsableCommand {
         case .ended(let outcome, let counters):
             if reportTiming {
                 // The worker's own start, and its VM's first hypercall (same clock as ours).
-                var line = "timing: launcher-start-ns \(launcherStart)"
+                var line = "timing: launcher-start-ns \(launcherStart) spawn-ns \(Launcher.spawnNanoseconds)"
                 for c in counters where c.name.hasPrefix("timing.") { line += " \(c.name.dropFirst(7)) \(c.value)" }
                 try? FileDescriptor.standardError.writeAll(Array((line + "\n").utf8))
             }
@@ -499,4 +494,11 @@ struct Surface: ParsableCommand {
 }
 
 ignoreBrokenPipe()
+// A jailed run will move its worker into a cgroup; the first such move in a while waits for an
+// RCU grace period (see JailSetup.warmUpCgroupMoves). Start that wait now, before the arguments
+// are even parsed, so that it is over by then. A run that turns out not to jail has lost nothing
+// but a no-op move of this process into its own cgroup.
+if geteuid() == 0, CommandLine.arguments.dropFirst().first == "run", !CommandLine.arguments.contains("--no-jail") {
+    JailSetup.warmUpCgroupMoves()
+}
 BulkheadCommand.main()
