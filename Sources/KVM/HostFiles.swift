@@ -94,3 +94,39 @@ public func listDirectory(_ path: String) throws(SystemError) -> [String] {
     }
     return names
 }
+
+/// Termination signals turned into a readable descriptor: the launcher blocks SIGINT, SIGTERM
+/// and SIGHUP at its start (before any thread exists, so every thread inherits the mask) and
+/// watches this descriptor next to its worker's, so Ctrl-C or a `kill` stops the worker and tears
+/// its jail down instead of leaving it to the next launcher. Children start with an empty mask
+/// (ChildProcess), so the worker is not affected.
+public final class TerminationSignals: @unchecked Sendable {
+    public static let signals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
+    public let descriptor: FileDescriptor
+
+    /// Blocks the signals for the calling thread and the threads it creates later.
+    public static func block() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in signals { sigaddset(&set, s) }
+        // SAFETY: pthread_sigmask reads one sigset_t from the stack.
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// A signalfd for the signals (which must be blocked, see `block`).
+    public init() throws(SystemError) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in Self.signals { sigaddset(&set, s) }
+        // SAFETY: signalfd reads one sigset_t from the stack.
+        let fd = ckvm_signalfd(&set)
+        guard fd >= 0 else { throw SystemError("signalfd", errno: errno) }
+        descriptor = FileDescriptor(owning: fd)
+    }
+
+    /// The next pending signal's number, or nil.
+    public func next() -> Int32? {
+        let s = ckvm_signalfd_next(descriptor.rawValue)
+        return s > 0 ? s : nil
+    }
+}

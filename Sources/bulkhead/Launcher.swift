@@ -130,11 +130,23 @@ struct Launcher {
         try mine.sendMessage(WorkerProtocol.encode(.configure(configuration)), descriptors: descriptors)
 
         var started = false
+        // SIGINT, SIGTERM, SIGHUP, blocked at start for a jailed run (main.swift): they stop the
+        // worker and the jail is torn down (by `run`), instead of leaving both to the next launcher.
+        let signals = jail != nil ? try? TerminationSignals() : nil
         while true {
             var wait = -1
             if let deadline {
                 let now = monotonicNanoseconds()
                 wait = now >= deadline ? 0 : Int((deadline - now + 999_999) / 1_000_000)
+            }
+            if let signals {
+                let ready = waitReadable([mine.rawValue, signals.descriptor.rawValue], timeoutMilliseconds: Int32(clamping: wait))
+                if ready.count == 2, ready[1], let sig = signals.next() {
+                    let r = failed(child, "stopped by signal \(sig): the worker was killed")
+                    if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 128 + sig) }
+                    return r
+                }
+                if !ready.isEmpty { wait = 0 }   // the control socket is ready (or the deadline passed: wait stays)
             }
             let received: ReceivedMessage
             do {

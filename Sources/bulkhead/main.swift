@@ -499,6 +499,9 @@ ignoreBrokenPipe()
 // are even parsed, so that it is over by then. A run that turns out not to jail has lost nothing
 // but a no-op move of this process into its own cgroup.
 if geteuid() == 0, CommandLine.arguments.dropFirst().first == "run", !CommandLine.arguments.contains("--no-jail") {
+    // Before any thread exists, so that every thread inherits it: the launcher takes these
+    // signals through a signalfd and stops its worker cleanly (Launcher.supervise).
+    TerminationSignals.block()
     JailSetup.warmUpCgroupMoves()
 }
 BulkheadCommand.main()

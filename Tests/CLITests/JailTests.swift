@@ -232,6 +232,20 @@ struct JailTests {
         }
     }
 
+    /// Ctrl-C or a `kill` of the launcher stops the worker and tears the jail down at once.
+    @Test(.timeLimit(.minutes(1)), arguments: [SIGINT, SIGTERM])
+    func signalledLauncherStopsItsWorkerAndCleansUp(signal: Int32) throws {
+        let (p, err, worker) = try startLoopingWorker()
+        let w = try #require(worker)
+        usleep(200_000)
+        kill(p.processIdentifier, signal)
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 128 + signal && text.contains("stopped by signal \(signal)"), "\(p.terminationStatus): \(text)")
+        #expect(isGone(w))
+        #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
+    }
+
     /// Without root, `bulkhead run` will not run a VM unjailed unless told to.
     @Test func withoutRootTheJailIsRequiredOrRefusedExplicitly() throws {
         let p = Process()

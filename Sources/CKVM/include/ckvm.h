@@ -172,6 +172,14 @@ static inline int ckvm_statfs(const char *path, int64_t *type, int64_t *flags) {
     if (r == 0) { *type = (int64_t)s.f_type; *flags = (int64_t)s.f_flags; }
     return r;
 }
+// signalfd(2) (not in Swift's Glibc module): a non-blocking, close-on-exec descriptor for the
+// signals in `set`, and the number of the next pending one (-1: none).
+#include <sys/signalfd.h>
+static inline int ckvm_signalfd(const sigset_t *set) { return signalfd(-1, set, SFD_CLOEXEC | SFD_NONBLOCK); }
+static inline int ckvm_signalfd_next(int fd) {
+    struct signalfd_siginfo info;
+    return read(fd, &info, sizeof info) == (ssize_t)sizeof info ? (int)info.ssi_signo : -1;
+}
 // ---- end of processes ----
 
 #endif
