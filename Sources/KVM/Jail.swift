@@ -100,6 +100,14 @@ public enum Jail {
 
     // MARK: - The jail proper (a root launcher asks for it)
 
+    /// The launcher starts a jailed worker as pid 1 of a new PID namespace (it has to: a process
+    /// cannot move itself into one). Checked here: pid 1, and the parent outside (pid 0).
+    public static func checkOwnPIDNamespace() throws(StepFailed) {
+        guard getpid() == 1, getppid() == 0 else {
+            throw StepFailed(step: "PID namespace", reason: "pid \(getpid()), parent \(getppid()): not alone in a PID namespace of its own")
+        }
+    }
+
     /// Becomes the VM's own host uid and gid, with no supplementary groups: from here on the
     /// process has no privilege on the host, and nothing else on the host runs as that uid (the
     /// launcher hands out one per running VM). Checked with getresuid/getresgid/getgroups.

@@ -1,13 +1,13 @@
 // bulkhead-worker: runs one VM for a launcher, and nothing else.
 //
-// Started by `bulkhead run --worker` with one descriptor besides 0-2: descriptor 3, a connected
-// SOCK_SEQPACKET socket to the launcher. It takes no arguments and reads no environment; it
-// opens no paths. Everything it will use arrives in the first message (WorkerProtocol
-// `configure`) as attached descriptors: the image, the KVM device, the console, the disks and
-// sockets. It answers `started` (or `refused`), runs the VM, reports `ended` with the outcome and
-// counters, and exits. A `stop` message, or the launcher going away, ends it at once.
-//
-// Before reading anything it applies the first steps of its jail (see below).
+// Started by `bulkhead run` (the launcher) with one descriptor besides 0-2: descriptor 3, a
+// connected SOCK_SEQPACKET socket to the launcher. It takes no arguments and reads no
+// environment; it opens no paths. Everything it will use arrives in the first message
+// (WorkerProtocol `configure`) as attached descriptors: the image, the KVM device, the console,
+// the disks, sockets and the vsock broker. It jails itself as the configuration says (below),
+// answers `started` (or `refused`), runs the VM, reports `ended` with the outcome and counters,
+// and exits. A `stop` message, or the launcher going away, ends it at once. A system call its
+// seccomp filters forbid ends it with `violation` and status 159.
 //
 // Exit status: 0 after `ended` was sent, 3 after `refused`, 2 when the launcher's message was
 // not a valid `configure`, 1 when the control socket failed.
@@ -66,7 +66,7 @@ do {
 let configured = monotonicNanoseconds()
 
 // The jail, while this process is single-threaded, each step checked (Sources/KVM/Jail.swift).
-// The launcher has already put this process in its own PID namespace (it is pid 1 there) and in
+// The launcher has already put this process in its own PID namespace (it is pid 1 there: checked) and in
 // the VM's cgroup, and made the empty directory `root`. Here:
 //   1. the VM's own host uid and gid, no supplementary groups (first: a process can map only its
 //      own uid into a user namespace it makes);
@@ -79,6 +79,7 @@ let configured = monotonicNanoseconds()
 // Without a jail (`bulkhead run --no-jail --worker`, or a launcher without root) only 4 and 6.
 do {
     if let jail = configuration.jail {
+        try Jail.checkOwnPIDNamespace()
         try Jail.becomeUser(uid: jail.uid, gid: jail.gid)
         setParentDeathSignal(SIGKILL)   // a change of uid clears it
         try Jail.enterUserNamespaces(uid: jail.uid, gid: jail.gid)
