@@ -41,11 +41,8 @@ public enum UnixSeqpacket {
         defer { unlink(path) }
         guard listen(listener.rawValue, 1) == 0 else { throw SystemError("listen \(path)", errno: errno) }
         while true {
-            let fd = accept(listener.rawValue, nil, nil)
-            if fd >= 0 {
-                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                return FileDescriptor(owning: fd)
-            }
+            let fd = ckvm_accept_cloexec(listener.rawValue)
+            if fd >= 0 { return FileDescriptor(owning: fd) }
             if errno != EINTR { throw SystemError("accept on \(path)", errno: errno) }
         }
     }
@@ -95,11 +92,8 @@ public enum UnixStream {
     /// Accepts one connection on a listening socket (blocking), close-on-exec.
     public static func accept(_ listener: FileDescriptor) throws(SystemError) -> FileDescriptor {
         while true {
-            let fd = Glibc.accept(listener.rawValue, nil, nil)
-            if fd >= 0 {
-                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                return FileDescriptor(owning: fd)
-            }
+            let fd = ckvm_accept_cloexec(listener.rawValue)
+            if fd >= 0 { return FileDescriptor(owning: fd) }
             if errno != EINTR { throw SystemError("accept", errno: errno) }
         }
     }

@@ -180,6 +180,10 @@ static inline int ckvm_signalfd_next(int fd) {
     struct signalfd_siginfo info;
     return read(fd, &info, sizeof info) == (ssize_t)sizeof info ? (int)info.ssi_signo : -1;
 }
+// accept4(2) with SOCK_CLOEXEC (glibc declares accept4 only under _GNU_SOURCE): the accepted
+// descriptor is close-on-exec from the start, with no window in which a concurrent exec
+// could inherit it.
+static inline int ckvm_accept_cloexec(int fd) { return (int)syscall(SYS_accept4, fd, (void *)0, (void *)0, 02000000 /* SOCK_CLOEXEC */); }
 // ---- end of processes ----
 
 #endif
