@@ -65,8 +65,10 @@ let package = Package(
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
         .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "KVM"]),
+        // A worker that misbehaves on purpose, for the launcher's tests (never installed).
+        .executableTarget(name: "bulkhead-fake-worker", dependencies: ["KVM", "WorkerProtocol"], path: "Tests/FakeWorker"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "KVM",
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,51 @@
+// bulkhead-fake-worker: a worker that has been taken over, for the launcher's tests
+// (Tests/CLITests/HostileWorkerTests.swift). It reads the launcher's `configure` message and then
+// misbehaves in the way the configuration's command line names, so that the tests can check that
+// the launcher reports it, kills it and cleans up, whatever it does.
+import KVM
+import WorkerProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let control = FileDescriptor(borrowing: 3)
+guard let first = try? control.receiveMessage(maxBytes: WorkerProtocol.maxMessage, maxDescriptors: WorkerProtocol.maxDescriptors),
+      case .configure(let configuration)? = try? WorkerProtocol.decode(first.bytes, from: .launcher, descriptors: first.descriptors.count)
+else { exit(1) }
+
+func send(_ bytes: [UInt8], descriptors: [FileDescriptor] = []) { _ = try? control.sendMessage(bytes, descriptors: descriptors) }
+func hang() -> Never { while true { sleep(60) } }
+
+switch configuration.commandLine {
+case "garbage":
+    send([UInt8](repeating: 0x41, count: 16))
+    hang()
+case "started-twice":
+    send(WorkerProtocol.encode(.started)); send(WorkerProtocol.encode(.started))
+    hang()
+case "ended-before-started":
+    send(WorkerProtocol.encode(.ended(.exited(status: 0), counters: [])))
+    hang()
+case "launcher-message":
+    send(WorkerProtocol.encode(.stop))
+    hang()
+case "descriptor-attached":
+    send(WorkerProtocol.encode(.started), descriptors: [FileDescriptor(borrowing: 0)])
+    hang()
+case "oversized":
+    send([UInt8](repeating: 0, count: WorkerProtocol.maxMessage + 100))
+    hang()
+case "violation":
+    send(WorkerProtocol.encode(.violation(syscall: 101)))   // ptrace; then pretends nothing happened
+    hang()
+case "escapes":
+    send(WorkerProtocol.encode(.started))
+    send(WorkerProtocol.encode(.ended(.faulted("\u{1b}]0;owned\u{07}\u{1b}[2J fault"), counters: [Counter(name: "x\u{1b}[31m", value: 1)])))
+    exit(0)
+case "dies":
+    // A trap (ud2): the kernel's SIGILL kills even a PID namespace's init, which kill(2) from
+    // inside would not.
+    fatalError("the fake worker crashes")
+default:
+    exit(1)
+}
