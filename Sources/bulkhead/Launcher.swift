@@ -146,7 +146,13 @@ struct Launcher {
                     if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 128 + sig) }
                     return r
                 }
-                if !ready.isEmpty { wait = 0 }   // the control socket is ready (or the deadline passed: wait stays)
+                if ready.first == true {
+                    wait = 0   // a message (or the end) is there
+                } else if let deadline, monotonicNanoseconds() >= deadline {
+                    wait = 0   // timed out: the receive below says so at once
+                } else {
+                    continue   // a wake-up with nothing to read
+                }
             }
             let received: ReceivedMessage
             do {
