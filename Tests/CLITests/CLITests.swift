@@ -25,9 +25,10 @@ struct Result {
     var stderr: String
 }
 
-func bulkhead(_ args: [String], environment extra: [String: String] = [:]) throws -> Result {
+/// Runs `bulkhead` (or another copy of it, `executable`) and collects its status and output.
+func bulkhead(_ args: [String], environment extra: [String: String] = [:], executable: String = binary) throws -> Result {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: binary)
+    p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = args
     var env = ProcessInfo.processInfo.environment
     env["BULKHEAD_GUEST_DIR"] = guests

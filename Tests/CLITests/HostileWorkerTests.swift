@@ -28,18 +28,8 @@ struct HostileWorkerTests {
 
     func run(_ behaviour: String) throws -> Result {
         let dir = try #require(Self.directory)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: dir + "/bulkhead")
-        p.arguments = ["run", "--worker-sha256", Self.digest, "--cmdline", behaviour, guests + "/hello.elf", "--timeout", "20"]
-            + (getuid() == 0 ? [] : ["--no-jail", "--worker"])
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        return try bulkhead(["run", "--worker-sha256", Self.digest, "--cmdline", behaviour, guests + "/hello.elf", "--timeout", "20"]
+                            + (getuid() == 0 ? [] : ["--no-jail", "--worker"]), executable: dir + "/bulkhead")
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: [
