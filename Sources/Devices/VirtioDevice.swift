@@ -51,6 +51,15 @@ public final class VirtioMMIODevice {
 
     public func read(offset: UInt64, size: Int) -> UInt64 { transport.read(offset: offset, size: size) }
 
+    /// Whether a guest write at `offset` can run the device model, and through it the back end
+    /// (files, sockets): a Status write (0 resets the model), QueueNotify (serves a queue) and
+    /// configuration space. Every other register only changes the transport's own state, and
+    /// reads never reach the model. The VMM runs these writes where back-end I/O is allowed.
+    public static func writeMayReachModel(offset: UInt64) -> Bool {
+        offset == MMIOTransport.Register.status.rawValue || offset == MMIOTransport.Register.queueNotify.rawValue
+            || offset >= MMIOTransport.configOffset
+    }
+
     /// A guest write to the window. Returns true when the driver should be interrupted.
     public func write(offset: UInt64, size: Int, value: UInt64, ram: GuestRAM) -> Bool {
         var interrupt = false

@@ -1,6 +1,7 @@
 import Boot
 import Devices
 import KVM
+import Synchronization
 import Virtio
 
 extension GuestMemory: GuestRAM {
@@ -79,14 +80,93 @@ final class AttachedDevice: Sendable {
     }
 }
 
+/// Device work that a vCPU thread hands to the device thread and waits for (issue 9).
+///
+/// A vCPU thread answers MMIO exits, and its seccomp filter allows only what that takes: no
+/// disk or socket I/O, no `close`. Yet a guest reaches a device's back end through plain MMIO
+/// writes too: a Status write of 0 resets the device (vsock closes its host connections), a
+/// QueueNotify whose value is not the one the ioeventfd matches arrives as an exit and serves a
+/// queue (disk reads, socket sends), a configuration write goes to the model. Such writes are
+/// posted here and carried out on the device thread, in order, while the vCPU waits: the guest
+/// sees exactly what it saw when they ran on its own thread, and no back-end call ever runs on a
+/// vCPU thread.
+final class DeviceMailbox: Sendable {
+    struct Request: Sendable {
+        let device: AttachedDevice
+        let offset: UInt64
+        let size: Int
+        let value: UInt64
+        let reply: MailboxReply
+        let ticket: UInt64
+    }
+
+    /// Readable when requests are waiting (the device thread polls it).
+    let bell: EventFD
+    private let requests = Mutex<[Request]>([])
+
+    init() throws(KVMError) { bell = try EventFD() }
+
+    func post(_ r: Request) {
+        requests.withLock { $0.append(r) }
+        bell.signal()
+    }
+
+    /// Every waiting request, oldest first.
+    func take() -> [Request] {
+        requests.withLock { r in
+            let all = r
+            r = []
+            return all
+        }
+    }
+}
+
+/// Where the device thread tells one vCPU thread that its request is done: the request's ticket
+/// (a per-thread count) and an eventfd to wake it. One per vCPU thread, made before the threads
+/// start (a vCPU thread creates no descriptors).
+final class MailboxReply: Sendable {
+    let event: EventFD
+    private let completed = Atomic<UInt64>(0)
+
+    init() throws(KVMError) { event = try EventFD() }
+
+    func complete(_ ticket: UInt64) {
+        completed.store(ticket, ordering: .releasing)
+        event.signal()
+    }
+
+    func isDone(_ ticket: UInt64) -> Bool { completed.load(ordering: .acquiring) >= ticket }
+}
+
 /// The devices of one VM, found by guest-physical address.
 final class DeviceBus: Sendable {
     let devices: [AttachedDevice]
     let ram: GuestRAM & Sendable
+    /// Where vCPU threads post writes that can reach a back end; nil: they run them themselves
+    /// (the --no-ioeventfd benchmark mode, which is never jailed).
+    let mailbox: DeviceMailbox?
 
-    init(devices: [AttachedDevice], ram: GuestRAM & Sendable) {
+    init(devices: [AttachedDevice], ram: GuestRAM & Sendable, mailbox: DeviceMailbox? = nil) {
         self.devices = devices
         self.ram = ram
+        self.mailbox = mailbox
+    }
+
+    /// A guest's MMIO write to device `d`, on the vCPU thread that took the exit. Writes that can
+    /// reach the device's back end go to the device thread (see `DeviceMailbox`); this thread
+    /// waits for them, or until `waker` says the VM is ending (`abandon` then returns true).
+    func guestWrite(_ d: AttachedDevice, offset: UInt64, size: Int, value: UInt64,
+                    reply: MailboxReply, ticket: inout UInt64, waker: EventFD, abandon: () -> Bool) {
+        guard let mailbox, VirtioMMIODevice.writeMayReachModel(offset: offset) else {
+            write(d, offset: offset, size: size, value: value)
+            return
+        }
+        ticket &+= 1
+        mailbox.post(.init(device: d, offset: offset, size: size, value: value, reply: reply, ticket: ticket))
+        while !reply.isDone(ticket) && !abandon() {
+            _ = waitReadable([reply.event.fd.rawValue, waker.fd.rawValue], timeoutMilliseconds: -1)
+            _ = reply.event.drain()
+        }
     }
 
     func device(at address: UInt64) -> (AttachedDevice, UInt64)? {
@@ -191,10 +271,32 @@ final class DeviceBus: Sendable {
                 for fd in fds { polledInputs.append((di, fd)) }
             }
             let fds = [stop.fd.rawValue] + bells.map { $0.fd.fd.rawValue } + polledInputs.map(\.fd)
+                + (mailbox.map { [$0.bell.fd.rawValue] } ?? [])
             let ready = waitReadable(fds, timeoutMilliseconds: timeout)
             if ready.first == true { return }
             var inputDevices = Set(backlogged)
-            for (i, isReady) in ready.dropFirst().enumerated() where isReady {
+            if let mailbox, ready.last == true {
+                // Writes the vCPU threads handed over, in the order they were posted.
+                _ = mailbox.bell.drain()
+                let now = monotonicNanoseconds()
+                for r in mailbox.take() {
+                    write(r.device, offset: r.offset, size: r.size, value: r.value)
+                    r.reply.complete(r.ticket)
+                    guard let di = devices.firstIndex(where: { $0 === r.device }) else { continue }
+                    // As after a doorbell: the device may have new receive buffers (or was reset and
+                    // set up again), and a queue it served may have been deferred or left work.
+                    starved.remove(di)
+                    if inputDeferred[di] == nil, inputModels.contains(where: { $0.device == di }) { inputDevices.insert(di) }
+                    let (waits, pending) = r.device.device.withLock { dev in
+                        (r.device.doorbells.indices.map { dev.deferral(queue: $0) },
+                         r.device.doorbells.indices.map { dev.hasPending(queue: $0, ram: ram) })
+                    }
+                    for (i, b) in bells.enumerated() where b.device == di && deferred[i] == nil && b.queue < waits.count {
+                        if let w = waits[b.queue] { deferred[i] = now + w } else if pending[b.queue] { deferred[i] = now + 1_000_000 }
+                    }
+                }
+            }
+            for (i, isReady) in ready.dropFirst().enumerated() where isReady && i < bells.count + polledInputs.count {
                 if i < bells.count {
                     let b = bells[i]
                     b.fd.drain()

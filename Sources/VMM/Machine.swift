@@ -295,9 +295,11 @@ public enum Machine {
         } catch { throw .kvm(error) }
 
         let wakers: [EventFD]
+        let replies: [MailboxReply]
         let control: RunControl
         do {
             wakers = try vcpus.map { _ throws(KVMError) in try EventFD() }
+            replies = try vcpus.map { _ throws(KVMError) in try MailboxReply() }
             control = try RunControl(kickers: vcpus.map(\.kicker), wakers: wakers)
         } catch { throw .kvm(error) }
         let env = guest.programPlan.map { LiveEnvironment(memory: memory, plan: $0, console: configuration.console, start: start) }
@@ -306,7 +308,7 @@ public enum Machine {
 
         var threads: [OSThread] = []
         for (i, vcpu) in vcpus.enumerated() {
-            let runner = VCPURunner(index: i, vcpu: vcpu, waker: wakers[i], control: control, env: env,
+            let runner = VCPURunner(index: i, vcpu: vcpu, waker: wakers[i], reply: replies[i], control: control, env: env,
                                     serial: serial, plan: guest.programPlan, memory: memory, bus: bus,
                                     threadStart: configuration.vcpuThreadStart)
             do {
@@ -320,18 +322,19 @@ public enum Machine {
             }
         }
 
-        // Queue doorbells are served on their own thread, never on a vCPU thread.
+        // Queue doorbells, and guest writes that reach a back end (DeviceMailbox), are served on
+        // their own thread, never on a vCPU thread.
         var deviceThread: OSThread?
         let stopDevices: EventFD
         do { stopDevices = try EventFD() } catch { throw .kvm(error) }
-        if bus.devices.contains(where: { !$0.doorbells.isEmpty || $0.device.withLock { $0.model is VirtioBackendInput } }) {
+        if bus.mailbox != nil || bus.devices.contains(where: { !$0.doorbells.isEmpty || $0.device.withLock { $0.model is VirtioBackendInput } }) {
             do { deviceThread = try OSThread.spawn { bus.serve(until: stopDevices) } } catch {
                 control.finish(.vcpuFailure(vcpu: 0, reason: "cannot start the device thread: \(error)"))
             }
         }
 
         // Wait for the first outcome, or the timeout (the watchdog).
-        let deadline = configuration.timeout.map { start + UInt64(max(0, $0) * 1e9) }
+        let deadline = configuration.timeout.map { Saturating.adding(start, Saturating.nanoseconds(seconds: $0)) }
         while control.result == nil {
             if let deadline {
                 let now = monotonicNanoseconds()
@@ -393,7 +396,9 @@ public enum Machine {
             attached.append(AttachedDevice(window: window, device: VirtioMMIODevice(model: model, rateLimit: rateLimits[i]), doorbells: bells,
                                            interrupt: interrupt))
         }
-        return DeviceBus(devices: attached, ram: ram)
+        // Writes that reach a back end run on the device thread (see DeviceMailbox), except in
+        // the --no-ioeventfd benchmark mode, which serves everything on vCPU threads.
+        return DeviceBus(devices: attached, ram: ram, mailbox: doorbells && !attached.isEmpty ? try DeviceMailbox() : nil)
     }
 
     static func specialRegisters(_ c: LinuxCPUState) -> SpecialRegisters {
@@ -433,6 +438,8 @@ struct VCPURunner: @unchecked Sendable {
     let index: Int
     let vcpu: VCPU
     let waker: EventFD
+    /// Where the device thread says a write this thread handed it is done (see DeviceMailbox).
+    let reply: MailboxReply
     let control: RunControl
     /// Hypercalls, the fault page and guard pages exist for guest programs only (nil for Linux).
     let env: LiveEnvironment?
@@ -446,6 +453,7 @@ struct VCPURunner: @unchecked Sendable {
         var stats = HypercallStatistics()
         var exits = ExitStatistics()
         var firstHypercall: UInt64?
+        var ticket: UInt64 = 0
         if let threadStart, let why = threadStart() {
             control.finish(.vcpuFailure(vcpu: index, reason: "its thread could not be set up: \(why)"))
             return (stats, nil, exits)
@@ -501,7 +509,8 @@ struct VCPURunner: @unchecked Sendable {
                 if plan != nil, address == GuestLayout.faultPage, length == 1 {
                     control.finish(fault(vector: Int(value & 0xff)))
                 } else if let (device, offset) = bus.device(at: address) {
-                    bus.write(device, offset: offset, size: length, value: value)
+                    bus.guestWrite(device, offset: offset, size: length, value: value, reply: reply, ticket: &ticket,
+                                   waker: waker, abandon: { control.result != nil })
                 } else if plan == nil {
                     exits.unassigned(mmio: address) // a kernel's write to absent hardware is dropped
                 } else {
