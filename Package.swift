@@ -68,7 +68,8 @@ let package = Package(
         // A worker that misbehaves on purpose, for the launcher's tests (never installed).
         .executableTarget(name: "bulkhead-fake-worker", dependencies: ["KVM", "WorkerProtocol"], path: "Tests/FakeWorker"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM",
+        // VMM too: NumberTests compares `--hide-cpu-feature`'s warning with the CPUID probe run here.
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "VMM",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]

@@ -16,13 +16,17 @@ public struct TokenBucket: Equatable, Sendable {
     private mutating func refill(_ now: UInt64) {
         guard now > lastRefill else { return }
         let elapsed = now - lastRefill
-        // tokens = elapsed * rate / 1e9, without overflow for any elapsed time.
-        let (product, overflow) = elapsed.multipliedReportingOverflow(by: ratePerSecond)
-        let added = overflow ? capacity : product / 1_000_000_000
+        // tokens = elapsed * rate / 1e9 in 128 bits, exact for any elapsed time and rate (a
+        // quotient beyond 64 bits is more than any bucket holds).
+        let product = elapsed.multipliedFullWidth(by: ratePerSecond)
+        let billion: UInt64 = 1_000_000_000
+        let added = product.high >= billion ? UInt64.max : billion.dividingFullWidth(product).quotient
         guard added > 0 else { return }
-        tokens = min(capacity, tokens &+ min(added, capacity))
-        // Keep the remainder: advance the clock only by the time the added tokens took.
-        lastRefill = added >= capacity ? now : lastRefill + added * 1_000_000_000 / ratePerSecond
+        add(added)
+        // Keep the remainder: advance the clock only by the time the added tokens took
+        // (added * 1e9 / rate <= elapsed, so the quotient fits and the sum stays <= now).
+        lastRefill = added >= capacity ? now
+            : lastRefill + ratePerSecond.dividingFullWidth(added.multipliedFullWidth(by: billion)).quotient
     }
 
     /// Takes `n` tokens if they are there. A request larger than the whole bucket is allowed
@@ -37,8 +41,17 @@ public struct TokenBucket: Equatable, Sendable {
 
     /// Gives back `n` tokens taken for work that did not happen (never above capacity).
     public mutating func refund(_ n: UInt64) {
-        tokens = min(capacity, tokens &+ min(n, capacity))
+        add(n)
     }
+
+    /// `n` more tokens, at most a full bucket (never wraps, whatever `n` and the capacity).
+    private mutating func add(_ n: UInt64) {
+        tokens = n >= capacity - tokens ? capacity : tokens + n
+    }
+
+    /// The longest wait `delay` reports: a request then simply asks again. Keeps the caller's
+    /// `now + delay` far from overflow whatever the bucket's capacity and rate.
+    public static let maxDelayNanoseconds: UInt64 = 3600 * 1_000_000_000
 
     /// Nanoseconds until `n` tokens (at most a full bucket) will be there.
     public mutating func delay(for n: UInt64, now: UInt64) -> UInt64 {
@@ -46,7 +59,13 @@ public struct TokenBucket: Equatable, Sendable {
         let need = min(n, capacity)
         guard tokens < need else { return 0 }
         let missing = need - tokens
-        return (missing * 1_000_000_000 + ratePerSecond - 1) / ratePerSecond
+        // ceil(missing * 1e9 / rate) in 128 bits: with a capacity above 2^64 / 1e9 (about 18 GB)
+        // the product does not fit in 64.
+        let product = missing.multipliedFullWidth(by: 1_000_000_000)
+        let (low, carry) = product.low.addingReportingOverflow(ratePerSecond - 1)
+        let high = product.high + (carry ? 1 : 0)   // product.high < 1e9: cannot overflow
+        guard high < ratePerSecond else { return Self.maxDelayNanoseconds }
+        return min(Self.maxDelayNanoseconds, ratePerSecond.dividingFullWidth((high, low)).quotient)
     }
 }
 

@@ -58,9 +58,15 @@ extension FileDescriptor {
     public static let standardError = FileDescriptor(borrowing: 2)
 }
 
-/// Reads a whole file by path.
+/// Reads a whole regular file by path (/proc, cgroup and Bulkhead's own files; symbolic links
+/// are followed). Never blocks on a FIFO: anything but a regular file is refused.
 public func readFile(_ path: String, limit: Int) throws(SystemError) -> [UInt8] {
-    try FileDescriptor.open(readOnly: path).readAll(limit: limit)
+    let fd: FileDescriptor
+    do { fd = try FileDescriptor.openChecked(path, what: "file", access: .read, followSymlinks: true) } catch {
+        if case .wrongKind(let found) = error.reason { throw SystemError("open \(path) (\(found), not a regular file)", errno: error.errno) }
+        throw SystemError("open \(path)", errno: error.errno)
+    }
+    return try fd.readAll(limit: limit)
 }
 
 /// Whether `path` exists and is a regular file.

@@ -67,6 +67,14 @@ public final class GuestMemory: @unchecked Sendable {
             munmap(p, Int(size))
             throw .system(SystemError("madvise(MADV_DONTDUMP)", errno: e))
         }
+        // Never copied into a child: a process that forks (the in-process VMM hands its last
+        // descriptors to a child at exit, see `releaseDescriptorsAfterExit`) must not duplicate
+        // the guest's RAM or its page tables.
+        if madvise(p, Int(size), MADV_DONTFORK) != 0 {
+            let e = errno
+            munmap(p, Int(size))
+            throw .system(SystemError("madvise(MADV_DONTFORK)", errno: e))
+        }
     }
 
     deinit {

@@ -137,14 +137,14 @@ extension FileDescriptor {
             throw SystemError("recvmsg (maxDescriptors \(maxDescriptors), at most \(FileDescriptor.maxPassedDescriptors))", errno: EINVAL)
         }
         let deadline: UInt64? = timeoutMilliseconds < 0
-            ? nil : monotonicNanoseconds() &+ UInt64(timeoutMilliseconds) &* 1_000_000
+            ? nil : Saturating.adding(monotonicNanoseconds(), Saturating.multiplying(UInt64(timeoutMilliseconds), 1_000_000))
         while true {
             if let result = try receiveQueued(maxBytes: maxBytes, maxDescriptors: maxDescriptors) { return result }
             var wait: Int32 = -1
             if let deadline {
                 let now = monotonicNanoseconds()
                 guard now < deadline else { return .timedOut }
-                wait = Int32(clamping: (deadline - now + 999_999) / 1_000_000)
+                wait = Saturating.pollMilliseconds(nanoseconds: deadline - now)
             }
             try waitFor(Int16(POLLIN), timeoutMilliseconds: wait, operation: "poll for recvmsg")
         }

@@ -11,10 +11,14 @@ public final class KVMSystem: @unchecked Sendable {
     public let vcpuMapSize: Int
 
     /// Opens `/dev/kvm` (or `path`) and checks the API version and the capabilities Bulkhead needs.
+    /// A fixed system path: symbolic links are followed; anything but a character device is refused.
     public convenience init(path: String = "/dev/kvm") throws(KVMError) {
-        let raw = open(path, O_RDWR | O_CLOEXEC)
-        guard raw >= 0 else { throw .deviceUnavailable(path: path, errno: errno) }
-        try self.init(adopting: FileDescriptor(owning: raw))
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.openChecked(path, what: "the KVM device", access: .readWrite, kind: .characterDevice, followSymlinks: true) } catch {
+            if case .wrongKind = error.reason { throw .deviceUnavailable(path: path, errno: ENODEV) }
+            throw .deviceUnavailable(path: path, errno: error.errno)
+        }
+        try self.init(adopting: fd)
     }
 
     /// Uses an already-open `/dev/kvm` descriptor (how a jailed worker receives it).

@@ -73,7 +73,7 @@ public final class EventFD: @unchecked Sendable {
     /// Waits up to `nanoseconds` for a signal. Returns early (false) when interrupted by a kick.
     public func wait(nanoseconds: UInt64) -> Bool {
         var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
-        let ms = Int32(clamping: (nanoseconds &+ 999_999) / 1_000_000)
+        let ms = Saturating.pollMilliseconds(nanoseconds: nanoseconds)
         let r = poll(&p, 1, ms)
         if r > 0 { drain(); return true }
         return false

@@ -5,6 +5,25 @@ import Glibc
 
 /// Unix-domain SOCK_SEQPACKET sockets by path: how two VMMs (or a VMM and a switch) are wired
 /// together. Each datagram is one Ethernet frame.
+/// Why `UnixSeqpacket.listenAndAccept` returned no peer.
+public enum ListenError: Error, Equatable, CustomStringConvertible, Sendable {
+    case system(SystemError)
+    /// Nobody connected in time.
+    case noPeer(path: String, seconds: Double)
+    /// A termination signal arrived while waiting.
+    case interrupted(path: String, signal: Int32)
+
+    public var description: String {
+        switch self {
+        case .system(let e): return e.description
+        case .noPeer(let path, let seconds):
+            return "no peer connected to \(path) within \(seconds) s (--timeout, or \(Int(UnixSeqpacket.defaultListenSeconds)) s without it); the socket was removed"
+        case .interrupted(let path, let signal):
+            return "stopped by signal \(signal) while waiting for a peer on \(path); the socket was removed"
+        }
+    }
+}
+
 public enum UnixSeqpacket {
     static func address(_ path: String) throws(SystemError) -> sockaddr_un {
         var addr = sockaddr_un()
@@ -27,31 +46,88 @@ public enum UnixSeqpacket {
         return FileDescriptor(owning: fd)
     }
 
-    /// Creates `path`, waits for one peer to connect, and returns the connection.
-    /// The listening socket and the path are removed once the peer is there.
-    public static func listenAndAccept(_ path: String) throws(SystemError) -> FileDescriptor {
-        var addr = try address(path)
-        let listener = try socket()
-        let len = socklen_t(MemoryLayout<sockaddr_un>.size)
-        let r = withUnsafePointer(to: &addr) { p in
-            // SAFETY: p points at a sockaddr_un on the stack for the duration of the call.
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener.rawValue, $0, len) }
+    /// How long `listenAndAccept` waits for a peer when the run has no `--timeout`.
+    public static let defaultListenSeconds: Double = 60
+
+    /// Creates a socket at `path` with the caller's credentials (the socket file is theirs, in a
+    /// directory they may write), waits for one peer to connect for at most `timeoutSeconds`,
+    /// and returns the connection. SIGINT, SIGTERM and SIGHUP end the wait too: they are blocked
+    /// on this thread meanwhile and read through a signalfd (the mask is restored after). The
+    /// listening socket is closed once the peer is there, so nobody else can connect, and the
+    /// socket file is removed however the wait ends, if it is still the one created here.
+    public static func listenAndAccept(_ path: String, timeoutSeconds: Double, caller: Caller = .current) throws(ListenError) -> FileDescriptor {
+        do { _ = try address(path) } catch { throw .system(error) }
+        let bound = try? caller.perform { () -> Result<(FileDescriptor, dev_t, ino_t), SystemError> in
+            do throws(SystemError) {
+                var addr = try address(path)
+                let listener = try socket()
+                let len = socklen_t(MemoryLayout<sockaddr_un>.size)
+                let r = withUnsafePointer(to: &addr) { p in
+                    // SAFETY: p points at a sockaddr_un on the stack for the duration of the call.
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener.rawValue, $0, len) }
+                }
+                guard r == 0 else { throw SystemError("bind \(path)", errno: errno) }
+                var st = stat()
+                // SAFETY: lstat writes one `struct stat` on the stack.
+                guard lstat(path, &st) == 0 else { throw SystemError("lstat \(path)", errno: errno) }
+                return .success((listener, st.st_dev, st.st_ino))
+            } catch { return .failure(error) }
         }
-        guard r == 0 else { throw SystemError("bind \(path)", errno: errno) }
-        defer { unlink(path) }
-        guard listen(listener.rawValue, 1) == 0 else { throw SystemError("listen \(path)", errno: errno) }
+        guard let bound else { throw .system(SystemError("bind \(path) (with the caller's credentials)", errno: EPERM)) }
+        let listener: FileDescriptor, device: dev_t, inode: ino_t
+        switch bound {
+        case .success(let b): (listener, device, inode) = b
+        case .failure(let e): throw .system(e)
+        }
+        defer {
+            // The socket file goes, but only if it is still ours (not one put there since).
+            _ = try? caller.perform {
+                var st = stat()
+                // SAFETY: lstat writes one `struct stat` on the stack.
+                if lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK, st.st_dev == device, st.st_ino == inode { unlink(path) }
+            }
+        }
+        guard listen(listener.rawValue, 1) == 0 else { throw .system(SystemError("listen \(path)", errno: errno)) }
+        let status = fcntl(listener.rawValue, F_GETFL)
+        guard status >= 0, fcntl(listener.rawValue, F_SETFL, status | O_NONBLOCK) == 0 else {
+            throw .system(SystemError("fcntl(O_NONBLOCK) on \(path)", errno: errno))
+        }
+        var set = sigset_t(), old = sigset_t()
+        sigemptyset(&set)
+        for s in TerminationSignals.signals { sigaddset(&set, s) }
+        // SAFETY: pthread_sigmask reads one sigset_t and writes one, both on the stack.
+        pthread_sigmask(SIG_BLOCK, &set, &old)
+        defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
+        let signals: TerminationSignals
+        do { signals = try TerminationSignals() } catch { throw .system(error) }
+        let deadline = Saturating.adding(monotonicNanoseconds(), Saturating.nanoseconds(seconds: timeoutSeconds))
         while true {
+            let now = monotonicNanoseconds()
+            guard now < deadline else { throw .noPeer(path: path, seconds: timeoutSeconds) }
+            let ready = waitReadable([listener.rawValue, signals.descriptor.rawValue],
+                                     timeoutMilliseconds: Int32(clamping: (deadline - now + 999_999) / 1_000_000))
+            if ready.count == 2, ready[1], let s = signals.next() { throw .interrupted(path: path, signal: s) }
+            guard ready.first == true else { continue }
             let fd = ckvm_accept_cloexec(listener.rawValue)
             if fd >= 0 { return FileDescriptor(owning: fd) }
-            if errno != EINTR { throw SystemError("accept on \(path)", errno: errno) }
+            if errno != EINTR && errno != EAGAIN && errno != ECONNABORTED { throw .system(SystemError("accept on \(path)", errno: errno)) }
         }
+    }
+
+    /// Connects to a peer listening at `path`, retrying for up to `timeoutSeconds` while it is not
+    /// there yet, with the caller's credentials (see `Caller.perform`).
+    public static func connect(_ path: String, timeoutSeconds: Double = 10, caller: Caller) throws(SystemError) -> FileDescriptor {
+        let result = try caller.perform { () -> Result<FileDescriptor, SystemError> in
+            do throws(SystemError) { return .success(try connect(path, timeoutSeconds: timeoutSeconds)) } catch { return .failure(error) }
+        }
+        return try result.get()
     }
 
     /// Connects to a peer listening at `path`, retrying for up to `timeoutSeconds` while it is not
     /// there yet.
     public static func connect(_ path: String, timeoutSeconds: Double = 10) throws(SystemError) -> FileDescriptor {
         var addr = try address(path)
-        let deadline = monotonicNanoseconds() + UInt64(max(0, timeoutSeconds) * 1e9)
+        let deadline = Saturating.adding(monotonicNanoseconds(), Saturating.nanoseconds(seconds: timeoutSeconds))
         while true {
             let fd = try socket()
             let len = socklen_t(MemoryLayout<sockaddr_un>.size)
@@ -96,6 +172,13 @@ public enum UnixStream {
             if fd >= 0 { return FileDescriptor(owning: fd) }
             if errno != EINTR { throw SystemError("accept", errno: errno) }
         }
+    }
+
+    /// `connect(_:)` with the caller's credentials (see `Caller.perform`).
+    public static func connect(_ path: String, caller: Caller) throws(SystemError) -> FileDescriptor {
+        try caller.perform { () -> Result<FileDescriptor, SystemError> in
+            do throws(SystemError) { return .success(try connect(path)) } catch { return .failure(error) }
+        }.get()
     }
 
     /// Connects to `path` without waiting: a listener that is absent, refuses, or has a full

@@ -26,16 +26,10 @@ public struct CPUIDPolicy: Equatable, Sendable {
 
     public var hidden: Set<Feature>
 
-    /// Whether the guest's CPUID comes from the table the VMM gives KVM. Not on a host whose KVM
-    /// is PVM (kvm_pvm: guest kernels run in the host's user mode) on a CPU without CPUID
-    /// faulting: there the CPUID instruction never leaves the guest, which sees the host's own
-    /// values, and `hidden` has no effect (checked by KernelGuestTests).
-    public static let enforcedByHost: Bool = {
-        guard isDirectory("/sys/module/kvm_pvm") else { return true }
-        let cpuinfo = String(decoding: (try? readFile("/proc/cpuinfo", limit: 1 << 20)) ?? [], as: UTF8.self)
-        let flags = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
-        return flags.split(separator: " ").contains("cpuid_fault")
-    }()
+    /// Whether `hidden` has any effect on this host is measured, not guessed: `CPUIDProbe`.
+    /// The probe's own table: leaf 0x8000_0002 holds `CPUIDProbe.marker`, a value no real CPU
+    /// returns (never set for a real guest).
+    var probeMarker = false
 
     public init(hidden: Set<Feature> = []) { self.hidden = hidden }
 
@@ -55,6 +49,17 @@ public struct CPUIDPolicy: Equatable, Sendable {
             }
             if e.function == 0xb || e.function == 0x1f { e.edx = UInt32(vcpu) } // x2APIC ID
             out.append(e)
+        }
+        if probeMarker {
+            let m = CPUIDProbe.marker, leaf = CPUIDProbe.markerLeaf
+            out.removeAll { $0.function == leaf }
+            out.append(CPUIDEntry(function: leaf, eax: m[0], ebx: m[1], ecx: m[2], edx: m[3]))
+            // The extended range must reach the leaf, or the CPU answers with another one.
+            if let i = out.firstIndex(where: { $0.function == 0x8000_0000 }) {
+                out[i].eax = max(out[i].eax, leaf)
+            } else {
+                out.append(CPUIDEntry(function: 0x8000_0000, eax: leaf))
+            }
         }
         return out
     }

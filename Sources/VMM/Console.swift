@@ -17,9 +17,10 @@ public final class ConsoleSink: Sendable {
     /// Output to standard output.
     public static func standardOutput() -> ConsoleSink { ConsoleSink(fd: .standardOutput) }
 
-    /// Output to a new file at `path` (truncated).
-    public static func file(_ path: String) throws(SystemError) -> ConsoleSink {
-        ConsoleSink(fd: try FileDescriptor.open(writing: path))
+    /// Output to a regular file at `path`, created or emptied, opened with the caller's
+    /// permissions (`Caller.open`): never a symbolic link, a FIFO or a device.
+    public static func file(_ path: String, caller: Caller = .current) throws(PathRefusal) -> ConsoleSink {
+        ConsoleSink(fd: try caller.open(path, what: "console file", access: .createOrTruncate))
     }
 
     /// Also keeps a copy of everything written (for tests).

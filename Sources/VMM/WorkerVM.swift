@@ -82,6 +82,35 @@ public struct WorkerVM {
         }
     }
 
+    /// With features hidden: whether hiding them works on this host for this kind of guest,
+    /// measured here, where the VM runs (`CPUIDProbe`, through the VM's own KVM descriptor and
+    /// vCPU thread set-up), as counters for the `ended` message, from which the launcher warns:
+    /// `cpuid.enforced` (1: every hidden feature is hidden, 0: not) and `cpuid.ineffective` (the
+    /// hidden features the guest sees anyway, bit i for `Feature.allCases[i]`). None when nothing
+    /// is hidden or the probe had no answer.
+    public func cpuidEnforcementCounters() -> [Counter] {
+        guard !machine.cpuid.hidden.isEmpty else { return [] }
+        let probeKind: CPUIDProbe.GuestKind
+        if case .program = kind { probeKind = .program } else { probeKind = .kernel }
+        guard let m = CPUIDProbe.measured(for: probeKind, kvmDescriptor: machine.kvmDescriptor,
+                                          vcpuThreadStart: machine.vcpuThreadStart) else { return [] }
+        let ineffective = m.ineffective(machine.cpuid.hidden)
+        return [Counter(name: Self.cpuidEnforcedCounter, value: ineffective.isEmpty ? 1 : 0),
+                Counter(name: Self.cpuidIneffectiveCounter, value: Self.featureMask(ineffective))]
+    }
+
+    /// The counters `cpuidEnforcementCounters` reports.
+    public static let cpuidEnforcedCounter = "cpuid.enforced"
+    public static let cpuidIneffectiveCounter = "cpuid.ineffective"
+
+    /// Bit i for `CPUIDPolicy.Feature.allCases[i]`, and back.
+    public static func featureMask(_ features: [CPUIDPolicy.Feature]) -> UInt64 {
+        CPUIDPolicy.Feature.allCases.enumerated().reduce(0) { features.contains($1.element) ? $0 | 1 << UInt64($1.offset) : $0 }
+    }
+    public static func features(mask: UInt64) -> [CPUIDPolicy.Feature] {
+        CPUIDPolicy.Feature.allCases.enumerated().filter { $0.offset < 64 && mask & (1 << UInt64($0.offset)) != 0 }.map(\.element)
+    }
+
     /// The `ended` message for a report: the outcome and the counters (hypercalls by name,
     /// exits by kind).
     public static func ended(_ report: RunReport, extra: [Counter] = []) -> WorkerMessage {
@@ -89,7 +118,7 @@ public struct WorkerVM {
         switch report.outcome {
         case .exited(let s): outcome = .exited(status: s)
         case .fault, .tripleFault: outcome = .faulted(String(report.outcome.description.prefix(VMOutcome.maxReasonLength)))
-        case .timedOut(let s): outcome = .timedOut(milliseconds: UInt64(max(0, s) * 1000))
+        case .timedOut(let s): outcome = .timedOut(milliseconds: Saturating.milliseconds(seconds: s))
         case .vcpuFailure: outcome = .vcpuFailure(String(report.outcome.description.prefix(VMOutcome.maxReasonLength)))
         case .reset: outcome = .reset
         }

@@ -422,7 +422,7 @@ public struct VMConfiguration: Equatable, Sendable {
         guard vcpus >= 1, vcpus <= maxVCPUs else { throw .invalid("vcpus", "\(vcpus) (1...\(maxVCPUs))") }
         let commandLine = try d.string("command line", max: maxCommandLine)
         let timeout = try d.u64("timeout")
-        guard timeout <= 366 * 86_400_000 else { throw .invalid("timeout", "\(timeout) ms") }
+        guard timeout <= maxTimeoutMilliseconds else { throw .invalid("timeout", "\(timeout) ms (at most \(maxTimeoutMilliseconds))") }
         let image: Image
         switch try d.u8("image kind") {
         case 1: image = .program(descriptor: try d.u8("image descriptor"))

@@ -147,12 +147,15 @@ do {
     refuse("cannot start the control thread: \(error)")
 }
 
+// With --hide-cpu-feature: whether it has any effect here, measured by a probe VM of the same
+// kind, behind the same jail and filters (the launcher warns when it has none).
+let cpuidCounters = vm.cpuidEnforcementCounters()
 send(.started)
 do {
     let report = try vm.run()
     send(WorkerVM.ended(report, extra: [Counter(name: "timing.worker-start-ns", value: processStart),
                                         Counter(name: "timing.configured-ns", value: configured),
-                                        Counter(name: "timing.jailed-ns", value: jailed)]))
+                                        Counter(name: "timing.jailed-ns", value: jailed)] + cpuidCounters))
     exit(0)
 } catch {
     refuse(error.description, kind: error.refusalKind)

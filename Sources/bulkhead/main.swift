@@ -54,8 +54,11 @@ struct Run: ParsableCommand {
     @Option(help: "Command line passed to the guest.")
     var cmdline: String = ""
 
-    @Option(help: "Stop the guest after this many seconds.")
+    @Option(help: "Stop the guest after this many seconds (0.001 to 31622400, i.e. 366 days).")
     var timeout: Double?
+
+    /// `--timeout` as whole milliseconds: the one conversion, used by every path (validated).
+    var timeoutMilliseconds: UInt64? { timeout.flatMap(VMConfiguration.timeoutMilliseconds(seconds:)) }
 
     @Option(help: "Write the guest console to this file instead of the terminal.")
     var console: String?
@@ -72,7 +75,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("read-only-disk"), help: "Attach a raw disk image read-only. Repeatable.")
     var readOnlyDisks: [String] = []
 
-    @Option(name: .customLong("net-listen"), help: "Attach a virtio-net device whose frames go over a Unix SOCK_SEQPACKET socket created at this path; waits for one peer (another VM, or a switch) to connect.")
+    @Option(name: .customLong("net-listen"), help: "Attach a virtio-net device whose frames go over a Unix SOCK_SEQPACKET socket created at this path; waits for one peer (another VM, or a switch) to connect, for at most --timeout seconds (60 without it), then removes the socket and fails.")
     var netListen: String?
 
     @Option(name: .customLong("net-connect"), help: "Attach a virtio-net device connected to a peer listening at this path.")
@@ -145,7 +148,9 @@ struct Run: ParsableCommand {
         guard memory >= 1 && memory <= GuestLayout.maxMemory >> 20 else {
             throw ValidationError("--memory must be between 1 and \(GuestLayout.maxMemory >> 20) MiB")
         }
-        if let t = timeout { guard t > 0, t.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") } }
+        if let t = timeout, VMConfiguration.timeoutMilliseconds(seconds: t) == nil {
+            throw ValidationError("--timeout must be \(VMConfiguration.timeoutRangeDescription)")
+        }
         if netListen != nil && netConnect != nil { throw ValidationError("give --net-listen or --net-connect, not both") }
         if let vsock { do { _ = try UnixVsockHost(pathPrefix: vsock) } catch { throw ValidationError("--vsock: \(error)") } }
         if vsockCID < 3 || vsockCID >= 0xffff_ffff { throw ValidationError("--vsock-cid must be between 3 and 4294967294") }
@@ -164,10 +169,16 @@ struct Run: ParsableCommand {
         }
     }
 
+    /// Printed when a probe VM found that guests of this kind still see features the VMM's
+    /// CPUID table hides (a PVM host that does not trap CPUID, or not for every bit): the
+    /// in-process run measures before it starts; a worker measures where the VM runs and
+    /// reports it (`cpuid.enforced`, `cpuid.ineffective`).
+    static func cpuidWarning(_ features: [CPUIDPolicy.Feature]) -> String {
+        let names = features.map(\.rawValue).joined(separator: ", ")
+        return "warning: on this host a guest sees the host's own CPUID value for \(names) whatever the VMM's table says (measured by a probe VM), so --hide-cpu-feature has no effect for it"
+    }
+
     func run() throws {
-        if !hiddenFeatures.isEmpty && !CPUIDPolicy.enforcedByHost {
-            printError("warning: this host's KVM is PVM without CPUID faulting: guests see the host's CPUID, so --hide-cpu-feature has no effect")
-        }
         // As root the VM runs in a jailed worker; --no-jail opts out (and is needed without root).
         if !noJail {
             guard geteuid() == 0 else {
@@ -177,6 +188,10 @@ struct Run: ParsableCommand {
             return try runInWorker(jailed: true)
         }
         if worker { return try runInWorker(jailed: false) }
+        let hidden = Set(hiddenFeatures.compactMap(CPUIDPolicy.Feature.init(rawValue:)))
+        if !hidden.isEmpty, let m = CPUIDProbe.measured(for: kernel == nil ? .program : .kernel), !m.ineffective(hidden).isEmpty {
+            printError(Run.cpuidWarning(m.ineffective(hidden)))
+        }
         let models = try devices()
         var config = configuration(console: try consoleSink(), devices: models)
         config.rateLimits = rateLimits(for: models)
@@ -216,13 +231,17 @@ struct Run: ParsableCommand {
             printError("stopped at: " + report.stoppedAt.sorted { $0.key < $1.key }
                 .map { "vCPU \($0.key) rip 0x\(String($0.value, radix: 16))" }.joined(separator: ", "))
         }
-        if report.outcome.exitCode != 0 { throw ExitCode(report.outcome.exitCode) }
+        // The outcome is out; closing the VM (12-20 ms with the in-kernel irqchip) is left to a
+        // child that outlives this process, so the exit status follows at once (issue 9).
+        // Exit here, holding the report: releasing it in this process would close the VM first.
+        releaseDescriptorsAfterExit()
+        withExtendedLifetime(report) { Glibc.exit(report.outcome.exitCode) }
     }
 
     func configuration(console sink: ConsoleSink, devices models: [VirtioDeviceModel]) -> MachineConfiguration {
         MachineConfiguration(
             boot: BootConfiguration(memorySize: memory << 20, vcpus: vcpus, commandLine: cmdline, faultHandlers: !noFaultHandlers),
-            timeout: timeout,
+            timeout: timeoutMilliseconds.map { Double($0) / 1000 },
             cpuid: CPUIDPolicy(hidden: Set(hiddenFeatures.compactMap(CPUIDPolicy.Feature.init(rawValue:)))),
             console: sink,
             devices: models)
@@ -231,15 +250,38 @@ struct Run: ParsableCommand {
     func consoleSink() throws -> ConsoleSink {
         guard let console else { return .standardOutput() }
         do { return try ConsoleSink.file(console) } catch {
-            printError("cannot open console file: \(error)")
+            printError("\(error)")
             throw ExitCode(Status.internalError)
         }
     }
 
+    /// Reads an image the caller named, with the caller's permissions (Caller.open): a regular
+    /// file, not through a symbolic link.
     func readImage(_ path: String, what: String) throws -> [UInt8] {
-        do { return try readFile(path, limit: Int(memory << 20)) } catch {
+        let fd: FileDescriptor
+        do { fd = try Caller.current.open(path, what: what, access: .read) } catch {
+            printError("\(error)")
+            throw ExitCode(Status.badImage)
+        }
+        do { return try fd.readAll(limit: Int(memory << 20)) } catch {
             printError("cannot read \(what) \(path): \(error)")
             throw ExitCode(Status.badImage)
+        }
+    }
+
+    /// Attaches the network device's socket: listens (bounded by --timeout, or
+    /// UnixSeqpacket.defaultListenSeconds) or connects, with the caller's credentials. Failures
+    /// are reported here; a termination signal while listening exits 128 + the signal.
+    func networkSocket(_ path: String) throws -> FileDescriptor {
+        do {
+            if netListen != nil {
+                return try UnixSeqpacket.listenAndAccept(path, timeoutSeconds: timeout ?? UnixSeqpacket.defaultListenSeconds)
+            }
+            return try UnixSeqpacket.connect(path, caller: .current)
+        } catch {
+            printError("cannot attach the network device on \(path): \(error)")
+            if case .interrupted(_, let signal)? = error as? ListenError { throw ExitCode(128 + signal) }
+            throw ExitCode(Status.internalError)
         }
     }
 
@@ -275,8 +317,12 @@ struct Run: ParsableCommand {
     func devices() throws -> [VirtioDeviceModel] {
         var models: [VirtioDeviceModel] = []
         for (path, readOnly) in disk.map({ ($0, false) }) + readOnlyDisks.map({ ($0, true) }) {
+            let fd: FileDescriptor
+            do { fd = try Caller.current.open(path, what: "disk", access: readOnly ? .read : .readWrite) } catch {
+                printError("\(error)")
+                throw ExitCode(Status.badImage)
+            }
             do {
-                let fd = readOnly ? try FileDescriptor.open(readOnly: path) : try FileDescriptor.open(readWrite: path)
                 let backend = try FileBlockBackend(fd: fd)
                 models.append(VirtioBlock(backend: backend, readOnly: readOnly, id: "bulkhead-disk\(models.count)"))
             } catch {
@@ -285,8 +331,8 @@ struct Run: ParsableCommand {
             }
         }
         if let path = netListen ?? netConnect {
+            let fd = try networkSocket(path)
             do {
-                let fd = netListen != nil ? try UnixSeqpacket.listenAndAccept(path) : try UnixSeqpacket.connect(path)
                 let address = mac.flatMap(Run.parseMAC) ?? Run.randomMAC()
                 models.append(try VirtioNet(backend: try SeqpacketFrameBackend(fd: fd), mac: address))
             } catch {
@@ -296,7 +342,15 @@ struct Run: ParsableCommand {
         }
         if rng { models.append(VirtioRNG(source: randomBytes)) }
         if let vsock {
-            do { models.append(try VirtioVsock(guestCID: vsockCID, host: try UnixVsockHost(pathPrefix: vsock))) } catch {
+            do {
+                // With more privilege than the caller, each connection is made with the caller's
+                // credentials, on a thread that takes them (Caller.perform).
+                let caller = Caller.current
+                let host = caller.needsOwnCredentials
+                    ? UnixVsockHost(connector: { port throws(SystemError) in try UnixStream.connect("\(vsock)_\(port)", caller: caller) })
+                    : try UnixVsockHost(pathPrefix: vsock)
+                models.append(try VirtioVsock(guestCID: vsockCID, host: host))
+            } catch {
                 printError("cannot attach the vsock device: \(error)")
                 throw ExitCode(ExitCode.validationFailure.rawValue)
             }
@@ -322,8 +376,9 @@ struct Run: ParsableCommand {
             return UInt8(descriptors.count - 1)
         }
         func open(_ path: String, what: String, status: Int32, readOnly: Bool = true) throws -> FileDescriptor {
-            do { return readOnly ? try FileDescriptor.open(readOnly: path) : try FileDescriptor.open(readWrite: path) } catch {
-                printError("cannot read \(what) \(path): \(error)")
+            // Paths the caller named, with the caller's permissions (Caller.open).
+            do { return try Caller.current.open(path, what: what, access: readOnly ? .read : .readWrite) } catch {
+                printError("\(error)")
                 throw ExitCode(status)
             }
         }
@@ -343,11 +398,17 @@ struct Run: ParsableCommand {
             }
             imageSpec = .program(descriptor: add(try open(path, what: "guest image", status: Status.badImage)))
         }
-        let kvm = add(try open("/dev/kvm", what: "the KVM device", status: Status.unavailable, readOnly: false))
+        // A fixed system path, opened by the launcher itself (symbolic links followed).
+        let kvmFD: FileDescriptor
+        do { kvmFD = try FileDescriptor.openChecked("/dev/kvm", what: "KVM device", access: .readWrite, kind: .characterDevice, followSymlinks: true) } catch {
+            printError("\(error)")
+            throw ExitCode(Status.unavailable)
+        }
+        let kvm = add(kvmFD)
         let consoleFD: FileDescriptor
         if let console {
-            do { consoleFD = try FileDescriptor.open(writing: console) } catch {
-                printError("cannot open console file: \(error)")
+            do { consoleFD = try Caller.current.open(console, what: "console file", access: .createOrTruncate) } catch {
+                printError("\(error)")
                 throw ExitCode(Status.internalError)
             }
         } else {
@@ -361,14 +422,8 @@ struct Run: ParsableCommand {
             limits.append(.init(operationsPerSecond: diskOpsLimit ?? 0, bytesPerSecond: diskBytesLimit ?? 0))
         }
         if let path = netListen ?? netConnect {
-            do {
-                let fd = netListen != nil ? try UnixSeqpacket.listenAndAccept(path) : try UnixSeqpacket.connect(path)
-                devices.append(.net(descriptor: add(fd), mac: mac.flatMap(Run.parseMAC) ?? Run.randomMAC()))
-                limits.append(.init(operationsPerSecond: netOpsLimit ?? 0, bytesPerSecond: netBytesLimit ?? 0))
-            } catch {
-                printError("cannot attach the network device on \(path): \(error)")
-                throw ExitCode(Status.internalError)
-            }
+            devices.append(.net(descriptor: add(try networkSocket(path)), mac: mac.flatMap(Run.parseMAC) ?? Run.randomMAC()))
+            limits.append(.init(operationsPerSecond: netOpsLimit ?? 0, bytesPerSecond: netBytesLimit ?? 0))
         }
         if rng {
             devices.append(.rng)
@@ -380,16 +435,16 @@ struct Run: ParsableCommand {
                 let (mine, theirs) = try UnixSeqpacket.pair()
                 devices.append(.vsock(broker: add(theirs), cid: UInt32(vsockCID)))
                 limits.append(.init(operationsPerSecond: vsockOpsLimit ?? 0, bytesPerSecond: vsockBytesLimit ?? 0))
-                _ = try OSThread.spawn { VsockBrokerService.serve(mine, pathPrefix: vsock) }
+                let caller = Caller.current   // the broker's thread connects with the caller's credentials
+                _ = try OSThread.spawn { VsockBrokerService.serve(mine, pathPrefix: vsock, caller: caller) }
             } catch {
                 printError("cannot attach the vsock device: \(error)")
                 throw ExitCode(Status.internalError)
             }
         }
-        let timeoutMilliseconds = timeout.map { UInt64(min($0, 366 * 86_400) * 1000) } ?? 0
         var configuration = VMConfiguration(
             memoryMiB: UInt32(memory), vcpus: UInt16(vcpus), commandLine: cmdline,
-            timeoutMilliseconds: timeout == nil ? 0 : max(1, timeoutMilliseconds), image: imageSpec, kvm: kvm,
+            timeoutMilliseconds: timeoutMilliseconds ?? 0, image: imageSpec, kvm: kvm,
             console: consoleIndex, devices: devices, limits: limits, hiddenCPUFeatures: hiddenFeatures,
             faultHandlers: !noFaultHandlers, doorbellsInKernel: !noIoeventfd)
         var jail: JailSetup?
@@ -404,20 +459,13 @@ struct Run: ParsableCommand {
             let probe: VMConfiguration.Jail.Probe = jailProbe == "probes" ? .probes : jailProbe == "violation" ? .probesThenViolation : .none
             configuration.jail = jail?.settings(seccomp: seccompLog ? .log : .enforce, probe: probe)
         }
-        let result: Launcher.Result
-        do { result = try Launcher.run(configuration, descriptors: descriptors, executable: executable, jail: jail) } catch {
-            for problem in jail?.teardown() ?? [] { printError("warning: jail teardown: \(problem)") }
-            printError("cannot start the worker: \(error)")
-            throw ExitCode(Status.internalError)
-        }
-        switch result {
-        case .refused(let why, let kind):
-            printError("the worker refused the VM: \(why)")
-            throw ExitCode(Int32(kind.rawValue))
-        case .workerFailed(let why, let status):
-            printError(why)
-            throw ExitCode(status)
-        case .ended(let outcome, let counters):
+        /// Prints how the VM ended (as soon as the worker says so, before its teardown: issue 9)
+        /// and returns the exit status.
+        func reportEnd(_ outcome: VMOutcome, _ counters: [Counter]) -> Int32 {
+            if !hiddenFeatures.isEmpty, counters.contains(where: { $0.name == WorkerVM.cpuidEnforcedCounter && $0.value == 0 }) {
+                let mask = counters.first { $0.name == WorkerVM.cpuidIneffectiveCounter }?.value ?? 0
+                printError(Run.cpuidWarning(WorkerVM.features(mask: mask)))
+            }
             if reportTiming {
                 // The worker's own start, and its VM's first hypercall (same clock as ours).
                 var line = "timing: launcher-start-ns \(launcherStart) spawn-ns \(Launcher.spawnNanoseconds)"
@@ -446,6 +494,27 @@ struct Run: ParsableCommand {
             case .vcpuFailure(let why): code = 125; printError(why)
             case .reset: code = 0; printError("the guest reset the machine (i8042 command 0xFE); the VM ended")
             }
+            return code
+        }
+        var endStatus: Int32?
+        let result: Launcher.Result
+        do {
+            result = try Launcher.run(configuration, descriptors: descriptors, executable: executable, jail: jail,
+                                      onEnded: { endStatus = reportEnd($0, $1) })
+        } catch {
+            for problem in jail?.teardown() ?? [] { printError("warning: jail teardown: \(problem)") }
+            printError("cannot start the worker: \(error)")
+            throw ExitCode(Status.internalError)
+        }
+        switch result {
+        case .refused(let why, let kind):
+            printError("the worker refused the VM: \(why)")
+            throw ExitCode(Int32(kind.rawValue))
+        case .workerFailed(let why, let status):
+            printError(why)
+            throw ExitCode(status)
+        case .ended(let outcome, let counters):
+            let code = endStatus ?? reportEnd(outcome, counters)
             if code != 0 { throw ExitCode(code) }
         }
     }

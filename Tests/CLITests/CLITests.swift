@@ -242,6 +242,7 @@ struct NetworkTests {
         #expect(ping.stdout.contains("spoof: ok"))
         #expect(pong.terminationStatus == 0, "\(pongText)")
         #expect(pongText.contains("net-pong: 100 frames echoed"))
+        #expect(!FileManager.default.fileExists(atPath: path), "the listening socket \(path) was left behind")
     }
 
     @Test func badNetworkOptions() throws {

@@ -62,6 +62,46 @@ struct HostileWorkerTests {
         #expect(r.stderr.contains("?]0;owned??[2J fault"), "\(r.stderr)")
     }
 
+    /// The outcome is printed as soon as the worker reports it, while the worker is still tearing
+    /// its VM down (issue 9: closing a VM with the in-kernel irqchip takes 12-20 ms): when the
+    /// line appears, the launcher still has its worker as a child; its status comes after.
+    @Test(.timeLimit(.minutes(1)))
+    func theOutcomeIsReportedBeforeTheWorkerIsGone() throws {
+        let dir = try #require(Self.directory)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: dir + "/bulkhead")
+        p.arguments = ["run", "--worker-sha256", Self.digest, "--cmdline", "ended-then-lingers", guests + "/hello.elf", "--timeout", "20"]
+            + (getuid() == 0 ? [] : ["--no-jail", "--worker"])
+        var env = ProcessInfo.processInfo.environment
+        env["BULKHEAD_GUEST_DIR"] = guests
+        p.environment = env
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        var text = ""
+        var childrenWhenReported: [String]?
+        while true {
+            let chunk = err.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+            if childrenWhenReported == nil, text.contains("guest exited with status 3") {
+                // The launcher's children, read from every one of its threads.
+                let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(p.processIdentifier)/task")) ?? []
+                childrenWhenReported = tasks.flatMap { t in
+                    ((try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(t)/children", encoding: .utf8)) ?? "")
+                        .split(separator: " ").map(String.init)
+                }
+            }
+        }
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 3, "\(text)")
+        let children = try #require(childrenWhenReported, "no outcome line in: \(text)")
+        #expect(!children.isEmpty, "the outcome was printed only after the worker was gone")
+        #expect(orphanedWorkers().isEmpty)
+        if getuid() == 0 { #expect(jailLeftovers().isEmpty, "\(jailLeftovers())") }
+    }
+
     @Test func aCrashingWorkerIsReportedWithItsSignal() throws {
         let r = try run("dies")
         #expect(r.status > 128 && r.status != 128 + SIGKILL, "\(r.stderr)")

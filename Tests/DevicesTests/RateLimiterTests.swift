@@ -47,6 +47,37 @@ import Testing
         do { let ok = open.admit(bytes: UInt64.max, now: 0); #expect(ok) }
     }
 
+    /// The largest rates the options take (`--disk-bytes-limit 18446744073709551615`): nothing
+    /// traps, the bucket never wraps, and a delay is always small enough to add to a clock.
+    @Test func maximumRatesNeitherTrapNorWrap() {
+        var b = TokenBucket(capacity: UInt64.max, ratePerSecond: UInt64.max, now: 0)
+        do { let ok = b.take(UInt64.max, now: 0); #expect(ok) }
+        #expect(b.tokens == 0)
+        do { let ok = b.delay(for: UInt64.max, now: 0) == 1_000_000_000; #expect(ok) }   // 2^64 - 1 tokens at 2^64 - 1 a second
+        do { let d = b.delay(for: UInt64.max, now: second / 2); let ok = d >= second / 2 && d <= second / 2 + 1; #expect(ok) }
+        do { let ok = b.tokens >= UInt64.max / 2 - 1 && b.tokens <= UInt64.max / 2 + 1; #expect(ok) }   // exactly half refilled
+        do { let ok = b.take(4096, now: UInt64.max); #expect(ok) }
+        #expect(b.tokens == UInt64.max - 4096)
+        _ = b.take(0, now: UInt64.max)
+        b.refund(UInt64.max)
+        #expect(b.tokens == UInt64.max)
+        var l = RateLimiter(operations: TokenBucket(capacity: UInt64.max, ratePerSecond: UInt64.max, now: 5),
+                            bytes: TokenBucket(capacity: UInt64.max, ratePerSecond: UInt64.max, now: 5))
+        for i: UInt64 in 0..<1000 {
+            let ok = l.admit(bytes: 1 << 20, now: 5 + i * 1000)
+            #expect(ok)
+        }
+        #expect(l.delay(bytes: UInt64.max, now: UInt64.max) == 0)
+        l.refund(bytes: UInt64.max, operation: true)
+        // A huge bucket with a slow refill: the delay is capped, never an overflow.
+        var slow = TokenBucket(capacity: UInt64.max, ratePerSecond: 1, now: 0)
+        _ = slow.take(UInt64.max, now: 0)
+        do { let ok = slow.delay(for: UInt64.max, now: 0) == TokenBucket.maxDelayNanoseconds; #expect(ok) }
+        var mid = TokenBucket(capacity: 1 << 40, ratePerSecond: 1 << 40, now: 0)
+        _ = mid.take(1 << 40, now: 0)
+        do { let ok = mid.delay(for: 1 << 40, now: 0) == second; #expect(ok) }   // 2^40 * 1e9 does not fit in 64 bits
+    }
+
     /// Throughput under a limiter converges to the configured rate.
     @Test func sustainedRateMatchesConfiguration() {
         var l = RateLimiter(bytes: TokenBucket(capacity: 64 * 1024, ratePerSecond: 1 << 20, now: 0))

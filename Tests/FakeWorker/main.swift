@@ -42,6 +42,12 @@ case "escapes":
     send(WorkerProtocol.encode(.started))
     send(WorkerProtocol.encode(.ended(.faulted("\u{1b}]0;owned\u{07}\u{1b}[2J fault"), counters: [Counter(name: "x\u{1b}[31m", value: 1)])))
     exit(0)
+case "ended-then-lingers":
+    // A worker whose VM takes long to tear down: `ended` first, then three seconds before it exits.
+    send(WorkerProtocol.encode(.started))
+    send(WorkerProtocol.encode(.ended(.exited(status: 3), counters: [])))
+    sleep(3)
+    exit(0)
 case "dies":
     // A trap (ud2): the kernel's SIGILL kills even a PID namespace's init, which kill(2) from
     // inside would not.

@@ -184,6 +184,12 @@ static inline int ckvm_signalfd_next(int fd) {
 // descriptor is close-on-exec from the start, with no window in which a concurrent exec
 // could inherit it.
 static inline int ckvm_accept_cloexec(int fd) { return (int)syscall(SYS_accept4, fd, (void *)0, (void *)0, 02000000 /* SOCK_CLOEXEC */); }
+// The calling thread's own filesystem credentials (Caller in Sources/KVM/Caller.swift): the raw
+// system calls change only the calling thread, unlike glibc's setgroups, which changes every
+// thread of the process. setfsuid/setfsgid return the previous value and never fail visibly.
+static inline int ckvm_thread_setgroups(size_t count, const uint32_t *groups) { return (int)syscall(SYS_setgroups, count, groups); }
+static inline int ckvm_thread_setfsuid(uint32_t uid) { return (int)syscall(SYS_setfsuid, uid); }
+static inline int ckvm_thread_setfsgid(uint32_t gid) { return (int)syscall(SYS_setfsgid, gid); }
 // ---- end of processes ----
 
 #endif
