@@ -99,7 +99,8 @@ struct HostileWorkerTests {
         let children = try #require(childrenWhenReported, "no outcome line in: \(text)")
         #expect(!children.isEmpty, "the outcome was printed only after the worker was gone")
         #expect(orphanedWorkers().isEmpty)
-        if getuid() == 0 { #expect(jailLeftovers().isEmpty, "\(jailLeftovers())") }
+        // (Not jailLeftovers(): this test lasts seconds, and other suites' jailed VMs start and end
+        // meanwhile; a slot whose lock file was just made but not yet locked looks left over.)
     }
 
     @Test func aCrashingWorkerIsReportedWithItsSignal() throws {
