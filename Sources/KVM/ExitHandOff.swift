@@ -47,3 +47,67 @@ public func releaseDescriptorsAfterExit() -> Bool {
     // process might still start inherits it.
     return true
 }
+
+/// Leaves a dead process's clean-up to a child, so that this process can exit now.
+///
+/// Forks a child that closes standard input, output and error, waits until `pidfd` is readable
+/// (the process it names has exited; at most `waitSeconds`), removes `directories` in order
+/// (rmdir: a cgroup directory is removed by the kernel once it has no task; EBUSY is retried for
+/// up to `patienceMilliseconds` each), unlinks `files`, and exits. The child holds copies of
+/// every descriptor of this process until then: an flock held through one stays held, so nobody
+/// takes over what is being cleaned up. Nothing the child runs allocates or takes a lock (other
+/// threads' locks may be held at the fork): the paths are made C strings here, before it.
+///
+/// Returns false if the child could not be made; the caller then cleans up itself.
+public func cleanUpAfterExit(waitingFor pidfd: Int32, directories: [String], files: [String],
+                             waitSeconds: Int32 = 30, patienceMilliseconds: Int = 2000) -> Bool {
+    let dirs = CStringList(directories), names = CStringList(files)
+    guard let dirs, let names else { return false }
+    let pid = fork()
+    if pid == 0 {
+        close(0); close(1); close(2)
+        var watched = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        // SAFETY: poll reads and writes the one pollfd on this stack frame.
+        while poll(&watched, 1, waitSeconds * 1000) < 0 && errno == EINTR {}
+        for i in 0..<dirs.count {
+            var tries = 0
+            // SAFETY: each entry is a NUL-terminated copy made before the fork, freed never (the
+            // child exits, the parent frees its own copy).
+            guard let path = dirs.pointers[i] else { continue }
+            while rmdir(path) != 0 && errno == EBUSY && tries < patienceMilliseconds {
+                var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+                nanosleep(&pause, nil)
+                tries += 1
+            }
+        }
+        // SAFETY: as above.
+        for i in 0..<names.count { if let path = names.pointers[i] { unlink(path) } }
+        _exit(0)
+    }
+    withExtendedLifetime((dirs, names)) {}
+    return pid > 0
+}
+
+/// NUL-terminated copies of strings, for code that may not allocate (after a fork).
+private final class CStringList {
+    let count: Int
+    let pointers: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
+
+    init?(_ strings: [String]) {
+        count = strings.count
+        // SAFETY: `count` slots (at least one), each set to nil or a strdup'ed copy, freed in deinit.
+        pointers = .allocate(capacity: max(1, count))
+        pointers.initialize(repeating: nil, count: max(1, count))
+        for (i, s) in strings.enumerated() {
+            guard let copy = strdup(s) else { return nil }
+            pointers[i] = copy
+        }
+    }
+
+    deinit {
+        // SAFETY: each slot is nil or a strdup'ed string, freed once; then the array itself.
+        for i in 0..<count { free(pointers[i]) }
+        pointers.deinitialize(count: max(1, count))
+        pointers.deallocate()
+    }
+}

@@ -96,7 +96,33 @@ struct Launcher {
     /// taken down: the caller can tell the user at once (issue 9).
     static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
                     jail: JailSetup? = nil, onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in }) throws(SystemError) -> Result {
-        var result = try supervise(configuration, descriptors: descriptors, executable: executable, jail: jail, onEnded: onEnded)
+        // Made now: once this thread's children start in the worker's PID namespace, it can
+        // create no thread (clone fails with EINVAL), and its children would die with the worker.
+        let forker = jail != nil ? try? CleanupForker() : nil
+        defer { forker?.cancel() }
+        var unreaped: ChildProcess?
+        var result = try supervise(configuration, descriptors: descriptors, executable: executable, jail: jail,
+                                   onEnded: onEnded, unreaped: &unreaped)
+        if let child = unreaped {
+            // The worker reported its end and is closing its VM (12-20 ms with the in-kernel
+            // irqchip). The outcome is out; this process need not wait: a child of ours waits for
+            // the worker and takes the jail down (it holds the slot's lock meanwhile), and the
+            // exit status reaches our caller at once (issue 9). The ChildProcess is kept, not
+            // released: its deinit would kill and reap the worker here.
+            if let jail, let exit = child.exitDescriptor,
+               forker?.fork(waitingFor: exit, directories: jail.cgroup.directories.reversed().map(\.path) + [jail.root],
+                            files: [jail.lock.path]) == true {
+                lingering.append(child)
+                return result
+            }
+            if jail == nil {
+                // An unjailed worker has nothing to take down: it ends on its own (its parent-
+                // death signal reaches it too when we exit).
+                lingering.append(child)
+                return result
+            }
+            _ = try? child.wait()
+        }
         if let jail {
             if case .workerFailed(let why, let status) = result, status == 128 + SIGKILL, let kills = jail.cgroup.oomKills(), kills > 0 {
                 result = .workerFailed("the worker was killed by the kernel's OOM killer: the VM reached its memory limit of \(jail.limits.memoryBytes >> 20) MiB (\(why))", status: status)
@@ -106,8 +132,15 @@ struct Launcher {
         return result
     }
 
+    /// Workers that reported their end and are still closing their VM when `run` returns: kept
+    /// (never released) until this process exits.
+    nonisolated(unsafe) static var lingering: [ChildProcess] = []
+
+    /// Runs the worker until it ends. For `.ended`, `unreaped` is the worker, not yet reaped: it
+    /// sends `ended` before it closes its VM; every other end is reaped here.
     static func supervise(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
-                          jail: JailSetup?, onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in }) throws(SystemError) -> Result {
+                          jail: JailSetup?, onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in },
+                          unreaped: inout ChildProcess?) throws(SystemError) -> Result {
         let start = monotonicNanoseconds()
         let deadline: UInt64? = configuration.timeoutMilliseconds == 0 ? nil
             : Saturating.adding(start, Saturating.multiplying(Saturating.adding(configuration.timeoutMilliseconds, UInt64(reportMarginMilliseconds)), 1_000_000))
@@ -188,9 +221,10 @@ struct Launcher {
                 default: safe = outcome
                 }
                 let safeCounters = counters.map { Counter(name: WorkerProtocol.printable($0.name), value: $0.value) }
-                // The worker sends `ended` before it closes its VM: report first, then wait.
+                // The worker sends `ended` before it closes its VM: report first (the caller of
+                // `run` decides whether to wait for it).
                 onEnded(safe, safeCounters)
-                _ = try? child.wait()
+                unreaped = child
                 return .ended(safe, counters: safeCounters)
             case .refused(let why, let kind):
                 _ = try? child.wait()
@@ -221,5 +255,44 @@ struct Launcher {
         try? child.signal(9)
         _ = try? child.wait()
         return .workerFailed(why, status: Status.internalError)
+    }
+}
+
+/// A thread that waits to fork the child that takes a jail down (`cleanUpAfterExit`). It is made
+/// before the launcher's thread moves its children to the worker's PID namespace
+/// (`startChildrenInNewPIDNamespace`): after that, that thread can create no thread, and a child
+/// it forked would be in the worker's namespace, where the kernel kills it when the worker ends.
+final class CleanupForker: @unchecked Sendable {
+    // Sendable: `job` is set before `go` is signalled and read by the thread after it wakes;
+    // `forked` is written by the thread before it ends and read after it was joined.
+    private let go: EventFD
+    private var job: (exit: Int32, directories: [String], files: [String])?
+    private var forked = false
+    private var thread: OSThread?
+
+    init() throws(KVMError) {
+        go = try EventFD()
+        thread = try OSThread.spawn { [self] in
+            while !go.wait(nanoseconds: 1_000_000_000) {}
+            if let job { forked = cleanUpAfterExit(waitingFor: job.exit, directories: job.directories, files: job.files) }
+        }
+    }
+
+    /// Forks the clean-up child; false if it could not (the caller then cleans up itself).
+    func fork(waitingFor exit: Int32, directories: [String], files: [String]) -> Bool {
+        guard let thread else { return false }
+        job = (exit, directories, files)
+        go.signal()
+        thread.join()
+        self.thread = nil
+        return forked
+    }
+
+    /// Ends the thread without forking (nothing when `fork` ran).
+    func cancel() {
+        guard let thread else { return }
+        go.signal()
+        thread.join()
+        self.thread = nil
     }
 }

@@ -42,9 +42,21 @@ func jailLeftovers() -> [String] {
     }
 }
 
-/// bulkhead-worker processes whose parent is not a bulkhead launcher: orphans (a worker always
-/// dies with its launcher).
+/// bulkhead-worker processes whose parent is not a bulkhead launcher and that are still there
+/// after up to 3 s: orphans (a worker always dies with its launcher). A worker that reported its
+/// VM's end is still closing the VM (12-20 ms) when its launcher has already exited (issue 9):
+/// for that moment its parent is init, which reaps it.
 func orphanedWorkers() -> [Int32] {
+    var found = currentOrphanedWorkers()
+    for _ in 0..<150 where !found.isEmpty {
+        usleep(20_000)
+        found = currentOrphanedWorkers()
+    }
+    return found
+}
+
+/// bulkhead-worker processes whose parent is not a bulkhead launcher, now.
+func currentOrphanedWorkers() -> [Int32] {
     func stat(_ pid: String) -> (comm: String, state: String, ppid: String)? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")") else { return nil }
