@@ -214,6 +214,31 @@ struct JailTests {
         #expect(try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) == mountsBefore)
     }
 
+    /// A VM that ends (here: at its timeout) is reported and `bulkhead` exits while the worker may
+    /// still be closing the VM (issue 9); the child it leaves behind waits for the worker and
+    /// takes the jail down: the slot's cgroups, directory and lock all go, and its lock is free.
+    @Test(.timeLimit(.minutes(1)))
+    func aJailIsTakenDownAfterItsLauncherHasExited() throws {
+        let (p, _, worker) = try startLoopingWorker(timeout: "1")
+        let w = try #require(worker)
+        var uid: Int?
+        for _ in 0..<200 where (uid ?? 0) < 1_900_000_000 {
+            let status = (try? String(contentsOfFile: "/proc/\(w)/status", encoding: .utf8)) ?? ""
+            uid = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(separator: "\t").dropFirst().first.flatMap { Int($0) }
+            usleep(10_000)
+        }
+        let slot = try #require(uid.map { $0 - 1_900_000_000 }, "the worker never took its jail's uid")
+        func state() -> [String] {
+            jailState().filter { $0.hasSuffix("/\(slot)") || $0.hasSuffix("/\(slot).lock") || $0.hasSuffix("/bulkhead-\(slot)") }
+        }
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 124)
+        for _ in 0..<250 where !state().isEmpty || slotIsHeld(slot) { usleep(20_000) }
+        #expect(state().isEmpty, "\(state())")
+        #expect(!slotIsHeld(slot))
+        #expect(isGone(w))
+    }
+
     /// A forbidden system call, made after the filters are in place: the kernel does not run
     /// it, the worker says which it was and ends, and the launcher reports it (status 159).
     @Test func forbiddenSystemCallIsReportedByNumberAndName() throws {
