@@ -22,23 +22,45 @@ func jailState() -> [String] {
 }
 
 /// Whether some process holds jail slot N's lock (other tests run VMs at the same time: their
-/// jails are live, not left over).
+/// jails are live, not left over). Read from /proc/locks, not by trying the lock: a try that
+/// succeeded for a moment would make a launcher that was just taking the slot give it up and
+/// leave its new lock file behind.
 func slotIsHeld(_ slot: Int) -> Bool {
-    let fd = open("/run/bulkhead/jails/\(slot).lock", O_RDWR | O_CLOEXEC)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    if flock(fd, LOCK_EX | LOCK_NB) == 0 { flock(fd, LOCK_UN); return false }
-    return true
+    var st = stat()
+    guard stat("/run/bulkhead/jails/\(slot).lock", &st) == 0 else { return false }
+    // /proc/locks: "1: FLOCK  ADVISORY  WRITE 1234 fe:00:975920 0 EOF" (device major:minor in hex).
+    let dev = UInt64(st.st_dev)
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))
+    let minor = (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))
+    let id = String(format: "%02x:%02x:%llu", major, minor, UInt64(st.st_ino))
+    let locks = (try? String(contentsOfFile: "/proc/locks", encoding: .utf8)) ?? ""
+    return locks.split(separator: "\n").contains { line in
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        return fields.count > 5 && fields[1] == "FLOCK" && fields.contains { $0 == id }
+    }
 }
 
 /// Jail state nobody owns: left behind. A slot's directory and cgroups are made after its lock is
-/// taken and removed before it is dropped, so a live jail is never counted.
+/// taken and removed before it is dropped, so a live jail is never counted. Other tests start and
+/// end jailed VMs meanwhile: a path listed a moment ago whose slot has since been freed is gone by
+/// the time it is checked (so it is looked at again after its lock), and what is left over is
+/// looked for again for up to 2 s (a launcher's own teardown, or the child that does it after the
+/// launcher exited, may be finishing) before it counts.
 func jailLeftovers() -> [String] {
+    var found = currentJailLeftovers()
+    for _ in 0..<100 where !found.isEmpty {
+        usleep(20_000)
+        found = currentJailLeftovers()
+    }
+    return found
+}
+
+func currentJailLeftovers() -> [String] {
     jailState().filter { path in
         let last = path.split(separator: "/").last.map(String.init) ?? ""
         let number = last.hasPrefix("bulkhead-") ? String(last.dropFirst(9)) : last.hasSuffix(".lock") ? String(last.dropLast(5)) : last
         guard let slot = Int(number) else { return true }
-        return !slotIsHeld(slot)
+        return !slotIsHeld(slot) && FileManager.default.fileExists(atPath: path)
     }
 }
 

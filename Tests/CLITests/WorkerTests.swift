@@ -86,7 +86,17 @@ struct WorkerTests {
     func killedWorkerIsReported() throws {
         let (p, err, worker) = try startLoopingWorker()
         #expect(worker != nil)
-        if let w = worker { kill(w, SIGKILL) }
+        // Killed once its VM runs (it has its vCPU thread): killed earlier, before the launcher
+        // has moved it into its cgroup, the launcher reports that move as failed instead.
+        if let w = worker {
+            for _ in 0..<500 {
+                let status = (try? String(contentsOfFile: "/proc/\(w)/status", encoding: .utf8)) ?? ""
+                if let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Threads:") }),
+                   let n = Int(line.dropFirst(8).trimmingCharacters(in: .whitespaces)), n > 1 { break }
+                usleep(10_000)
+            }
+            kill(w, SIGKILL)
+        }
         p.waitUntilExit()
         let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(p.terminationStatus == 128 + SIGKILL, "\(text)")
