@@ -531,15 +531,28 @@ struct VCPURunner: @unchecked Sendable {
                 }
             case .ioIn(let port, let size, let count):
                 var bytes: [UInt8] = []
+                var failure: KVMError?
                 if !SerialPort.com1.contains(port) { exits.unassigned(port: port) }
                 for _ in 0..<(size * count) {
-                    bytes.append(SerialPort.com1.contains(port) ? serial.read(port: port) : 0xff)
+                    if SerialPort.com1.contains(port) {
+                        let (value, error) = serial.read(port: port)
+                        bytes.append(value)
+                        failure = failure ?? error
+                    } else {
+                        bytes.append(0xff)
+                    }
                 }
                 vcpu.completeIOIn(bytes)
+                if let failure { control.finish(.vcpuFailure(vcpu: index, reason: SerialPort.interruptFailure(failure))) }
             case .ioOut(let port, _, let data):
                 switch KernelPorts.write(port: port, data: data) {
                 case .serial(_, let bytes):
-                    for b in bytes { serial.write(port: port, value: b) }
+                    for b in bytes {
+                        if let failure = serial.write(port: port, value: b) {
+                            control.finish(.vcpuFailure(vcpu: index, reason: SerialPort.interruptFailure(failure)))
+                            break
+                        }
+                    }
                 case .reset:
                     // Only kernels can reach ports at all; guest programs run with IOPL 0.
                     if plan == nil { control.finish(.reset(vcpu: index)) }
@@ -616,19 +629,28 @@ final class SerialPort: Sendable {
         self.vm = vm
     }
 
-    func read(port: UInt16) -> UInt8 {
+    /// A guest's read of a COM1 register; the error when the interrupt line it changed could not
+    /// be set (the VM cannot go on: its driver would wait for an interrupt that never comes).
+    func read(port: UInt16) -> (UInt8, KVMError?) {
         let (value, effects) = uart.withLock { $0.read(offset: UInt8(port - Self.com1.lowerBound)) }
-        apply(effects)
-        return value
+        return (value, apply(effects))
     }
 
-    func write(port: UInt16, value: UInt8) {
+    /// A guest's write of a COM1 register; the error as for `read`.
+    func write(port: UInt16, value: UInt8) -> KVMError? {
         let effects = uart.withLock { $0.write(offset: UInt8(port - Self.com1.lowerBound), value: value) }
-        apply(effects)
+        return apply(effects)
     }
 
-    private func apply(_ e: Serial16550.Effects) {
+    private func apply(_ e: Serial16550.Effects) -> KVMError? {
         if let out = e.output { console.write([out]) }
-        if let level = e.interrupt, let vm { try? vm.setInterruptLine(Self.irq, level: level) }
+        guard let level = e.interrupt, let vm else { return nil }
+        do { try vm.setInterruptLine(Self.irq, level: level) } catch { return error }
+        return nil
+    }
+
+    /// Why the VM ends when IRQ 4 could not be set.
+    static func interruptFailure(_ error: KVMError) -> String {
+        "the COM1 interrupt (IRQ \(irq)) could not be raised or lowered: \(error)"
     }
 }
