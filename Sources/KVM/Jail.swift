@@ -151,11 +151,27 @@ public enum Jail {
         guard getuid() == 0, getgid() == 0 else { throw StepFailed(step: "namespaces", reason: "not root in the new user namespace") }
     }
 
+    /// How `pivotRoot` replaced the root.
+    public enum RootChange: String, Sendable {
+        /// pivot_root, then the host's tree detached from this mount namespace.
+        case pivot
+        /// The host's root cannot be pivoted (it is the initial ramfs, which has no parent mount,
+        /// as on hosts that run from an initramfs): the empty root is moved over "/" and made
+        /// this process's root with chroot, as container runtimes do. The host's tree stays
+        /// beneath it in this mount namespace, covered: no path leads there, and undoing the
+        /// cover (umount) needs CAP_SYS_ADMIN, which `dropCapabilities` takes away.
+        case moveAndChroot = "move-and-chroot"
+    }
+
     /// Replaces the root with an empty, read-only tmpfs mounted on `path` (an empty directory the
     /// launcher made) in this process's own mount namespace, and detaches the host's whole tree:
     /// afterwards no host file, /proc or /sys is reachable by any path. Mounts are made private
     /// first so nothing reaches the host. Checked with statfs("/") and by looking for /proc.
-    public static func pivotRoot(into path: String) throws(StepFailed) {
+    /// Where pivot_root refuses the host's root (EINVAL: an initramfs), the root is moved and
+    /// chrooted instead (`RootChange.moveAndChroot`; `forceMove` takes that way anywhere, for
+    /// tests), with the same checks.
+    @discardableResult
+    public static func pivotRoot(into path: String, forceMove: Bool = false) throws(StepFailed) -> RootChange {
         func step(_ what: String, _ ok: Bool) throws(StepFailed) {
             guard ok else { throw StepFailed(step: "pivot_root", reason: what + ": " + SystemError.message(for: errno)) }
         }
@@ -163,9 +179,19 @@ public enum Jail {
         try step("mounting the empty root on \(path)",
                  mount("bulkhead-root", path, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=4k,nr_inodes=8,mode=0555") == 0)
         try step("entering it", chdir(path) == 0)
+        let change: RootChange
         // With the new root as both arguments, the old root is stacked on it and then detached.
-        try step("pivot_root", ckvm_pivot_root(".", ".") == 0)
-        try step("detaching the host's tree", umount2(".", Int32(MNT_DETACH)) == 0)
+        if !forceMove && ckvm_pivot_root(".", ".") == 0 {
+            try step("detaching the host's tree", umount2(".", Int32(MNT_DETACH)) == 0)
+            change = .pivot
+        } else {
+            // EINVAL is what an initramfs root gives; anything else is a real failure.
+            if !forceMove && errno != EINVAL { try step("pivot_root", false) }
+            try step("moving the empty root over / (pivot_root: the root cannot be pivoted)",
+                     mount(".", "/", nil, UInt(MS_MOVE), nil) == 0)
+            try step("chroot into it", chroot(".") == 0)
+            change = .moveAndChroot
+        }
         try step("chdir /", chdir("/") == 0)
         try step("making the root read-only",
                  mount(nil, "/", nil, UInt(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC), nil) == 0)
@@ -174,9 +200,10 @@ public enum Jail {
         guard ckvm_statfs("/", &type, &mountFlags) == 0, type == 0x0102_1994 /* TMPFS_MAGIC */, mountFlags & 1 /* ST_RDONLY */ != 0 else {
             throw StepFailed(step: "pivot_root", reason: "the root is not the read-only tmpfs")
         }
-        for host in ["/proc", "/etc", "/dev", "/sys", path] where access(host, F_OK) == 0 {
+        for host in ["/proc", "/etc", "/dev", "/sys", path, "/../proc"] where access(host, F_OK) == 0 {
             throw StepFailed(step: "pivot_root", reason: "\(host) is still reachable")
         }
+        return change
     }
 
     /// Locks the capability rules (no privilege from uid 0 or setuid transitions, no ambient

@@ -261,6 +261,31 @@ struct JailTests {
         #expect(isGone(w))
     }
 
+    /// On a host that runs from an initramfs, pivot_root refuses the root (EINVAL; issue 10): the
+    /// worker moves its empty root over "/" and chroots instead. That way, taken here on purpose
+    /// (the fake worker's --move-root mode runs the real jail steps), keeps every property the
+    /// probes check: no host file, /proc or /dev, an empty read-only root, no mount; and the
+    /// covered host tree cannot be uncovered (umount) or left (chroot) without the capabilities
+    /// the jail dropped.
+    @Test func theRootMovedOverAnInitramfsKeepsTheJailsProperties() throws {
+        let fake = String(binary[..<(binary.lastIndex(of: "/") ?? binary.startIndex)]) + "/bulkhead-fake-worker"
+        let dir = "/run/bulkhead-move-root-test-\(getpid())"
+        #expect(mkdir(dir, 0) == 0)
+        defer { rmdir(dir) }
+        let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        let r = try bulkhead(["--move-root", dir], executable: fake)
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        for line in ["root change: move-and-chroot", "umount /: EPERM", "chroot ..: EPERM",
+                     "jail-probe open /etc/passwd: ENOENT", "jail-probe open /proc/self/status: ENOENT",
+                     "jail-probe open /dev/kvm: ENOENT", "jail-probe open ../../etc/passwd: ENOENT", "jail-probe list /: empty",
+                     "jail-probe create /x: EROFS", "jail-probe mount tmpfs: EPERM",
+                     "jail-probe uid: 0 capabilities none no_new_privs 1"] {
+            #expect(r.stdout.contains(line + "\n"), "missing '\(line)' in:\n\(r.stdout)")
+        }
+        // Its mounts were its own mount namespace's: the host's table is unchanged.
+        #expect(try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) == mountsBefore)
+    }
+
     /// A forbidden system call, made after the filters are in place: the kernel does not run
     /// it, the worker says which it was and ends, and the launcher reports it (status 159).
     @Test func forbiddenSystemCallIsReportedByNumberAndName() throws {

@@ -8,6 +8,28 @@ import WorkerProtocol
 import Glibc
 #endif
 
+// `bulkhead-fake-worker --move-root DIR` (as root, not from a launcher): the jail's root change
+// the way a host that runs from an initramfs needs it (Jail.pivotRoot's move-and-chroot), then
+// the rest of the jail and its probes, printed on standard output (Tests/CLITests/JailTests.swift).
+if CommandLine.arguments.count == 3, CommandLine.arguments[1] == "--move-root" {
+    func say(_ line: String) { try? FileDescriptor.standardOutput.writeAll(Array((line + "\n").utf8)) }
+    do {
+        try Jail.enterUserNamespaces(uid: getuid(), gid: getgid())
+        let change = try Jail.pivotRoot(into: CommandLine.arguments[2], forceMove: true)
+        try Jail.dropCapabilities()
+        try Jail.forbidNewPrivileges()
+        say("root change: \(change.rawValue)")
+        // Undoing the cover over the host's tree needs CAP_SYS_ADMIN, which is gone.
+        say("umount /: \(umount2("/", Int32(MNT_DETACH)) == 0 ? "done" : errno == EPERM ? "EPERM" : "errno \(errno)")")
+        say("chroot ..: \(chroot("..") == 0 ? "done" : errno == EPERM ? "EPERM" : "errno \(errno)")")
+        JailProbes.run(writingTo: .standardOutput)
+        exit(0)
+    } catch {
+        say("failed: \(error)")
+        exit(1)
+    }
+}
+
 let control = FileDescriptor(borrowing: 3)
 guard let first = try? control.receiveMessage(maxBytes: WorkerProtocol.maxMessage, maxDescriptors: WorkerProtocol.maxDescriptors),
       case .configure(let configuration)? = try? WorkerProtocol.decode(first.bytes, from: .launcher, descriptors: first.descriptors.count)
