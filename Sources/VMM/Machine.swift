@@ -327,6 +327,7 @@ public enum Machine {
                 threads.append(try OSThread.spawn {
                     let r = runner.run()
                     results.withLock { $0.append(r) }
+                    control.done.signal()
                 })
             } catch {
                 control.finish(.vcpuFailure(vcpu: i, reason: "cannot start its thread: \(error)"))
@@ -359,6 +360,10 @@ public enum Machine {
                 _ = control.done.wait(nanoseconds: 1_000_000_000)
             }
         }
+        let started = threads.count
+        Machine.stopVCPUs(kick: { for k in control.kickers { k.kick() } },
+                          allStopped: { results.withLock { $0.count } >= started },
+                          wait: { _ = control.done.wait(nanoseconds: $0) })
         for t in threads { t.join() }
         stopDevices.signal()
         deviceThread?.join()
@@ -376,6 +381,22 @@ public enum Machine {
         return RunReport(outcome: control.result ?? .vcpuFailure(vcpu: 0, reason: "no outcome"),
                          statistics: stats, exits: exits, startNanoseconds: start, firstHypercallNanoseconds: first,
                          stoppedAt: control.stoppedRIPs, resources: VMResources(vcpus as [AnyObject] + [vm, bus, memory, system]))
+    }
+
+    /// How often `stopVCPUs` kicks the vCPUs that have not stopped yet.
+    static let rekickNanoseconds: UInt64 = 10_000_000
+
+    /// Kicks every vCPU until all have stopped (`allStopped`), waiting up to `rekickNanoseconds`
+    /// between rounds (`wait` returns early when a vCPU thread ends). One kick can be lost: its
+    /// signal may be handled in user space just before the thread enters KVM_RUN, and a kernel
+    /// whose KVM_RUN blocks a vCPU still waiting for its start-up IPI (UNINITIALIZED) without
+    /// looking at immediate_exit then sleeps for ever (issue 10: a 2-vCPU Linux guest's reboot
+    /// that never ended the VM). Kicking again, while the thread sleeps there, always wakes it.
+    static func stopVCPUs(kick: () -> Void, allStopped: () -> Bool, wait: (UInt64) -> Void) {
+        while !allStopped() {
+            kick()
+            wait(rekickNanoseconds)
+        }
     }
 
     /// Three pages below 4 GiB that Intel KVM may use for real-mode emulation (never RAM here).
