@@ -128,9 +128,20 @@ public enum ACPITables {
         return table("APIC", revision: 5, body: body)
     }
 
-    /// DSDT: `\_SB` with one `LNRO0005` device per virtio-mmio window.
+    /// COM1 as the DSDT describes it: a 16550 (`PNP0501`) at I/O ports 0x3f8-0x3ff with ISA IRQ 4.
+    /// A hardware-reduced platform has no legacy interrupt controller, so Linux maps no ISA IRQ
+    /// by itself: without this device the 8250 driver's legacy port cannot get IRQ 4, and every
+    /// write from user space to the console fails (issue 10). Described here, the port is
+    /// enumerated through PnP ACPI, which maps GSI 4 for it.
+    public static let com1HardwareID = "PNP0501"
+
+    /// DSDT: `\_SB` with COM1 and one `LNRO0005` device per virtio-mmio window.
     static func dsdt(devices: [VirtioMMIODeviceInfo]) -> [UInt8] {
-        var scope: [UInt8] = []
+        var scope: [UInt8] = AML.device(Array("COM1".utf8), [
+            AML.name("_HID", AML.string(com1HardwareID)),
+            AML.name("_UID", AML.integer(1)),
+            AML.name("_CRS", AML.buffer(AML.ioPorts(base: 0x3f8, count: 8) + AML.isaIRQ(4) + AML.endTag)),
+        ].flatMap { $0 })
         for (i, d) in devices.enumerated() {
             scope += AML.device(AML.nameSeg(i), [
                 AML.name("_HID", AML.string(virtioMMIOHardwareID)),
@@ -203,6 +214,17 @@ enum AML {
     /// delivers a pulse per notification).
     static func interrupt(_ gsi: UInt32) -> [UInt8] {
         [0x89, 6, 0, 0x03, 1] + (0..<4).map { UInt8(truncatingIfNeeded: gsi >> (8 * $0)) }
+    }
+
+    /// I/O port descriptor: 16-bit decode, `count` ports at `base` (fixed: minimum = maximum).
+    static func ioPorts(base: UInt16, count: UInt8) -> [UInt8] {
+        [0x47, 0x01, UInt8(base & 0xff), UInt8(base >> 8), UInt8(base & 0xff), UInt8(base >> 8), 0x01, count]
+    }
+
+    /// IRQ descriptor without flags (edge-triggered, active-high, as ISA IRQs are): one IRQ.
+    static func isaIRQ(_ irq: Int) -> [UInt8] {
+        let mask = UInt16(1) << UInt16(irq & 15)
+        return [0x22, UInt8(mask & 0xff), UInt8(mask >> 8)]
     }
 
     /// End tag; checksum 0 means "treat as correct".

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The Linux test environment (issue 10): an outer machine whose /dev/kvm is an ordinary,
+# hardware-style KVM, so that Linux guests run to user space under Bulkhead on these hosts.
+#
+#   Tests/LinuxEnvironment/outer-machine.sh [BULKHEAD_DIR]
+#
+# The outer machine is QEMU with software emulation (`-accel tcg -cpu max`, which offers SVM with
+# nested paging, on Intel and AMD hosts alike) booting Debian's own kernel from an initramfs.
+# Its /init loads kvm and kvm_amd (nested=1), then runs `bulkhead run` on inner guests: the same
+# Debian kernel with a busybox initramfs whose /init reports what Linux's own drivers see. Every
+# line the outer machine prints goes to standard output; the last is `outer: done`.
+#
+# Everything comes from Debian packages (apt-get download: linux-image-*-amd64, busybox-static;
+# apt-get install: qemu-system-x86, cpio), cached in .build/linux-env. BULKHEAD_DIR holds the
+# release binaries `bulkhead`, `bulkhead-worker` and `bulkhead-worker.sha256` (default:
+# .build/release, from `make release`).
+# Exit status: 0 when the outer machine ran to `outer: done`; 77 when something it needs cannot
+# be had here (the caller skips, with the reason on standard error); 1 otherwise.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="${1:-$REPO/.build/release}"
+WORK="$REPO/.build/linux-env"
+mkdir -p "$WORK/debs"
+skip() { echo "outer-machine: skipped: $*" >&2; exit 77; }
+
+command -v qemu-system-x86_64 >/dev/null && command -v cpio >/dev/null \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 cpio >/dev/null 2>&1 \
+    || skip "qemu-system-x86 and cpio cannot be installed"
+for f in bulkhead bulkhead-worker bulkhead-worker.sha256; do [[ -f "$BIN/$f" ]] || skip "$BIN/$f is missing (make release)"; done
+
+# Debian's newest 6.1 kernel image here, and busybox.
+cd "$WORK/debs"
+if ! ls linux-image-*.deb >/dev/null 2>&1; then
+    pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | sort -V | tail -1 | cut -d' ' -f1)
+    [[ -n "$pkg" ]] || skip "no linux-image-6.1.0-*-amd64 package in the apt sources"
+    apt-get download "$pkg" >/dev/null 2>&1 || skip "apt-get download $pkg failed"
+fi
+ls busybox-static_*.deb >/dev/null 2>&1 || apt-get download busybox-static >/dev/null 2>&1 || skip "apt-get download busybox-static failed"
+rm -rf "$WORK/x" && mkdir -p "$WORK/x"
+dpkg-deb -x linux-image-*.deb "$WORK/x/kernel"
+dpkg-deb -x busybox-static_*.deb "$WORK/x/busybox"
+KERNEL=$(ls "$WORK"/x/kernel/boot/vmlinuz-*)
+MODULES=$(ls -d "$WORK"/x/kernel/lib/modules/*)
+BUSYBOX="$WORK/x/busybox/bin/busybox"
+
+# A root with busybox and its applets.
+base_root() {
+    mkdir -p "$1"/{bin,sbin,dev,proc,sys,tmp,run,etc}
+    cp "$BUSYBOX" "$1/bin/busybox"
+    for a in $("$BUSYBOX" --list); do [[ -e "$1/bin/$a" ]] || ln -s busybox "$1/bin/$a"; done
+}
+
+# The inner guests' initramfs: /init reports what Linux's drivers found, then reboots.
+INNER="$WORK/x/inner"
+base_root "$INNER"
+cat > "$INNER/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+echo "inner: user space up, $(grep -c ^processor /proc/cpuinfo) CPUs"
+echo "inner: console write ok" > /dev/console && echo "inner: wrote to /dev/console"
+grep -h . /proc/tty/driver/serial 2>/dev/null | sed 's/^/inner: serial: /'
+grep -E ' (4|ttyS0):' /proc/interrupts | sed 's/^/inner: irq: /'
+ls /sys/bus/virtio/devices 2>/dev/null | sed 's/^/inner: virtio device: /'
+echo "inner: rebooting"
+reboot -f
+INIT
+chmod +x "$INNER/init"
+(cd "$INNER" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/inner.cpio.gz"
+
+# The outer machine's initramfs: busybox, the kvm modules, bulkhead with its libraries, the inner
+# kernel and initramfs, and /init.
+OUTER="$WORK/x/outer"
+base_root "$OUTER"
+mkdir -p "$OUTER/modules" "$OUTER/opt/bulkhead" "$OUTER/guest"
+for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko drivers/crypto/ccp/ccp.ko arch/x86/kvm/kvm-amd.ko; do
+    cp "$MODULES/kernel/$m" "$OUTER/modules/"
+done
+cp "$BIN/bulkhead" "$BIN/bulkhead-worker" "$BIN/bulkhead-worker.sha256" "$OUTER/opt/bulkhead/"
+for lib in $(ldd "$BIN/bulkhead" "$BIN/bulkhead-worker" | grep -o '/[^ ]*\.so[^ ]*' | sort -u); do
+    mkdir -p "$OUTER$(dirname "$lib")"; cp -L "$lib" "$OUTER$lib"
+done
+cp "$KERNEL" "$OUTER/guest/vmlinuz"
+cp "$WORK/inner.cpio.gz" "$OUTER/guest/initrd"
+cat > "$OUTER/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs run /run; mount -t tmpfs tmp /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+for m in irqbypass kvm ccp; do insmod /modules/$m.ko 2>/dev/null; done
+insmod /modules/kvm-amd.ko nested=1 || echo "outer: kvm_amd did not load"
+[ -c /dev/kvm ] && echo "outer: /dev/kvm is here" || echo "outer: no /dev/kvm"
+run() {
+    echo "outer: run $*"
+    /opt/bulkhead/bulkhead run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 256 --timeout 300 \
+        --cmdline "console=ttyS0 panic=-1 reboot=k" "$@" 2>&1
+    echo "outer: status $?"
+}
+run --vcpus 1
+run --vcpus 2 --no-jail
+echo "outer: done"
+poweroff -f
+INIT
+chmod +x "$OUTER/init"
+(cd "$OUTER" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/outer.cpio.gz"
+
+exec timeout 900 qemu-system-x86_64 -accel tcg -cpu max -m 1536 -smp 2 -nographic -no-reboot \
+    -kernel "$KERNEL" -initrd "$WORK/outer.cpio.gz" -append "console=ttyS0 quiet panic=-1"
