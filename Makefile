@@ -1,6 +1,7 @@
 # Bulkhead: the two commands of README.md, and a few more.
 #   make run    build the test guests and bulkhead, then boot the default guest (hello)
-#   make test   build the test guests, then run every test (KVM tests skip without /dev/kvm)
+#   make test   build the test guests, then run every test (KVM tests skip without /dev/kvm),
+#               the fuzz targets' smoke runs, and Linux guests in the Linux test environment
 SWIFT ?= swift
 GUESTS := .build/guests
 
@@ -19,6 +20,7 @@ test: guests
 	cd .build/debug && sha256sum bulkhead-worker > bulkhead-worker.sha256
 	BULKHEAD_REQUIRE_GUESTS=1 $(SWIFT) test --skip-build
 	FUZZ_ARGS="-seed=1 $(FUZZ_ARGS)" bash Fuzz/run.sh $(FUZZ_SECONDS)
+	bash Tests/LinuxEnvironment/check.sh $(CURDIR)/.build/debug
 
 guests:
 	bash Guest/build.sh $(GUESTS)

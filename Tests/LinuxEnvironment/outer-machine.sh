@@ -23,19 +23,26 @@ WORK="$REPO/.build/linux-env"
 mkdir -p "$WORK/debs"
 skip() { echo "outer-machine: skipped: $*" >&2; exit 77; }
 
+# The package lists may be missing or stale on a fresh machine: refreshed once, when needed.
+updated=0
+refresh() { [[ $updated == 1 ]] || { apt-get update -q >/dev/null 2>&1; updated=1; }; }
+install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1; }
 command -v qemu-system-x86_64 >/dev/null && command -v cpio >/dev/null \
-    || DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 cpio >/dev/null 2>&1 \
+    || install qemu-system-x86 cpio || { refresh; install qemu-system-x86 cpio; } \
     || skip "qemu-system-x86 and cpio cannot be installed"
 for f in bulkhead bulkhead-worker bulkhead-worker.sha256; do [[ -f "$BIN/$f" ]] || skip "$BIN/$f is missing (make release)"; done
 
 # Debian's newest 6.1 kernel image here, and busybox.
 cd "$WORK/debs"
 if ! ls linux-image-*.deb >/dev/null 2>&1; then
-    pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | sort -V | tail -1 | cut -d' ' -f1)
+    newest() { apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | sort -V | tail -1 | cut -d' ' -f1; }
+    pkg=$(newest)
+    [[ -n "$pkg" ]] || { refresh; pkg=$(newest); }
     [[ -n "$pkg" ]] || skip "no linux-image-6.1.0-*-amd64 package in the apt sources"
-    apt-get download "$pkg" >/dev/null 2>&1 || skip "apt-get download $pkg failed"
+    apt-get download "$pkg" >/dev/null 2>&1 || { refresh; apt-get download "$pkg" >/dev/null 2>&1; } || skip "apt-get download $pkg failed"
 fi
-ls busybox-static_*.deb >/dev/null 2>&1 || apt-get download busybox-static >/dev/null 2>&1 || skip "apt-get download busybox-static failed"
+ls busybox-static_*.deb >/dev/null 2>&1 || apt-get download busybox-static >/dev/null 2>&1 \
+    || { refresh; apt-get download busybox-static >/dev/null 2>&1; } || skip "apt-get download busybox-static failed"
 rm -rf "$WORK/x" && mkdir -p "$WORK/x"
 dpkg-deb -x linux-image-*.deb "$WORK/x/kernel"
 dpkg-deb -x busybox-static_*.deb "$WORK/x/busybox"
@@ -90,13 +97,14 @@ for m in irqbypass kvm ccp; do insmod /modules/$m.ko 2>/dev/null; done
 insmod /modules/kvm-amd.ko nested=1 || echo "outer: kvm_amd did not load"
 [ -c /dev/kvm ] && echo "outer: /dev/kvm is here" || echo "outer: no /dev/kvm"
 run() {
-    echo "outer: run $*"
+    name=$1; shift
+    echo "outer: begin $name"
     /opt/bulkhead/bulkhead run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 256 --timeout 300 \
         --cmdline "console=ttyS0 panic=-1 reboot=k" "$@" 2>&1
-    echo "outer: status $?"
+    echo "outer: end $name status $?"
 }
-run --vcpus 1
-run --vcpus 2 --no-jail
+run jailed-1cpu --vcpus 1
+run unjailed-2cpu --vcpus 2 --no-jail
 echo "outer: done"
 poweroff -f
 INIT

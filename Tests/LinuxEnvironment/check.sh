@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the Linux test environment (outer-machine.sh) with the given Bulkhead build and checks what
+# the inner Linux guests printed (issue 10). Part of `make test`. Exit 0 when every check passed,
+# or when the environment cannot be had here (it then says why, on one line); 1 otherwise.
+#
+#   Tests/LinuxEnvironment/check.sh BULKHEAD_DIR
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+LOG="$(mktemp /tmp/bulkhead-linux-env-XXXXXX.log)"
+bash "$HERE/outer-machine.sh" "$1" > "$LOG" 2>&1
+status=$?
+if [[ $status == 77 ]]; then
+    echo "Linux environment: $(grep -m1 'skipped:' "$LOG" || echo skipped)"
+    exit 0
+fi
+# The serial console ends lines with CR LF, and QEMU's first lines carry terminal escapes.
+tr '\r' '\n' < "$LOG" | sed -e 's/\x1bc//g' -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' > "$LOG.clean" && mv "$LOG.clean" "$LOG"
+failed=0
+check() {   # check RUN PATTERN...: each pattern appears between "begin RUN" and "end RUN"
+    local run=$1; shift
+    local part; part=$(sed -n "/^outer: begin $run\$/,/^outer: end $run /p" "$LOG")
+    for pattern in "$@"; do
+        if ! grep -qE -- "$pattern" <<<"$part"; then echo "Linux environment: FAIL $run: no line matching '$pattern'"; failed=1; fi
+    done
+}
+grep -q '^outer: /dev/kvm is here' "$LOG" || { echo "Linux environment: FAIL the outer machine has no /dev/kvm"; failed=1; }
+# User space runs, and its own writes reach the console (COM1 with IRQ 4 from the DSDT).
+check jailed-1cpu '^inner: user space up, 1 CPUs' '^inner: wrote to /dev/console' 'uart:16550A port:000003F8 irq:[0-9]+ tx:[1-9]' \
+    'reset the machine' '^outer: end jailed-1cpu status 0$'
+check unjailed-2cpu '^inner: user space up, 2 CPUs' '^inner: wrote to /dev/console' 'reset the machine' '^outer: end unjailed-2cpu status 0$'
+grep -q '^outer: done' "$LOG" || { echo "Linux environment: FAIL the outer machine did not run to its end"; failed=1; }
+if [[ $failed == 0 ]]; then
+    echo "Linux environment: passed (outer machine log: $LOG)"
+else
+    echo "Linux environment: the outer machine's output is in $LOG; its last lines:"
+    tail -20 "$LOG"
+fi
+exit $failed
