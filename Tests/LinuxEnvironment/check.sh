@@ -23,11 +23,21 @@ check() {   # check RUN PATTERN...: each pattern appears between "begin RUN" and
         if ! grep -qE -- "$pattern" <<<"$part"; then echo "Linux environment: FAIL $run: no line matching '$pattern'"; failed=1; fi
     done
 }
-grep -q '^outer: /dev/kvm is here' "$LOG" || { echo "Linux environment: FAIL the outer machine has no /dev/kvm"; failed=1; }
+grep -q 'outer: /dev/kvm is here' "$LOG" || { echo "Linux environment: FAIL the outer machine has no /dev/kvm"; failed=1; }
 # User space runs, and its own writes reach the console (COM1 with IRQ 4 from the DSDT).
 check jailed-1cpu '^inner: user space up, 1 CPUs' '^inner: wrote to /dev/console' 'uart:16550A port:000003F8 irq:[0-9]+ tx:[1-9]' \
     'reset the machine' '^outer: end jailed-1cpu status 0$'
 check unjailed-2cpu '^inner: user space up, 2 CPUs' '^inner: wrote to /dev/console' 'reset the machine' '^outer: end unjailed-2cpu status 0$'
+# Linux's own drivers on Bulkhead's devices, jailed: virtio-blk reads, writes and flushes (the
+# write is in the image afterwards), a read-only disk refuses writes, virtio-rng feeds /dev/hwrng.
+check devices-jailed '^inner: user space up, 2 CPUs' '^inner: disk vda 2048 sectors, read-only 0' \
+    '^inner: disk vdb 2048 sectors, read-only 1' '^inner: disk vda sector 0: bulkhead-disk-0!' \
+    '^inner: disk vda write and flush ok' '^inner: disk vdb write refused' '^inner: rng virtio_rng\.[0-9]+ gave 32 bytes' \
+    '^outer: end devices-jailed status 0$'
+grep -q '^outer: after devices-jailed: d0 sector 1: written-by-linux$' "$LOG" \
+    || { echo "Linux environment: FAIL the guest's write is not in the disk image"; failed=1; }
+grep -q '^outer: after devices-jailed: d1 sector 1 is 0 non-zero bytes$' "$LOG" \
+    || { echo "Linux environment: FAIL the read-only disk image changed"; failed=1; }
 grep -q '^outer: done' "$LOG" || { echo "Linux environment: FAIL the outer machine did not run to its end"; failed=1; }
 if [[ $failed == 0 ]]; then
     echo "Linux environment: passed (outer machine log: $LOG)"

@@ -60,10 +60,28 @@ base_root() {
 # The inner guests' initramfs: /init reports what Linux's drivers found, then reboots.
 INNER="$WORK/x/inner"
 base_root "$INNER"
+mkdir -p "$INNER/modules"
+for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_mmio.ko \
+         drivers/block/virtio_blk.ko drivers/char/hw_random/virtio-rng.ko; do
+    cp "$MODULES/kernel/$m" "$INNER/modules/"
+done
 cat > "$INNER/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng; do insmod /modules/$m.ko; done
 echo "inner: user space up, $(grep -c ^processor /proc/cpuinfo) CPUs"
+case " $(cat /proc/cmdline) " in *" bulkhead.test=devices "*)
+    # Linux's own drivers on Bulkhead's devices: virtio-blk (read, write, flush; a read-only disk
+    # refusing writes) and virtio-rng.
+    sleep 1
+    [ -b /dev/vda ] && echo "inner: disk vda $(cat /sys/block/vda/size) sectors, read-only $(cat /sys/block/vda/ro)"
+    [ -b /dev/vdb ] && echo "inner: disk vdb $(cat /sys/block/vdb/size) sectors, read-only $(cat /sys/block/vdb/ro)"
+    echo "inner: disk vda sector 0: $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 16)"
+    printf 'written-by-linux' | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null && echo "inner: disk vda write and flush ok"
+    if printf 'x' | dd of=/dev/vdb bs=512 seek=1 conv=fsync 2>/dev/null; then echo "inner: disk vdb write accepted"; else echo "inner: disk vdb write refused"; fi
+    echo "inner: rng $(cat /sys/class/misc/hw_random/rng_current) gave $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c) bytes"
+    ;;
+esac
 echo "inner: console write ok" > /dev/console && echo "inner: wrote to /dev/console"
 grep -h . /proc/tty/driver/serial 2>/dev/null | sed 's/^/inner: serial: /'
 grep -E ' (4|ttyS0):' /proc/interrupts | sed 's/^/inner: irq: /'
@@ -97,14 +115,19 @@ for m in irqbypass kvm ccp; do insmod /modules/$m.ko 2>/dev/null; done
 insmod /modules/kvm-amd.ko nested=1 || echo "outer: kvm_amd did not load"
 [ -c /dev/kvm ] && echo "outer: /dev/kvm is here" || echo "outer: no /dev/kvm"
 run() {
-    name=$1; shift
+    name=$1; extra=$2; shift 2
     echo "outer: begin $name"
     /opt/bulkhead/bulkhead run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 256 --timeout 300 \
-        --cmdline "console=ttyS0 panic=-1 reboot=k" "$@" 2>&1
+        --cmdline "console=ttyS0 panic=-1 reboot=k $extra" "$@" 2>&1
     echo "outer: end $name status $?"
 }
-run jailed-1cpu --vcpus 1
-run unjailed-2cpu --vcpus 2 --no-jail
+run jailed-1cpu "" --vcpus 1
+run unjailed-2cpu "" --vcpus 2 --no-jail
+# Disks: vda writable, vdb read-only, each 1 MiB starting with its name.
+for d in 0 1; do printf "bulkhead-disk-$d!" > /tmp/d$d.img; truncate -s 1M /tmp/d$d.img; done
+run devices-jailed bulkhead.test=devices --vcpus 2 --disk /tmp/d0.img --read-only-disk /tmp/d1.img --rng
+echo "outer: after devices-jailed: d0 sector 1: $(dd if=/tmp/d0.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
+echo "outer: after devices-jailed: d1 sector 1 is $(dd if=/tmp/d1.img bs=512 skip=1 count=1 2>/dev/null | tr -d '\000' | wc -c) non-zero bytes"
 echo "outer: done"
 poweroff -f
 INIT
