@@ -19,12 +19,15 @@ public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
     /// A kernel guest reset the machine through the i8042 (command 0xFE to port 0x64, how Linux
     /// reboots with `reboot=k`). Bulkhead does not reboot: the VM ends, as a clean exit.
     case reset(vcpu: Int)
+    /// A kernel guest powered the machine off (ACPI S5 through the FADT's sleep control
+    /// register, how Linux's `poweroff` ends): the VM ends, as a clean exit.
+    case poweredOff(vcpu: Int)
 
     /// Process exit status for the command line (documented in README.md).
     public var exitCode: Int32 {
         switch self {
         case .exited(let s): return Int32(s)
-        case .reset: return 0
+        case .reset, .poweredOff: return 0
         case .fault, .tripleFault: return 134
         case .timedOut: return 124
         case .vcpuFailure: return 125
@@ -39,6 +42,7 @@ public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
         case .timedOut(let s): return "timeout: the guest was still running after \(s) s and was stopped"
         case .vcpuFailure(let v, let r): return "vCPU \(v) failed: \(r)"
         case .reset(let v): return "vCPU \(v) reset the machine (i8042 command 0xFE); the VM ended"
+        case .poweredOff(let v): return "vCPU \(v) powered the machine off (ACPI S5); the VM ended"
         }
     }
 }
@@ -577,6 +581,8 @@ struct VCPURunner: @unchecked Sendable {
                 case .reset:
                     // Only kernels can reach ports at all; guest programs run with IOPL 0.
                     if plan == nil { control.finish(.reset(vcpu: index)) }
+                case .powerOff:
+                    if plan == nil { control.finish(.poweredOff(vcpu: index)) }
                 case .ignored:
                     if !SerialPort.com1.contains(port) { exits.unassigned(port: port) }
                 }

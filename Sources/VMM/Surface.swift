@@ -57,6 +57,8 @@ public enum AttackSurface {
                        threat: "16550 UART state machine; bounded receive FIFO; unreachable from CPL3 (IOPL 0, no I/O bitmap)"),
         SurfaceChannel(kind: .pio, name: "i8042-reset", location: "0x64 (kernels only)",
                        threat: "write-only: the byte 0xfe ends the VM as a clean exit (no reboot); any other value ignored; reads 0xff"),
+        SurfaceChannel(kind: .pio, name: "acpi-sleep-control", location: "0x600 (kernels only)",
+                       threat: "write-only: the byte 0x34 (SLP_EN, sleep type 5 = S5) ends the VM as a clean exit (power off); any other value or width ignored; reads 0xff"),
     ]
 
     public static let hypercalls: [SurfaceChannel] = Hypercall.allCases.map { call in

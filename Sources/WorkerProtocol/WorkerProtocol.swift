@@ -228,6 +228,8 @@ public enum VMOutcome: Equatable, Sendable {
     case vcpuFailure(String)
     /// A kernel reset the machine (i8042).
     case reset
+    /// A kernel powered the machine off (ACPI S5).
+    case poweredOff
 
     public static let maxReasonLength = 1024
 
@@ -238,6 +240,7 @@ public enum VMOutcome: Equatable, Sendable {
         case .timedOut(let ms): e.u8(3); e.u64(ms)
         case .vcpuFailure(let r): e.u8(4); e.string(r)
         case .reset: e.u8(5)
+        case .poweredOff: e.u8(6)
         }
     }
 
@@ -248,6 +251,7 @@ public enum VMOutcome: Equatable, Sendable {
         case 3: return .timedOut(milliseconds: try d.u64("timeout"))
         case 4: return .vcpuFailure(try d.string("failure", max: maxReasonLength))
         case 5: return .reset
+        case 6: return .poweredOff
         case let k: throw .invalid("outcome", "kind \(k)")
         }
     }

@@ -493,6 +493,7 @@ struct Run: ParsableCommand {
             case .timedOut(let ms): code = 124; printError("timeout: the guest was still running after \(Double(ms) / 1000) s and was stopped")
             case .vcpuFailure(let why): code = 125; printError(why)
             case .reset: code = 0; printError("the guest reset the machine (i8042 command 0xFE); the VM ended")
+            case .poweredOff: code = 0; printError("the guest powered the machine off (ACPI S5); the VM ended")
             }
             return code
         }

@@ -47,7 +47,7 @@ private enum AMLNode: Equatable {
     case name(String, AMLValue)
 }
 private enum AMLValue: Equatable {
-    case string(String), integer(UInt64), buffer([UInt8])
+    case string(String), integer(UInt64), buffer([UInt8]), package([AMLValue])
 }
 
 private struct AMLReader {
@@ -85,6 +85,14 @@ private struct AMLReader {
             guard let end = b[i...].firstIndex(of: 0) else { throw Failure.bad("unterminated string") }
             defer { i = end + 1 }
             return .string(String(decoding: b[i..<end], as: UTF8.self))
+        case 0x12:
+            i += 1
+            let end = try pkgLength()
+            let count = Int(b[i]); i += 1
+            var elements: [AMLValue] = []
+            for _ in 0..<count { elements.append(try value()) }
+            guard i == end else { throw Failure.bad("package length") }
+            return .package(elements)
         case 0x11:
             i += 1
             let end = try pkgLength()
@@ -116,7 +124,9 @@ private struct AMLReader {
                 out.append(.device(name, try nodes(until: e)))
             case 0x08:
                 i += 1
-                let name = nameSeg()
+                var name = ""
+                if b[i] == 0x5c { name = "\\"; i += 1 }
+                name += nameSeg()
                 out.append(.name(name, try value()))
             default:
                 throw Failure.bad("op \(b[i]) at \(i)")
@@ -145,6 +155,10 @@ struct ACPITests {
         // The reset register: one byte, 0xfe, to I/O port 0x64.
         #expect(r.u32(fadt + 112) & (1 << 10) != 0)
         #expect(r.slice(fadt + 116, 4) == [1, 8, 0, 1] && r.u64(fadt + 120) == 0x64 && r.u8(fadt + 128) == 0xfe)
+        // SLEEP_CONTROL_REG and SLEEP_STATUS_REG: 8 bits in system I/O at 0x600 (power off, issue 10).
+        for offset: UInt64 in [244, 256] {
+            #expect(r.slice(fadt + offset, 4) == [1, 8, 0, 1] && r.u64(fadt + offset + 4) == 0x600)
+        }
     }
 
     @Test func madtListsEachCPUAndTheIOAPIC() {
@@ -184,7 +198,9 @@ struct ACPITests {
         let length = r.table(dsdt).length
         var reader = AMLReader(b: r.slice(dsdt, length), i: 36)
         let tree = try reader.nodes(until: length)
-        guard case .scope("\\_SB_", let children)? = tree.first, tree.count == 1 else {
+        // \_S5_ first: sleep type 5 for S5, which Linux writes to the sleep control register.
+        #expect(tree.first == .name("\\_S5_", .package([.integer(5), .integer(0)])))
+        guard case .scope("\\_SB_", let children)? = tree.last, tree.count == 2 else {
             Issue.record("DSDT is not one \\_SB_ scope: \(tree)"); return
         }
         #expect(children.count == devices.count + 1)

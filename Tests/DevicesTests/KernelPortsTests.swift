@@ -18,4 +18,15 @@ struct KernelPortsTests {
         #expect(KernelPorts.write(port: 0x3f7, data: [0xfe]) == .ignored)
         #expect(KernelPorts.write(port: 0x400, data: [0xfe]) == .ignored)
     }
+
+    /// ACPI S5 (issue 10): SLP_EN with sleep type 5, one byte at the sleep control register,
+    /// and nothing else, powers off.
+    @Test func onlyTheExactS5WritePowersOff() {
+        #expect(KernelPorts.write(port: 0x600, data: [0x34]) == .powerOff)
+        for data: [UInt8] in [[0x14], [0x20], [0x30], [0x3c], [0x35], [0x34, 0x00], [], [0xff]] {
+            #expect(KernelPorts.write(port: 0x600, data: data) == .ignored, "\(data)")   // no SLP_EN, other types, other widths
+        }
+        #expect(KernelPorts.write(port: 0x601, data: [0x34]) == .ignored)
+        #expect(KernelPorts.write(port: 0x64, data: [0x34]) == .ignored)
+    }
 }

@@ -38,6 +38,8 @@ grep -q '^outer: after devices-jailed: d0 sector 1: written-by-linux$' "$LOG" \
     || { echo "Linux environment: FAIL the guest's write is not in the disk image"; failed=1; }
 grep -q '^outer: after devices-jailed: d1 sector 1 is 0 non-zero bytes$' "$LOG" \
     || { echo "Linux environment: FAIL the read-only disk image changed"; failed=1; }
+# `poweroff` ends the VM cleanly (ACPI S5), jailed, with 4 vCPUs.
+check poweroff-4cpu '^inner: user space up, 4 CPUs' '^inner: powering off' 'powered the machine off \(ACPI S5\)' '^outer: end poweroff-4cpu status 0$'
 grep -q '^outer: done' "$LOG" || { echo "Linux environment: FAIL the outer machine did not run to its end"; failed=1; }
 if [[ $failed == 0 ]]; then
     echo "Linux environment: passed (outer machine log: $LOG)"

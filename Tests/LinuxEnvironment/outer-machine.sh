@@ -86,8 +86,10 @@ echo "inner: console write ok" > /dev/console && echo "inner: wrote to /dev/cons
 grep -h . /proc/tty/driver/serial 2>/dev/null | sed 's/^/inner: serial: /'
 grep -E ' (4|ttyS0):' /proc/interrupts | sed 's/^/inner: irq: /'
 ls /sys/bus/virtio/devices 2>/dev/null | sed 's/^/inner: virtio device: /'
-echo "inner: rebooting"
-reboot -f
+case " $(cat /proc/cmdline) " in
+    *" bulkhead.end=poweroff "*) echo "inner: powering off"; poweroff -f ;;
+    *) echo "inner: rebooting"; reboot -f ;;
+esac
 INIT
 chmod +x "$INNER/init"
 (cd "$INNER" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/inner.cpio.gz"
@@ -126,6 +128,7 @@ run unjailed-2cpu "" --vcpus 2 --no-jail
 # Disks: vda writable, vdb read-only, each 1 MiB starting with its name.
 for d in 0 1; do printf "bulkhead-disk-$d!" > /tmp/d$d.img; truncate -s 1M /tmp/d$d.img; done
 run devices-jailed bulkhead.test=devices --vcpus 2 --disk /tmp/d0.img --read-only-disk /tmp/d1.img --rng
+run poweroff-4cpu bulkhead.end=poweroff --vcpus 4
 echo "outer: after devices-jailed: d0 sector 1: $(dd if=/tmp/d0.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
 echo "outer: after devices-jailed: d1 sector 1 is $(dd if=/tmp/d1.img bs=512 skip=1 count=1 2>/dev/null | tr -d '\000' | wc -c) non-zero bytes"
 echo "outer: done"

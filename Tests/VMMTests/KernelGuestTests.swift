@@ -43,6 +43,21 @@ struct KernelGuestTests {
         }
     }
 
+    /// ACPI S5 (issue 10): the byte 0x34 (SLP_EN, sleep type 5) at the FADT's sleep control
+    /// register ends the VM cleanly; other sleep writes are ignored (the guest runs on, and the
+    /// timeout stops it).
+    @Test func acpiPowerOffEndsTheVMCleanly() throws {
+        let powerOff: [UInt8] = [0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee]   // mov dx, 0x600; mov al, 0x34; out dx, al
+        let r = try runKernel(com1("off\n") + powerOff + haltForever, vcpus: 2)
+        #expect(r.report.outcome == .poweredOff(vcpu: 0))
+        #expect(r.report.outcome.exitCode == 0)
+        #expect(r.console == "off\n")
+        let s3: [UInt8] = [0x66, 0xba, 0x00, 0x06, 0xb0, 0x2c, 0xee]         // sleep type 3 (S3): not implemented
+        let other = try runKernel(s3 + com1("on") + haltForever, timeout: 1)
+        #expect(other.report.outcome == .timedOut(seconds: 1))
+        #expect(other.console == "on")
+    }
+
     /// Hostile input on the channel: every other command byte is ignored (the kernel keeps
     /// running and is stopped by the timeout), and so is 0xfe written to the data port 0x60.
     @Test func otherI8042WritesAreIgnored() throws {

@@ -53,7 +53,7 @@ func apply(_ e: Serial16550.Effects, _ m: inout Model, _ context: () -> String) 
 }
 
 /// The same bytes as one kernel `out`: a 16-bit port, then the data. Only COM1 and the exact
-/// i8042 reset command may be acted on.
+/// i8042 reset and ACPI power-off commands may be acted on.
 func checkPortDecode(_ bytes: [UInt8]) {
     guard bytes.count >= 2 else { return }
     let port = UInt16(bytes[0]) | UInt16(bytes[1]) << 8
@@ -64,9 +64,12 @@ func checkPortDecode(_ bytes: [UInt8]) {
               "port 0x\(String(port, radix: 16)) \(data) decoded as serial offset \(offset)")
     case .reset:
         check(port == 0x64 && data == [0xfe], "port 0x\(String(port, radix: 16)) \(data) decoded as reset")
+    case .powerOff:
+        check(port == 0x600 && data == [0x34], "port 0x\(String(port, radix: 16)) \(data) decoded as power off")
     case .ignored:
         check(!KernelPorts.com1.contains(port) || data.isEmpty, "a COM1 write was ignored")
         check(!(port == 0x64 && data == [0xfe]), "the reset command was ignored")
+        check(!(port == 0x600 && data == [0x34]), "the power-off command was ignored")
     }
 }
 

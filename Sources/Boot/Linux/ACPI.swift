@@ -110,6 +110,12 @@ public enum ACPITables {
         w.put(UInt8(0xfe), at: at(128))        // RESET_VALUE
         w.put(UInt8(5), at: at(131))           // FADT minor version
         w.put(dsdt, at: at(140))               // X_DSDT
+        // SLEEP_CONTROL_REG and SLEEP_STATUS_REG: 8 bits at port 0x600 (power off: the DSDT's
+        // \_S5_ gives sleep type 5; writing SLP_EN | 5 << 2 there ends the VM).
+        for offset in [244, 256] {
+            w.put([1, 8, 0, 1], at: at(offset))
+            w.put(UInt64(sleepControlPort), at: at(offset + 4))
+        }
         w.put(Array("BULKHEAD".utf8), at: at(268))  // hypervisor vendor identity
         return table("FACP", revision: 6, body: w.bytes)
     }
@@ -127,6 +133,11 @@ public enum ACPITables {
         body += [4, 6, 0xff] + le(UInt16(0)) + [1]                       // NMI on LINT1, every processor
         return table("APIC", revision: 5, body: body)
     }
+
+    /// The sleep control and status register's port (KernelPorts.sleepControl).
+    public static let sleepControlPort: UInt16 = 0x600
+    /// `\_S5_`'s sleep type (KernelPorts.sleepTypeS5).
+    public static let sleepTypeS5: UInt64 = 5
 
     /// COM1 as the DSDT describes it: a 16550 (`PNP0501`) at I/O ports 0x3f8-0x3ff with ISA IRQ 4.
     /// A hardware-reduced platform has no legacy interrupt controller, so Linux maps no ISA IRQ
@@ -150,7 +161,10 @@ public enum ACPITables {
                                             + AML.interrupt(d.irq) + AML.endTag)),
             ].flatMap { $0 })
         }
-        return table("DSDT", revision: 2, body: AML.scope("\\_SB_", scope))
+        // \_S5_: power off is sleep type 5 (Linux then writes it to the FADT's sleep control
+        // register; without it a guest's `poweroff` would halt its CPUs and the VM run on).
+        let s5 = AML.name("\\_S5_", AML.package([AML.integer(sleepTypeS5), AML.integer(0)]))
+        return table("DSDT", revision: 2, body: s5 + AML.scope("\\_SB_", scope))
     }
 }
 
@@ -197,6 +211,11 @@ enum AML {
         case ...0xffff_ffff: return [0x0c] + (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) }
         default: return [0x0e] + (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) }
         }
+    }
+
+    static func package(_ elements: [[UInt8]]) -> [UInt8] {
+        let body = [UInt8(elements.count)] + elements.flatMap { $0 }
+        return [0x12] + packageLength(body.count) + body
     }
 
     static func buffer(_ bytes: [UInt8]) -> [UInt8] {
