@@ -288,10 +288,11 @@ public final class ChildProcess: Sendable {
     }
 }
 
-/// A NULL-terminated array of NUL-terminated C strings (argv, envp), freed with the object.
-private final class CStringArray {
+/// A NULL-terminated array of NUL-terminated C strings (argv, envp; paths a child uses after a
+/// fork, when it may not allocate), freed with the object.
+final class CStringArray {
     let pointers: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
-    private let count: Int
+    let count: Int
 
     init(_ strings: [String]) throws(SystemError) {
         count = strings.count

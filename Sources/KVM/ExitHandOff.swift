@@ -61,8 +61,7 @@ public func releaseDescriptorsAfterExit() -> Bool {
 /// Returns false if the child could not be made; the caller then cleans up itself.
 public func cleanUpAfterExit(waitingFor pidfd: Int32, directories: [String], files: [String],
                              waitSeconds: Int32 = 30, patienceMilliseconds: Int = 2000) -> Bool {
-    let dirs = CStringList(directories), names = CStringList(files)
-    guard let dirs, let names else { return false }
+    guard let dirs = try? CStringArray(directories), let names = try? CStringArray(files) else { return false }
     let pid = fork()
     if pid == 0 {
         close(0); close(1); close(2)
@@ -86,28 +85,4 @@ public func cleanUpAfterExit(waitingFor pidfd: Int32, directories: [String], fil
     }
     withExtendedLifetime((dirs, names)) {}
     return pid > 0
-}
-
-/// NUL-terminated copies of strings, for code that may not allocate (after a fork).
-private final class CStringList {
-    let count: Int
-    let pointers: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
-
-    init?(_ strings: [String]) {
-        count = strings.count
-        // SAFETY: `count` slots (at least one), each set to nil or a strdup'ed copy, freed in deinit.
-        pointers = .allocate(capacity: max(1, count))
-        pointers.initialize(repeating: nil, count: max(1, count))
-        for (i, s) in strings.enumerated() {
-            guard let copy = strdup(s) else { return nil }
-            pointers[i] = copy
-        }
-    }
-
-    deinit {
-        // SAFETY: each slot is nil or a strdup'ed string, freed once; then the array itself.
-        for i in 0..<count { free(pointers[i]) }
-        pointers.deinitialize(count: max(1, count))
-        pointers.deallocate()
-    }
 }

@@ -153,21 +153,7 @@ public enum CPUIDProbe {
 
     /// A minimal guest program: one read-execute PT_LOAD segment at the program start holding
     /// `code`, which is also the entry point.
-    static func programImage(_ code: [UInt8]) -> [UInt8] {
-        let load = GuestLayout.programStart
-        let codeOffset = 0x1000
-        var w = ByteWriter(size: codeOffset + code.count)
-        w.put([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0], at: 0)
-        w.put(UInt16(2), at: 16); w.put(UInt16(62), at: 18); w.put(UInt32(1), at: 20)
-        w.put(load, at: 24); w.put(UInt64(64), at: 32)
-        w.put(UInt16(64), at: 52); w.put(UInt16(56), at: 54); w.put(UInt16(1), at: 56)
-        // PT_LOAD, R+X
-        w.put(UInt32(1), at: 64); w.put(UInt32(5), at: 68); w.put(UInt64(codeOffset), at: 72)
-        w.put(load, at: 80); w.put(load, at: 88)
-        w.put(UInt64(code.count), at: 96); w.put(UInt64(code.count), at: 104); w.put(UInt64(0x1000), at: 112)
-        w.put(code, at: codeOffset)
-        return w.bytes
-    }
+    static func programImage(_ code: [UInt8]) -> [UInt8] { minimalELF(load: GuestLayout.programStart, code: code) }
 }
 
 /// A minimal PVH kernel: one PT_LOAD segment at 1 MiB holding `code` (32-bit protected mode,
@@ -175,24 +161,32 @@ public enum CPUIDProbe {
 /// (The kernel-kind CPUID probe, and the kernel guests of the tests.)
 func pvhKernel(_ code: [UInt8]) -> [UInt8] {
     let load: UInt64 = 0x10_0000
-    let codeOffset = 0x1000
-    let noteOffset = 0x200
     var note = ByteWriter(size: 20)
     note.put(UInt32(4), at: 0); note.put(UInt32(4), at: 4); note.put(UInt32(18), at: 8)
     note.put(Array("Xen".utf8) + [0], at: 12); note.put(UInt32(load), at: 16)
+    return minimalELF(load: load, code: code, note: note.bytes)
+}
+
+/// A 64-bit executable ELF whose one read-execute PT_LOAD segment holds `code` at `load`, also
+/// the entry point; with `note`, a PT_NOTE segment for it too.
+func minimalELF(load: UInt64, code: [UInt8], note: [UInt8]? = nil) -> [UInt8] {
+    let codeOffset = 0x1000
+    let noteOffset = 0x200
     var w = ByteWriter(size: codeOffset + code.count)
     w.put([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0], at: 0)
     w.put(UInt16(2), at: 16); w.put(UInt16(62), at: 18); w.put(UInt32(1), at: 20)
     w.put(load, at: 24); w.put(UInt64(64), at: 32)
-    w.put(UInt16(64), at: 52); w.put(UInt16(56), at: 54); w.put(UInt16(2), at: 56)
+    w.put(UInt16(64), at: 52); w.put(UInt16(56), at: 54); w.put(UInt16(note == nil ? 1 : 2), at: 56)
     // PT_LOAD, R+X
     w.put(UInt32(1), at: 64); w.put(UInt32(5), at: 68); w.put(UInt64(codeOffset), at: 72)
     w.put(load, at: 80); w.put(load, at: 88)
     w.put(UInt64(code.count), at: 96); w.put(UInt64(code.count), at: 104); w.put(UInt64(0x1000), at: 112)
-    // PT_NOTE
-    w.put(UInt32(4), at: 120); w.put(UInt64(noteOffset), at: 128)
-    w.put(UInt64(20), at: 152); w.put(UInt64(20), at: 160); w.put(UInt64(4), at: 168)
-    w.put(note.bytes, at: noteOffset)
+    if let note {
+        // PT_NOTE
+        w.put(UInt32(4), at: 120); w.put(UInt64(noteOffset), at: 128)
+        w.put(UInt64(note.count), at: 152); w.put(UInt64(note.count), at: 160); w.put(UInt64(4), at: 168)
+        w.put(note, at: noteOffset)
+    }
     w.put(code, at: codeOffset)
     return w.bytes
 }

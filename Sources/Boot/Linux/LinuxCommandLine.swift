@@ -62,18 +62,6 @@ public enum LinuxCommandLine {
 
     /// The index of the first word that is `--` (bare or quoted), or the end of the line.
     static func initArgumentsStart(_ line: [UInt8]) -> Int {
-        var i = 0
-        while i < line.count {
-            while i < line.count, isSpace(line[i]) { i += 1 }
-            let start = i
-            var inQuote = false
-            while i < line.count, inQuote || !isSpace(line[i]) {
-                if line[i] == 0x22 { inQuote.toggle() }
-                i += 1
-            }
-            let word = line[start..<i]
-            if word.elementsEqual([0x2d, 0x2d]) || word.elementsEqual([0x22, 0x2d, 0x2d, 0x22]) { return start }
-        }
-        return line.count
+        words(line).first { $0.elementsEqual([0x2d, 0x2d]) || $0.elementsEqual([0x22, 0x2d, 0x2d, 0x22]) }?.startIndex ?? line.count
     }
 }
