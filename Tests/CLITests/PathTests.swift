@@ -68,6 +68,21 @@ let hasSetpriv = FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"
 /// privilege than the launcher (as under a setuid launcher).
 let asUser4242 = ["/usr/bin/setpriv", "--ruid", "4242", "--rgid", "4242", "--clear-groups"]
 
+/// Copies of the test guests that uid 4242 may read: under `asUser4242` the image is opened with
+/// that user's permissions, and the repository (so .build/guests) may sit in a directory only
+/// root may search, as a clone in a `mktemp -d` directory does.
+let callerGuests: String = {
+    let dir = NSTemporaryDirectory() + "bh-paths-\(getpid())-guests"
+    try? FileManager.default.removeItem(atPath: dir)
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    chmod(dir, 0o755)
+    for name in ["hello", "blk", "vsock-echo", "net-ping"] {
+        try? FileManager.default.copyItem(atPath: guests + "/\(name).elf", toPath: dir + "/\(name).elf")
+        chmod(dir + "/\(name).elf", 0o644)
+    }
+    return dir
+}()
+
 @Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct PathTests {
     /// A FIFO with nobody at the other end, as each kind of file: refused at once, with what it is.
@@ -171,20 +186,20 @@ struct CallerPermissionTests {
 
         for mode in pathModes {
             for option in ["--disk", "--read-only-disk"] {
-                let refused = try watchedBulkhead(["run"] + mode + [guests + "/blk.elf", option, secret], prefix: asUser4242)
+                let refused = try watchedBulkhead(["run"] + mode + [callerGuests + "/blk.elf", option, secret], prefix: asUser4242)
                 #expect(refused.result.status == 65 && refused.result.stderr.contains("Permission denied")
                         && refused.result.stderr.contains("checked for uid 4242"), "\(mode) \(option): \(refused.result.stderr)")
                 #expect(!refused.result.stderr.contains("1049088"), "the size of a refused file: \(refused.result.stderr)")
                 #expect(!refused.result.stdout.contains("blk:"))
-                let search = try watchedBulkhead(["run"] + mode + [guests + "/blk.elf", option, hidden], prefix: asUser4242)
+                let search = try watchedBulkhead(["run"] + mode + [callerGuests + "/blk.elf", option, hidden], prefix: asUser4242)
                 #expect(search.result.status == 65 && search.result.stderr.contains("Permission denied"), "\(mode) \(option): \(search.result.stderr)")
             }
-            let works = try watchedBulkhead(["run"] + mode + [guests + "/blk.elf", "--disk", theirs], prefix: asUser4242)
+            let works = try watchedBulkhead(["run"] + mode + [callerGuests + "/blk.elf", "--disk", theirs], prefix: asUser4242)
             #expect(works.result.status == 0 && works.result.stdout.contains("blk: capacity 2048 sectors"), "\(mode): \(works.result.stdout) \(works.result.stderr)")
             // An image and a console in places the caller may not read or write.
             let image = try watchedBulkhead(["run"] + mode + [hidden], prefix: asUser4242)
             #expect(image.result.status == 65 && image.result.stderr.contains("cannot read guest image \(hidden): Permission denied"), "\(image.result.stderr)")
-            let console = try watchedBulkhead(["run"] + mode + ["--console", dir + "/closed/console"], prefix: asUser4242)
+            let console = try watchedBulkhead(["run"] + mode + [callerGuests + "/hello.elf", "--console", dir + "/closed/console"], prefix: asUser4242)
             #expect(console.result.status == 70 && console.result.stderr.contains("Permission denied"), "\(console.result.stderr)")
             #expect(!FileManager.default.fileExists(atPath: dir + "/closed/console"))
         }
@@ -199,11 +214,11 @@ struct CallerPermissionTests {
         chmod(dir, 0o700)
         let listener = try UnixStream.listen(dir + "/vs_5000")
         for mode in pathModes {
-            let r = try watchedBulkhead(["run"] + mode + [guests + "/vsock-echo.elf", "--vsock", dir + "/vs", "--cmdline", "port=5000", "--timeout", "10"],
+            let r = try watchedBulkhead(["run"] + mode + [callerGuests + "/vsock-echo.elf", "--vsock", dir + "/vs", "--cmdline", "port=5000", "--timeout", "10"],
                                         prefix: asUser4242)
             #expect(r.result.status != 0 && r.result.stdout.contains("connection refused"), "\(mode): \(r.result.stdout) \(r.result.stderr)")
             #expect(waitReadable([listener.rawValue], timeoutMilliseconds: 0).isEmpty, "\(mode): the launcher connected for uid 4242")
-            let net = try watchedBulkhead(["run"] + mode + [guests + "/net-ping.elf", "--net-connect", dir + "/vs_5000", "--timeout", "10"],
+            let net = try watchedBulkhead(["run"] + mode + [callerGuests + "/net-ping.elf", "--net-connect", dir + "/vs_5000", "--timeout", "10"],
                                           prefix: asUser4242)
             #expect(net.result.status == 70 && net.result.stderr.contains("Permission denied"), "\(mode): \(net.result.stderr)")
         }
@@ -216,7 +231,7 @@ struct CallerPermissionTests {
         chown(dir, 4242, 4242)
         for mode in pathModes {
             let console = dir + "/console-\(mode.count)"
-            let r = try watchedBulkhead(["run"] + mode + ["--console", console], prefix: asUser4242)
+            let r = try watchedBulkhead(["run"] + mode + [callerGuests + "/hello.elf", "--console", console], prefix: asUser4242)
             #expect(r.result.status == 0, "\(mode): \(r.result.stderr)")
             let attributes = try FileManager.default.attributesOfItem(atPath: console)
             #expect((attributes[.ownerAccountID] as? NSNumber)?.uint32Value == 4242)
