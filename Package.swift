@@ -61,7 +61,9 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices"]),
+        // Shared by the test targets: tiny guest images (never part of a product).
+        .target(name: "TestSupport", dependencies: ["VMM"], path: "Tests/TestSupport"),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "TestSupport"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
         .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "KVM"]),
@@ -69,7 +71,7 @@ let package = Package(
         .executableTarget(name: "bulkhead-fake-worker", dependencies: ["KVM", "WorkerProtocol"], path: "Tests/FakeWorker"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         // VMM too: NumberTests compares `--hide-cpu-feature`'s warning with the CPUID probe run here.
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "VMM",
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "VMM", "TestSupport",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]

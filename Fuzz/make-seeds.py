@@ -239,7 +239,7 @@ def pagetable_seeds():
 # that the seeds also check the Swift encoder's layout: the fuzzer accepts a seed only if it
 # decodes and re-encodes to the same bytes.
 def wp_message(mtype, payload):
-    return b"BHWP" + struct.pack("<HHI", 2, mtype, len(payload)) + payload
+    return b"BHWP" + struct.pack("<HHI", 3, mtype, len(payload)) + payload
 
 
 def wp_string(s):
@@ -248,13 +248,13 @@ def wp_string(s):
 
 
 def wp_configure(memory, vcpus, cmdline, timeout, image, kvm, console, devices, limits, features, faults, doorbells,
-                 jail=None):
+                 jail=None, console_input=None):
     p = struct.pack("<IH", memory, vcpus) + wp_string(cmdline) + struct.pack("<Q", timeout)
     if image[0] == "program":
         p += bytes([1, image[1]])
     else:
         p += bytes([2, image[1], 0 if image[2] is None else 1, image[2] or 0])
-    p += bytes([kvm, console]) + struct.pack("<H", len(devices))
+    p += bytes([kvm, console, 0 if console_input is None else 1, console_input or 0]) + struct.pack("<H", len(devices))
     for d in devices:
         if d[0] == "disk":
             p += bytes([1, d[1], 1 if d[2] else 0])
@@ -286,6 +286,8 @@ def worker_protocol_seeds():
         [(10, 0), (0, 0), (0, 4096)], ["xsave", "cx16"], 0, 1))
     seed("configure-jailed", launcher, 3, wp_configure(64, 2, "", 1000, ("program", 2), 0, 1, [("rng",)], [], [], 1, 1,
                                                        (1900000007, 1900000007, "/run/bulkhead/jail/7", 18, 1, 0)))
+    seed("configure-console-input", launcher, 4, wp_configure(256, 1, "console=ttyS0", 0, ("kernel", 0, None), 1, 2, [], [], [],
+                                                             1, 1, console_input=3))
     seed("stop", launcher, 0, wp_message(2, b""))
     seed("violation", worker, 0, wp_message(19, struct.pack("<I", 41)))
     seed("configure-vsock", launcher, 4, wp_configure(64, 1, "port=5000", 0, ("program", 0), 1, 2, [("vsock", 3, 3)], [(0, 0)], [], 1, 1))
@@ -295,6 +297,7 @@ def worker_protocol_seeds():
     seed("started", worker, 0, wp_message(16, b""))
     seed("ended-exit", worker, 0, wp_message(17, bytes([1, 0]) + struct.pack("<H", 1)
                                              + wp_string("hypercalls.exit") + struct.pack("<Q", 1)))
+    seed("ended-powered-off", worker, 0, wp_message(17, bytes([6]) + struct.pack("<H", 0)))
     seed("ended-fault", worker, 0, wp_message(17, bytes([2]) + wp_string("vCPU 0: #UD at 0x401000") + struct.pack("<H", 0)))
     seed("refused", worker, 0, wp_message(18, wp_string("cannot open /dev/kvm") + bytes([69])))
     seed("wrong-direction", worker, 0, wp_message(2, b""))

@@ -159,7 +159,7 @@ public enum CPUIDProbe {
 /// A minimal PVH kernel: one PT_LOAD segment at 1 MiB holding `code` (32-bit protected mode,
 /// paging off, as the PVH entry is), and the Xen PHYS32_ENTRY note pointing at its first byte.
 /// (The kernel-kind CPUID probe, and the kernel guests of the tests.)
-func pvhKernel(_ code: [UInt8]) -> [UInt8] {
+public func pvhKernel(_ code: [UInt8]) -> [UInt8] {
     let load: UInt64 = 0x10_0000
     var note = ByteWriter(size: 20)
     note.put(UInt32(4), at: 0); note.put(UInt32(4), at: 4); note.put(UInt32(18), at: 8)

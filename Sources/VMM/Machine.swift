@@ -54,6 +54,9 @@ public struct MachineConfiguration {
     public var timeout: Double?
     public var cpuid: CPUIDPolicy
     public var console: ConsoleSink
+    /// Host input for COM1's receive side (kernel guests; guest programs cannot reach ports):
+    /// read as the guest's UART has room, on a thread of its own (`SerialPort.pumpInput`).
+    public var consoleInput: FileDescriptor?
     public var kvmPath: String
     /// An open KVM device to use instead of opening `kvmPath` (a worker is handed one).
     public var kvmDescriptor: FileDescriptor?
@@ -319,7 +322,8 @@ public enum Machine {
             control = try RunControl(kickers: vcpus.map(\.kicker), wakers: wakers)
         } catch { throw .kvm(error) }
         let env = guest.programPlan.map { LiveEnvironment(memory: memory, plan: $0, console: configuration.console, start: start) }
-        let serial = SerialPort(console: configuration.console, vm: guest.programPlan == nil ? vm : nil)
+        let serial: SerialPort
+        do { serial = try SerialPort(console: configuration.console, vm: guest.programPlan == nil ? vm : nil) } catch { throw .kvm(error) }
         let results = Locked<[(HypercallStatistics, UInt64?, ExitStatistics)]>([])
 
         var threads: [OSThread] = []
@@ -350,6 +354,21 @@ public enum Machine {
             }
         }
 
+        // Console input (kernel guests): fed to COM1 as its receive FIFO has room.
+        var inputThread: OSThread?
+        if guest.programPlan == nil, let input = configuration.consoleInput {
+            do {
+                inputThread = try OSThread.spawn {
+                    setThreadName("console input")
+                    if let why = serial.pumpInput(from: input, until: stopDevices) {
+                        control.finish(.vcpuFailure(vcpu: 0, reason: "console input: " + why))
+                    }
+                }
+            } catch {
+                control.finish(.vcpuFailure(vcpu: 0, reason: "cannot start the console input thread: \(error)"))
+            }
+        }
+
         // Wait for the first outcome, or the timeout (the watchdog).
         let deadline = configuration.timeout.map { Saturating.adding(start, Saturating.nanoseconds(seconds: $0)) }
         while control.result == nil {
@@ -371,6 +390,7 @@ public enum Machine {
         for t in threads { t.join() }
         stopDevices.signal()
         deviceThread?.join()
+        inputThread?.join()
 
         var stats = HypercallStatistics()
         var exits = ExitStatistics()
@@ -640,44 +660,5 @@ final class Locked<Value>: @unchecked Sendable {
 
     func withLock<R>(_ body: (inout Value) -> R) -> R {
         mutex.withLock { _ in body(&value) }
-    }
-}
-
-/// COM1: the 16550 state machine, its console, and (for Linux guests) its interrupt line, IRQ 4.
-final class SerialPort: Sendable {
-    static let com1 = KernelPorts.com1
-    static let irq: UInt32 = 4
-    private let uart = Locked(Serial16550())
-    let console: ConsoleSink
-    private let vm: VirtualMachine?
-
-    init(console: ConsoleSink, vm: VirtualMachine?) {
-        self.console = console
-        self.vm = vm
-    }
-
-    /// A guest's read of a COM1 register; the error when the interrupt line it changed could not
-    /// be set (the VM cannot go on: its driver would wait for an interrupt that never comes).
-    func read(port: UInt16) -> (UInt8, KVMError?) {
-        let (value, effects) = uart.withLock { $0.read(offset: UInt8(port - Self.com1.lowerBound)) }
-        return (value, apply(effects))
-    }
-
-    /// A guest's write of a COM1 register; the error as for `read`.
-    func write(port: UInt16, value: UInt8) -> KVMError? {
-        let effects = uart.withLock { $0.write(offset: UInt8(port - Self.com1.lowerBound), value: value) }
-        return apply(effects)
-    }
-
-    private func apply(_ e: Serial16550.Effects) -> KVMError? {
-        if let out = e.output { console.write([out]) }
-        guard let level = e.interrupt, let vm else { return nil }
-        do { try vm.setInterruptLine(Self.irq, level: level) } catch { return error }
-        return nil
-    }
-
-    /// Why the VM ends when IRQ 4 could not be set.
-    static func interruptFailure(_ error: KVMError) -> String {
-        "the COM1 interrupt (IRQ \(irq)) could not be raised or lowered: \(error)"
     }
 }

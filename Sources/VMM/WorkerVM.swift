@@ -66,6 +66,7 @@ public struct WorkerVM {
             timeout: c.timeoutMilliseconds == 0 ? nil : Double(c.timeoutMilliseconds) / 1000,
             cpuid: CPUIDPolicy(hidden: hidden), console: ConsoleSink(fd: fd(c.console)), devices: models)
         m.kvmDescriptor = fd(c.kvm)
+        m.consoleInput = c.consoleInput.map(fd)
         m.doorbellsInKernel = c.doorbellsInKernel
         func bucket(_ rate: UInt64) -> TokenBucket? { rate == 0 ? nil : TokenBucket(capacity: rate, ratePerSecond: rate, now: now) }
         for (i, l) in c.limits.enumerated() where l.operationsPerSecond != 0 || l.bytesPerSecond != 0 {

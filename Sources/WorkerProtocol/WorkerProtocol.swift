@@ -13,7 +13,7 @@
 /// Pure: no I/O; `FuzzWorkerProtocol` fuzzes the decoder.
 public enum WorkerProtocol {
     public static let magic: [UInt8] = Array("BHWP".utf8)
-    public static let version: UInt16 = 2
+    public static let version: UInt16 = 3
     public static let headerSize = 12
     public static let maxPayload = 64 * 1024
     /// The largest datagram either side accepts.
@@ -355,6 +355,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var kvm: UInt8
     /// Where the guest's console goes.
     public var console: UInt8
+    /// Where COM1's receive side reads from (a pipe the launcher feeds), or nil: no input.
+    public var consoleInput: UInt8?
     public var devices: [Device]
     /// Same count as `devices` (or empty: no limits).
     public var limits: [Limit]
@@ -366,11 +368,12 @@ public struct VMConfiguration: Equatable, Sendable {
     public init(memoryMiB: UInt32, vcpus: UInt16, commandLine: String = "", timeoutMilliseconds: UInt64 = 0,
                 image: Image, kvm: UInt8, console: UInt8, devices: [Device] = [], limits: [Limit] = [],
                 hiddenCPUFeatures: [String] = [], faultHandlers: Bool = true, doorbellsInKernel: Bool = true,
-                jail: Jail? = nil) {
+                jail: Jail? = nil, consoleInput: UInt8? = nil) {
         self.memoryMiB = memoryMiB; self.vcpus = vcpus; self.commandLine = commandLine
         self.timeoutMilliseconds = timeoutMilliseconds; self.image = image; self.kvm = kvm; self.console = console
         self.devices = devices; self.limits = limits; self.hiddenCPUFeatures = hiddenCPUFeatures
         self.faultHandlers = faultHandlers; self.doorbellsInKernel = doorbellsInKernel; self.jail = jail
+        self.consoleInput = consoleInput
     }
 
     /// Every descriptor index the configuration uses, in field order.
@@ -382,6 +385,7 @@ public struct VMConfiguration: Equatable, Sendable {
         }
         out.append(kvm)
         out.append(console)
+        if let consoleInput { out.append(consoleInput) }
         for dev in devices {
             switch dev {
             case .disk(let d, _), .net(let d, _), .vsock(let d, _): out.append(d)
@@ -401,6 +405,7 @@ public struct VMConfiguration: Equatable, Sendable {
         }
         e.u8(kvm)
         e.u8(console)
+        e.bool(consoleInput != nil); e.u8(consoleInput ?? 0)
         e.u16(UInt16(truncatingIfNeeded: devices.count))
         for dev in devices {
             switch dev {
@@ -440,6 +445,9 @@ public struct VMConfiguration: Equatable, Sendable {
         }
         let kvm = try d.u8("KVM descriptor")
         let console = try d.u8("console descriptor")
+        let hasInput = try d.bool("console input present")
+        let input = try d.u8("console input descriptor")
+        guard hasInput || input == 0 else { throw .invalid("console input descriptor", "set without console input") }
         let deviceCount = Int(try d.u16("device count"))
         guard deviceCount <= maxDevices else { throw .tooLong("devices", deviceCount) }
         var devices: [Device] = []
@@ -480,7 +488,8 @@ public struct VMConfiguration: Equatable, Sendable {
                                 image: image, kvm: kvm, console: console, devices: devices, limits: limits,
                                 hiddenCPUFeatures: features, faultHandlers: try d.bool("fault handlers"),
                                 doorbellsInKernel: try d.bool("doorbells"),
-                                jail: try d.bool("jail present") ? try Jail.decode(&d) : nil)
+                                jail: try d.bool("jail present") ? try Jail.decode(&d) : nil,
+                                consoleInput: hasInput ? input : nil)
         // Every index names an attached descriptor, and no descriptor serves twice.
         var seen = Set<UInt8>()
         for i in c.descriptorIndexes {

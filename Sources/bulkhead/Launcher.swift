@@ -20,6 +20,8 @@ struct Launcher {
         case refused(String, kind: RefusalKind)
         /// The worker died without reporting an end (a signal, or an exit) or broke the protocol.
         case workerFailed(String, status: Int32)
+        /// `stop` was signalled (Ctrl-A x on the console): the worker was killed.
+        case stopped
     }
 
     /// Why the worker binary was not executed.
@@ -94,15 +96,17 @@ struct Launcher {
     /// `onEnded` gets the outcome as soon as the worker reports it, before the worker has
     /// finished tearing its VM down (12-20 ms with the in-kernel irqchip) and before the jail is
     /// taken down: the caller can tell the user at once (issue 9).
+    /// A signal of `stop` kills the worker and ends the run with `.stopped`.
     static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
-                    jail: JailSetup? = nil, onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in }) throws(SystemError) -> Result {
+                    jail: JailSetup? = nil, stop: EventFD? = nil,
+                    onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in }) throws(SystemError) -> Result {
         // Made now: once this thread's children start in the worker's PID namespace, it can
         // create no thread (clone fails with EINVAL), and its children would die with the worker.
         let forker = jail != nil ? try? CleanupForker() : nil
         defer { forker?.cancel() }
         var unreaped: ChildProcess?
         var result = try supervise(configuration, descriptors: descriptors, executable: executable, jail: jail,
-                                   onEnded: onEnded, unreaped: &unreaped)
+                                   stop: stop, onEnded: onEnded, unreaped: &unreaped)
         if let child = unreaped {
             // The worker reported its end and is closing its VM (12-20 ms with the in-kernel
             // irqchip). The outcome is out; this process need not wait: a child of ours waits for
@@ -139,7 +143,7 @@ struct Launcher {
     /// Runs the worker until it ends. For `.ended`, `unreaped` is the worker, not yet reaped: it
     /// sends `ended` before it closes its VM; every other end is reaped here.
     static func supervise(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
-                          jail: JailSetup?, onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in },
+                          jail: JailSetup?, stop: EventFD? = nil, onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in },
                           unreaped: inout ChildProcess?) throws(SystemError) -> Result {
         let start = monotonicNanoseconds()
         let deadline: UInt64? = configuration.timeoutMilliseconds == 0 ? nil
@@ -176,12 +180,17 @@ struct Launcher {
                 let now = monotonicNanoseconds()
                 wait = now >= deadline ? 0 : Int(Saturating.pollMilliseconds(nanoseconds: deadline - now))
             }
-            if let signals {
-                let ready = waitReadable([mine.rawValue, signals.descriptor.rawValue], timeoutMilliseconds: Int32(clamping: wait))
-                if ready.count == 2, ready[1], let sig = signals.next() {
+            if signals != nil || stop != nil {
+                let ready = waitReadable([mine.rawValue, signals?.descriptor.rawValue ?? -1, stop?.fd.rawValue ?? -1],
+                                         timeoutMilliseconds: Int32(clamping: wait))
+                if ready.count == 3, ready[1], let sig = signals?.next() {
                     let r = failed(child, "stopped by signal \(sig): the worker was killed")
                     if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 128 + sig) }
                     return r
+                }
+                if ready.count == 3, ready[2] {
+                    _ = failed(child, "stopped")
+                    return .stopped
                 }
                 if ready.first == true {
                     wait = 0   // a message (or the end) is there

@@ -63,6 +63,9 @@ struct Run: ParsableCommand {
     @Option(help: "Write the guest console to this file instead of the terminal.")
     var console: String?
 
+    @Flag(name: .customLong("no-console-input"), help: "Do not connect standard input to a --kernel guest's console. By default it is: on a terminal in raw mode (every key goes to the guest; Ctrl-A x stops the VM, Ctrl-A d detaches, Ctrl-A h helps), from a pipe or file byte for byte.")
+    var noConsoleInput = false
+
     @Option(name: .customLong("hide-cpu-feature"), help: "Hide a CPU feature from the guest (\(CPUIDPolicy.Feature.allCases.map(\.rawValue).joined(separator: ", "))). Repeatable.")
     var hiddenFeatures: [String] = []
 
@@ -194,6 +197,8 @@ struct Run: ParsableCommand {
         }
         let models = try devices()
         var config = configuration(console: try consoleSink(), devices: models)
+        // Ctrl-A x in process: the relay has put the terminal back; ending the process ends the VM.
+        config.consoleInput = try consoleInput(stop: { _exit(0) })
         config.rateLimits = rateLimits(for: models)
         config.doorbellsInKernel = !noIoeventfd
         let report: RunReport
@@ -245,6 +250,32 @@ struct Run: ParsableCommand {
             cpuid: CPUIDPolicy(hidden: Set(hiddenFeatures.compactMap(CPUIDPolicy.Feature.init(rawValue:)))),
             console: sink,
             devices: models)
+    }
+
+    /// Standard input for a kernel guest's console (COM1), relayed through a pipe; nil when there
+    /// is none to give: a guest program (it cannot reach ports), --no-console-input, a closed
+    /// standard input, or a terminal of which this process is not in the foreground (a
+    /// background job that read it would be stopped by SIGTTIN).
+    func consoleInput(stop: @escaping @Sendable () -> Void) throws -> FileDescriptor? {
+        guard kernel != nil, !noConsoleInput, fcntl(0, F_GETFD) >= 0 else { return nil }
+        let stdin = FileDescriptor(borrowing: 0)
+        var interactive = false
+        if stdin.isTerminal {
+            guard RawTerminal.standardInputIsForegroundTerminal else { return nil }
+            do { try RawTerminal.enter() } catch {
+                printError("warning: no console input: the terminal cannot be put in raw mode: \(error)")
+                return nil
+            }
+            interactive = true
+            printError("the console reads this terminal: Ctrl-A x stops the VM, Ctrl-A h lists the keys")
+        }
+        do {
+            return try ConsoleInputRelay.start(source: stdin, interactive: interactive, say: { printError($0) }, stop: stop)
+        } catch {
+            RawTerminal.restore()
+            printError("\(error)")
+            throw ExitCode(Status.internalError)
+        }
     }
 
     func consoleSink() throws -> ConsoleSink {
@@ -415,6 +446,12 @@ struct Run: ParsableCommand {
             consoleFD = .standardOutput
         }
         let consoleIndex = add(consoleFD)
+        let stopRequest: EventFD
+        do { stopRequest = try EventFD() } catch {
+            printError("\(error)")
+            throw ExitCode(Status.internalError)
+        }
+        let inputIndex = try consoleInput(stop: { stopRequest.signal() }).map(add)
         var devices: [VMConfiguration.Device] = []
         var limits: [VMConfiguration.Limit] = []
         for (path, readOnly) in disk.map({ ($0, false) }) + readOnlyDisks.map({ ($0, true) }) {
@@ -446,7 +483,7 @@ struct Run: ParsableCommand {
             memoryMiB: UInt32(memory), vcpus: UInt16(vcpus), commandLine: cmdline,
             timeoutMilliseconds: timeoutMilliseconds ?? 0, image: imageSpec, kvm: kvm,
             console: consoleIndex, devices: devices, limits: limits, hiddenCPUFeatures: hiddenFeatures,
-            faultHandlers: !noFaultHandlers, doorbellsInKernel: !noIoeventfd)
+            faultHandlers: !noFaultHandlers, doorbellsInKernel: !noIoeventfd, consoleInput: inputIndex)
         var jail: JailSetup?
         if jailed {
             // The worker's threads: main, control, device, one per vCPU, and room to spare.
@@ -501,7 +538,7 @@ struct Run: ParsableCommand {
         let result: Launcher.Result
         do {
             result = try Launcher.run(configuration, descriptors: descriptors, executable: executable, jail: jail,
-                                      onEnded: { endStatus = reportEnd($0, $1) })
+                                      stop: stopRequest, onEnded: { endStatus = reportEnd($0, $1) })
         } catch {
             for problem in jail?.teardown() ?? [] { printError("warning: jail teardown: \(problem)") }
             printError("cannot start the worker: \(error)")
@@ -517,6 +554,8 @@ struct Run: ParsableCommand {
         case .ended(let outcome, let counters):
             let code = endStatus ?? reportEnd(outcome, counters)
             if code != 0 { throw ExitCode(code) }
+        case .stopped:
+            printError("the VM was stopped from its console (Ctrl-A x)")
         }
     }
 

@@ -23,10 +23,15 @@ struct Result {
     var status: Int32
     var stdout: String
     var stderr: String
+    /// Standard output as it came (a guest may print bytes that are not UTF-8).
+    var stdoutBytes: [UInt8] = []
 }
 
 /// Runs `bulkhead` (or another copy of it, `executable`) and collects its status and output.
-func bulkhead(_ args: [String], environment extra: [String: String] = [:], executable: String = binary) throws -> Result {
+/// Its standard input is `input` (then end of file), or /dev/null: never the terminal of whoever
+/// runs the tests (a kernel guest's console reads it).
+func bulkhead(_ args: [String], environment extra: [String: String] = [:], executable: String = binary,
+              input: [UInt8]? = nil) throws -> Result {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = args
@@ -37,11 +42,22 @@ func bulkhead(_ args: [String], environment extra: [String: String] = [:], execu
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
+    let stdin = input.map { _ in Pipe() }
+    p.standardInput = stdin ?? FileHandle.nullDevice
     try p.run()
+    if let stdin, let input {
+        // Written on a thread of its own (the child may not read it all before we read its output).
+        let writer = stdin.fileHandleForWriting
+        Thread.detachNewThread {
+            try? writer.write(contentsOf: Data(input))
+            try? writer.close()
+        }
+    }
     let o = out.fileHandleForReading.readDataToEndOfFile()
     let e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self),
+                  stdoutBytes: [UInt8](o))
 }
 
 @Suite struct CLIOptionTests {

@@ -18,7 +18,7 @@
 # be had here (the caller skips, with the reason on standard error); 1 otherwise.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="${1:-$REPO/.build/release}"
+BIN="$(cd "${1:-$REPO/.build/release}" && pwd)" || { echo "outer-machine: no directory ${1:-$REPO/.build/release}" >&2; exit 1; }
 WORK="$REPO/.build/linux-env"
 mkdir -p "$WORK/debs"
 skip() { echo "outer-machine: skipped: $*" >&2; exit 77; }
@@ -83,6 +83,10 @@ case " $(cat /proc/cmdline) " in *" bulkhead.test=devices "*)
     ;;
 esac
 echo "inner: console write ok" > /dev/console && echo "inner: wrote to /dev/console"
+# Console input: the host types a line once it sees this one (bulkhead's standard input is COM1's
+# receive side).
+echo "inner: type a line"
+if read -t 60 line; then echo "inner: read '$line'"; else echo "inner: read nothing"; fi
 grep -h . /proc/tty/driver/serial 2>/dev/null | sed 's/^/inner: serial: /'
 grep -E ' (4|ttyS0):' /proc/interrupts | sed 's/^/inner: irq: /'
 ls /sys/bus/virtio/devices 2>/dev/null | sed 's/^/inner: virtio device: /'
@@ -116,12 +120,22 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 for m in irqbypass kvm ccp; do insmod /modules/$m.ko 2>/dev/null; done
 insmod /modules/kvm-amd.ko nested=1 || echo "outer: kvm_amd did not load"
 [ -c /dev/kvm ] && echo "outer: /dev/kvm is here" || echo "outer: no /dev/kvm"
+# Runs an inner guest; its standard input is a FIFO on which a line is typed when the guest asks.
 run() {
     name=$1; extra=$2; shift 2
     echo "outer: begin $name"
-    /opt/bulkhead/bulkhead run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 256 --timeout 300 \
-        --cmdline "console=ttyS0 panic=-1 reboot=k $extra" "$@" 2>&1
-    echo "outer: end $name status $?"
+    rm -f /tmp/in /tmp/out; mkfifo /tmp/in; : > /tmp/out
+    ( /opt/bulkhead/bulkhead run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 256 --timeout 300 \
+        --cmdline "console=ttyS0 panic=-1 reboot=k $extra" "$@" < /tmp/in 2>&1
+      echo "outer: end $name status $?" ) | tee /tmp/out &
+    exec 3> /tmp/in
+    i=0
+    while ! grep -q '^inner: type a line' /tmp/out && ! grep -q '^outer: end' /tmp/out && [ $i -lt 1500 ]; do
+        sleep 0.2; i=$((i+1))
+    done
+    echo "typed-by-the-host" >&3
+    exec 3>&-
+    wait
 }
 run jailed-1cpu "" --vcpus 1
 run unjailed-2cpu "" --vcpus 2 --no-jail
@@ -137,5 +151,14 @@ INIT
 chmod +x "$OUTER/init"
 (cd "$OUTER" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/outer.cpio.gz"
 
-exec timeout 900 qemu-system-x86_64 -accel tcg -cpu max -m 1536 -smp 2 -nographic -no-reboot \
+# 1 GiB of guest RAM (four 256 MiB inner guests run one after another) and a 128 MiB translation
+# cache keep QEMU near 0.7 GiB resident. QEMU logs CPU resets (a triple fault among them) to
+# qemu-debug.log; its own exit status is the last line, for check.sh to tell an emulator that died
+# from a guest that failed.
+set +e
+timeout 900 qemu-system-x86_64 -accel tcg,tb-size=128 -cpu max -m 1024 -smp 2 -nographic -no-reboot \
+    -d cpu_reset,guest_errors -D "$WORK/qemu-debug.log" \
     -kernel "$KERNEL" -initrd "$WORK/outer.cpio.gz" -append "console=ttyS0 quiet panic=-1"
+status=$?
+echo "outer-machine: qemu exited with status $status"
+[[ $status == 0 ]] || exit 1

@@ -15,7 +15,7 @@ struct SerialInterruptTests {
         if interruptController { try vm.createInterruptController() }
         let sink = ConsoleSink(fd: FileDescriptor(borrowing: -1))
         sink.startCapture()
-        return (SerialPort(console: sink, vm: vm), vm)
+        return (try SerialPort(console: sink, vm: vm), vm)
     }
 
     @Test func aLineKVMRefusesIsAnError() throws {

@@ -36,14 +36,45 @@ struct WorkerProtocolTests {
         #expect(sample.descriptorIndexes == [0, 1, 5, 2, 3, 4])
     }
 
+    /// The console input descriptor (issue 10): optional, counted among the indexes, never one
+    /// that another field uses, never out of range, and no stray index without the flag.
+    @Test func consoleInputIsChecked() throws {
+        var c = sample
+        c.consoleInput = 6
+        #expect(try decode(.configure(c), from: .launcher) == .configure(c))
+        #expect(c.descriptorIndexes == [0, 1, 5, 2, 6, 3, 4])
+        c.consoleInput = 2   // the console's own descriptor
+        #expect(error(WorkerProtocol.encode(.configure(c)), descriptors: 7) == .invalid("descriptor index", "2 used twice"))
+        c.consoleInput = 7
+        #expect(error(WorkerProtocol.encode(.configure(c)), descriptors: 7) == .invalid("descriptor index", "7 of 7 attached"))
+        // The flag byte is 0 but an index follows: refused, not read as "no input".
+        var bytes = WorkerProtocol.encode(.configure(sample))
+        let flag = try #require(consoleInputFlagOffset(in: bytes))
+        bytes[flag + 1] = 4
+        #expect(error(bytes, descriptors: 6) == .invalid("console input descriptor", "set without console input"))
+        bytes[flag] = 2
+        #expect(error(bytes, descriptors: 6) == .invalid("console input present", "boolean 2"))
+    }
+
+    /// Where `sample`'s console-input flag sits: after the header and the fields before it.
+    func consoleInputFlagOffset(in bytes: [UInt8]) -> Int? {
+        // memory u32, vcpus u16, command line (u32 length + bytes), timeout u64, image kind u8 +
+        // kernel u8 + initrd flag u8 + initrd u8, kvm u8, console u8.
+        let lineLength = Array(sample.commandLine.utf8).count
+        let offset = WorkerProtocol.headerSize + 4 + 2 + 4 + lineLength + 8 + 4 + 1 + 1
+        return offset + 1 < bytes.count ? offset : nil
+    }
+
     @Test func headerIsChecked() {
         let good = WorkerProtocol.encode(.stop)
         #expect(good.count == WorkerProtocol.headerSize)
         #expect(error(Array(good.prefix(11))) == .truncated("header"))
         var bad = good; bad[0] = UInt8(ascii: "X")
         #expect(error(bad) == .badMagic)
-        bad = good; bad[4] = 3
-        #expect(error(bad) == .unsupportedVersion(3))
+        bad = good; bad[4] = UInt8(WorkerProtocol.version) &+ 1
+        #expect(error(bad) == .unsupportedVersion(WorkerProtocol.version + 1))
+        bad = good; bad[4] = UInt8(WorkerProtocol.version) &- 1
+        #expect(error(bad) == .unsupportedVersion(WorkerProtocol.version - 1))
         bad = good; bad[6] = 99
         #expect(error(bad) == .unknownType(99))
         #expect(error(good, from: .worker) == .wrongDirection("stop"))

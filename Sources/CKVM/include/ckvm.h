@@ -109,6 +109,12 @@ static const int CKVM_FALLOC_FL_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
 static inline int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t length) {
     return (int)syscall(SYS_fallocate, fd, mode, offset, length);
 }
+// pipe2(2), declared by glibc only under _GNU_SOURCE: both ends close-on-exec from the start, so
+// a child another thread starts meanwhile cannot inherit them.
+#include <fcntl.h>
+static inline int ckvm_pipe_cloexec(int fds[2]) {
+    return (int)syscall(SYS_pipe2, fds, O_CLOEXEC);
+}
 // ---- end of file I/O ----
 
 // ---- Processes ----
