@@ -298,6 +298,7 @@ def worker_protocol_seeds():
     seed("ended-exit", worker, 0, wp_message(17, bytes([1, 0]) + struct.pack("<H", 1)
                                              + wp_string("hypercalls.exit") + struct.pack("<Q", 1)))
     seed("ended-powered-off", worker, 0, wp_message(17, bytes([6]) + struct.pack("<H", 0)))
+    seed("ended-panicked", worker, 0, wp_message(17, bytes([7]) + struct.pack("<H", 0)))
     seed("ended-fault", worker, 0, wp_message(17, bytes([2]) + wp_string("vCPU 0: #UD at 0x401000") + struct.pack("<H", 0)))
     seed("refused", worker, 0, wp_message(18, wp_string("cannot open /dev/kvm") + bytes([69])))
     seed("wrong-direction", worker, 0, wp_message(2, b""))

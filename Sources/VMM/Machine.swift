@@ -22,13 +22,16 @@ public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
     /// A kernel guest powered the machine off (ACPI S5 through the FADT's sleep control
     /// register, how Linux's `poweroff` ends): the VM ends, as a clean exit.
     case poweredOff(vcpu: Int)
+    /// A kernel guest reported a panic through the pvpanic device (Linux's pvpanic-mmio driver):
+    /// the VM ends as a crash, with that reason, before the kernel reboots or spins.
+    case panicked(vcpu: Int)
 
     /// Process exit status for the command line (documented in README.md).
     public var exitCode: Int32 {
         switch self {
         case .exited(let s): return Int32(s)
         case .reset, .poweredOff: return 0
-        case .fault, .tripleFault: return 134
+        case .fault, .tripleFault, .panicked: return 134
         case .timedOut: return 124
         case .vcpuFailure: return 125
         }
@@ -43,6 +46,7 @@ public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
         case .vcpuFailure(let v, let r): return "vCPU \(v) failed: \(r)"
         case .reset(let v): return "vCPU \(v) reset the machine (i8042 command 0xFE); the VM ended"
         case .poweredOff(let v): return "vCPU \(v) powered the machine off (ACPI S5); the VM ended"
+        case .panicked(let v): return "the guest kernel panicked (reported by vCPU \(v) through pvpanic); the VM was stopped"
         }
     }
 }
@@ -577,14 +581,15 @@ struct VCPURunner: @unchecked Sendable {
             case .ioIn(let port, let size, let count):
                 var bytes: [UInt8] = []
                 var failure: KVMError?
-                if !SerialPort.com1.contains(port) { exits.unassigned(port: port) }
+                let other = KernelPorts.read(port: port)
+                if !SerialPort.com1.contains(port) && other == nil { exits.unassigned(port: port) }
                 for _ in 0..<(size * count) {
                     if SerialPort.com1.contains(port) {
                         let (value, error) = serial.read(port: port)
                         bytes.append(value)
                         failure = failure ?? error
                     } else {
-                        bytes.append(0xff)
+                        bytes.append(other ?? 0xff)   // the pvpanic device's capabilities, or nothing there
                     }
                 }
                 vcpu.completeIOIn(bytes)
@@ -603,8 +608,10 @@ struct VCPURunner: @unchecked Sendable {
                     if plan == nil { control.finish(.reset(vcpu: index)) }
                 case .powerOff:
                     if plan == nil { control.finish(.poweredOff(vcpu: index)) }
+                case .panicked:
+                    if plan == nil { control.finish(.panicked(vcpu: index)) }
                 case .ignored:
-                    if !SerialPort.com1.contains(port) { exits.unassigned(port: port) }
+                    if !SerialPort.com1.contains(port) && port != KernelPorts.pvpanic { exits.unassigned(port: port) }
                 }
             case .interrupted:
                 continue

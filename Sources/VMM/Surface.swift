@@ -56,9 +56,11 @@ public enum AttackSurface {
         SurfaceChannel(kind: .pio, name: "serial-com1", location: "0x3f8-0x3ff",
                        threat: "16550 UART state machine; bounded receive FIFO; unreachable from CPL3 (IOPL 0, no I/O bitmap)"),
         SurfaceChannel(kind: .pio, name: "i8042-reset", location: "0x64 (kernels only)",
-                       threat: "write-only: the byte 0xfe ends the VM as a clean exit (no reboot); any other value ignored; reads 0xff"),
+                       threat: "the byte 0xfe ends the VM as a clean exit (no reboot); any other value ignored; reads give the constant status 0x00 (buffers empty)"),
         SurfaceChannel(kind: .pio, name: "acpi-sleep-control", location: "0x600 (kernels only)",
                        threat: "write-only: the byte 0x34 (SLP_EN, sleep type 5 = S5) ends the VM as a clean exit (power off); any other value or width ignored; reads 0xff"),
+        SurfaceChannel(kind: .pio, name: "pvpanic", location: "0x505 (kernels only)",
+                       threat: "reads the constant capability byte 0x01; a one-byte write with bit 0 set ends the VM as a guest crash (kernel panic); any other value or width ignored"),
     ]
 
     public static let hypercalls: [SurfaceChannel] = Hypercall.allCases.map { call in

@@ -123,6 +123,7 @@ public struct WorkerVM {
         case .vcpuFailure: outcome = .vcpuFailure(String(report.outcome.description.prefix(VMOutcome.maxReasonLength)))
         case .reset: outcome = .reset
         case .poweredOff: outcome = .poweredOff
+        case .panicked: outcome = .panicked
         }
         var counters = Hypercall.allCases.map { Counter(name: "hypercall.\($0.name)", value: report.statistics.count($0)) }
         counters.append(Counter(name: "hypercall.unknown", value: report.statistics.unknownCalls))

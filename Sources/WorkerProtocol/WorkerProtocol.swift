@@ -230,6 +230,8 @@ public enum VMOutcome: Equatable, Sendable {
     case reset
     /// A kernel powered the machine off (ACPI S5).
     case poweredOff
+    /// A kernel reported a panic (pvpanic).
+    case panicked
 
     public static let maxReasonLength = 1024
 
@@ -241,6 +243,7 @@ public enum VMOutcome: Equatable, Sendable {
         case .vcpuFailure(let r): e.u8(4); e.string(r)
         case .reset: e.u8(5)
         case .poweredOff: e.u8(6)
+        case .panicked: e.u8(7)
         }
     }
 
@@ -252,6 +255,7 @@ public enum VMOutcome: Equatable, Sendable {
         case 4: return .vcpuFailure(try d.string("failure", max: maxReasonLength))
         case 5: return .reset
         case 6: return .poweredOff
+        case 7: return .panicked
         case let k: throw .invalid("outcome", "kind \(k)")
         }
     }

@@ -531,6 +531,7 @@ struct Run: ParsableCommand {
             case .vcpuFailure(let why): code = 125; printError(why)
             case .reset: code = 0; printError("the guest reset the machine (i8042 command 0xFE); the VM ended")
             case .poweredOff: code = 0; printError("the guest powered the machine off (ACPI S5); the VM ended")
+            case .panicked: code = 134; printError("the guest kernel panicked (reported through pvpanic); the VM was stopped")
             }
             return code
         }

@@ -203,12 +203,16 @@ struct ACPITests {
         guard case .scope("\\_SB_", let children)? = tree.last, tree.count == 2 else {
             Issue.record("DSDT is not one \\_SB_ scope: \(tree)"); return
         }
-        #expect(children.count == devices.count + 1)
+        #expect(children.count == devices.count + 2)
         // COM1 first: a 16550 at 0x3f8-0x3ff with ISA IRQ 4 (Linux's PnP ACPI maps IRQ 4 for it).
         guard case .device("COM1", let com1)? = children.first else { Issue.record("no COM1 first: \(children)"); return }
         #expect(com1.contains(.name("_HID", .string("PNP0501"))))
         #expect(com1.contains(.name("_CRS", .buffer([0x47, 1, 0xf8, 3, 0xf8, 3, 1, 8, 0x22, 0x10, 0, 0x79, 0]))))
-        for (i, (node, d)) in zip(children.dropFirst(), devices).enumerated() {
+        // Then pvpanic, as QEMU describes it: QEMU0001 with the one I/O port 0x505 (no IRQ).
+        guard case .device("PEVT", let pvpanic)? = children.dropFirst().first else { Issue.record("no PEVT second: \(children)"); return }
+        #expect(pvpanic.contains(.name("_HID", .string("QEMU0001"))))
+        #expect(pvpanic.contains(.name("_CRS", .buffer([0x47, 1, 0x05, 5, 0x05, 5, 1, 1, 0x79, 0]))))
+        for (i, (node, d)) in zip(children.dropFirst(2), devices).enumerated() {
             guard case .device(let name, let body) = node else { Issue.record("not a device: \(node)"); continue }
             #expect(name.hasPrefix("VR"))
             #expect(body.contains(.name("_HID", .string("LNRO0005"))))
@@ -219,7 +223,7 @@ struct ACPITests {
             #expect(crs == [0x86, 9, 0, 1] + le32(UInt32(d.base)) + le32(UInt32(d.size))
                     + [0x89, 6, 0, 3, 1] + le32(d.irq) + [0x79, 0])
         }
-        #expect(Set(children.map { if case .device(let n, _) = $0 { return n } else { return "" } }).count == devices.count + 1)
+        #expect(Set(children.map { if case .device(let n, _) = $0 { return n } else { return "" } }).count == devices.count + 2)
     }
 
     /// PkgLength at every encoding boundary: the reader lands exactly on the end.

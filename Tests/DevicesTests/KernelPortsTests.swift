@@ -29,4 +29,19 @@ struct KernelPortsTests {
         #expect(KernelPorts.write(port: 0x601, data: [0x34]) == .ignored)
         #expect(KernelPorts.write(port: 0x64, data: [0x34]) == .ignored)
     }
+
+    /// pvpanic (issue 10): a one-byte write with bit 0 is a panic; reads give the capability byte
+    /// (panic only); nothing else there does anything, and no other port reads as a device.
+    @Test func pvpanicTakesOnlyAPanicEvent() {
+        for v: UInt8 in [0x01, 0x03, 0xff] { #expect(KernelPorts.write(port: 0x505, data: [v]) == .panicked, "\(v)") }
+        for data: [UInt8] in [[0x00], [0x02], [0xfe], [0x01, 0x01], []] {
+            #expect(KernelPorts.write(port: 0x505, data: data) == .ignored, "\(data)")   // crash-loaded, other widths
+        }
+        #expect(KernelPorts.write(port: 0x504, data: [0x01]) == .ignored)
+        #expect(KernelPorts.write(port: 0x506, data: [0x01]) == .ignored)
+        #expect(KernelPorts.read(port: 0x505) == 0x01)
+        // The i8042 status: both buffers empty, so Linux's reset path writes 0xfe at once.
+        #expect(KernelPorts.read(port: 0x64) == 0x00)
+        for port: UInt16 in [0x504, 0x506, 0x600, 0x60, 0x3f8, 0x0, 0xffff] { #expect(KernelPorts.read(port: port) == nil, "\(port)") }
+    }
 }

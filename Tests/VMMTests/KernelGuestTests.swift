@@ -58,6 +58,35 @@ struct KernelGuestTests {
         #expect(other.console == "on")
     }
 
+    /// Linux's reset path waits for the controller's input buffer to be empty before each 0xfe
+    /// (`kb_wait`): the status port says it is, so the reset follows the first read (an absent
+    /// controller's 0xff kept Linux polling 65536 times, one exit each).
+    @Test func theResetPathDoesNotWaitForAController() throws {
+        let kbWait: [UInt8] = [0xe4, 0x64, 0xa8, 0x02, 0x75, 0xfa]   // wait: in al, 0x64; test al, 2; jnz wait
+        let r = try runKernel(kbWait + outByte(0xfe, port: 0x64) + haltForever, timeout: 10)
+        #expect(r.report.outcome == .reset(vcpu: 0))
+        #expect(r.report.exits.pio == 2)
+        #expect(r.report.exits.unassignedPIO == 0)
+    }
+
+    /// pvpanic (issue 10): the kernel reads the capabilities (panic only), then reports a panic;
+    /// the VM ends as a crash (134) with that reason. A crash-loaded event alone changes nothing.
+    @Test func pvpanicEndsTheVMAsACrash() throws {
+        // mov dx, 0x505; in al, dx; out 0x3f8 ... : print the capability byte as a digit, then panic.
+        let readCapabilities: [UInt8] = [0x66, 0xba, 0x05, 0x05, 0xec, 0x04, 0x30, 0x66, 0xba, 0xf8, 0x03, 0xee]
+        let panic: [UInt8] = [0x66, 0xba, 0x05, 0x05, 0xb0, 0x01, 0xee]
+        let r = try runKernel(readCapabilities + com1("\n") + panic + haltForever, vcpus: 2)
+        #expect(r.report.outcome == .panicked(vcpu: 0))
+        #expect(r.report.outcome.exitCode == 134)
+        #expect(r.report.outcome.description.contains("panicked"))
+        #expect(r.console == "1\n")
+        #expect(r.report.exits.unassignedPIO == 0)
+        let crashLoaded: [UInt8] = [0x66, 0xba, 0x05, 0x05, 0xb0, 0x02, 0xee]
+        let other = try runKernel(crashLoaded + com1("on") + haltForever, timeout: 1)
+        #expect(other.report.outcome == .timedOut(seconds: 1))
+        #expect(other.console == "on")
+    }
+
     /// Hostile input on the channel: every other command byte is ignored (the kernel keeps
     /// running and is stopped by the timeout), and so is 0xfe written to the data port 0x60.
     @Test func otherI8042WritesAreIgnored() throws {

@@ -30,7 +30,7 @@ struct WorkerProtocolTests {
                                        .ended(.faulted("vCPU 0: #UD at 0x401000"), counters: []),
                                        .ended(.timedOut(milliseconds: 1500), counters: []),
                                        .ended(.vcpuFailure("KVM internal error"), counters: []), .ended(.reset, counters: []),
-                                       .ended(.poweredOff, counters: []),
+                                       .ended(.poweredOff, counters: []), .ended(.panicked, counters: []),
                                        .violation(syscall: 41), .connectRequest(port: 5000)]
         for m in worker { #expect(try decode(m, from: .worker) == m) }
         #expect(sample.descriptorIndexes == [0, 1, 5, 2, 3, 4])

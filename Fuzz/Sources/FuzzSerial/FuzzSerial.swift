@@ -53,7 +53,8 @@ func apply(_ e: Serial16550.Effects, _ m: inout Model, _ context: () -> String) 
 }
 
 /// The same bytes as one kernel `out`: a 16-bit port, then the data. Only COM1 and the exact
-/// i8042 reset and ACPI power-off commands may be acted on.
+/// i8042 reset, ACPI power-off and pvpanic panic commands may be acted on; only the pvpanic port
+/// and the i8042 status port read as something other than an absent device.
 func checkPortDecode(_ bytes: [UInt8]) {
     guard bytes.count >= 2 else { return }
     let port = UInt16(bytes[0]) | UInt16(bytes[1]) << 8
@@ -66,11 +67,17 @@ func checkPortDecode(_ bytes: [UInt8]) {
         check(port == 0x64 && data == [0xfe], "port 0x\(String(port, radix: 16)) \(data) decoded as reset")
     case .powerOff:
         check(port == 0x600 && data == [0x34], "port 0x\(String(port, radix: 16)) \(data) decoded as power off")
+    case .panicked:
+        check(port == 0x505 && data.count == 1 && data[0] & 1 == 1, "port 0x\(String(port, radix: 16)) \(data) decoded as a panic")
     case .ignored:
         check(!KernelPorts.com1.contains(port) || data.isEmpty, "a COM1 write was ignored")
         check(!(port == 0x64 && data == [0xfe]), "the reset command was ignored")
         check(!(port == 0x600 && data == [0x34]), "the power-off command was ignored")
+        check(!(port == 0x505 && data.count == 1 && data[0] & 1 == 1), "a panic event was ignored")
     }
+    let read = KernelPorts.read(port: port)
+    check(read == nil || (port == 0x505 && read == 0x01) || (port == 0x64 && read == 0x00),
+          "port 0x\(String(port, radix: 16)) reads \(String(describing: read))")
 }
 
 @_cdecl("LLVMFuzzerTestOneInput")

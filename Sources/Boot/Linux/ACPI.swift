@@ -145,13 +145,23 @@ public enum ACPITables {
     /// write from user space to the console fails (issue 10). Described here, the port is
     /// enumerated through PnP ACPI, which maps GSI 4 for it.
     public static let com1HardwareID = "PNP0501"
+    /// The pvpanic device as QEMU describes it (`QEMU0001`, one I/O port; KernelPorts.pvpanic):
+    /// Linux's pvpanic-mmio driver binds to it and reports a kernel panic there, so that the VM
+    /// ends as a crash with its reason instead of rebooting (panic=-1) or spinning for ever.
+    public static let pvpanicHardwareID = "QEMU0001"
+    public static let pvpanicPort: UInt16 = 0x505
 
-    /// DSDT: `\_SB` with COM1 and one `LNRO0005` device per virtio-mmio window.
+    /// DSDT: `\_SB` with COM1, the pvpanic device and one `LNRO0005` device per virtio-mmio window.
     static func dsdt(devices: [VirtioMMIODeviceInfo]) -> [UInt8] {
         var scope: [UInt8] = AML.device(Array("COM1".utf8), [
             AML.name("_HID", AML.string(com1HardwareID)),
             AML.name("_UID", AML.integer(1)),
             AML.name("_CRS", AML.buffer(AML.ioPorts(base: 0x3f8, count: 8) + AML.isaIRQ(4) + AML.endTag)),
+        ].flatMap { $0 })
+        scope += AML.device(Array("PEVT".utf8), [
+            AML.name("_HID", AML.string(pvpanicHardwareID)),
+            AML.name("_UID", AML.integer(0)),
+            AML.name("_CRS", AML.buffer(AML.ioPorts(base: pvpanicPort, count: 1) + AML.endTag)),
         ].flatMap { $0 })
         for (i, d) in devices.enumerated() {
             scope += AML.device(AML.nameSeg(i), [
