@@ -54,6 +54,28 @@ grep -q '^outer: after devices-jailed: d0 sector 1: written-by-linux$' "$LOG" \
     || { echo "Linux environment: FAIL the guest's write is not in the disk image"; failed=1; }
 grep -q '^outer: after devices-jailed: d1 sector 1 is 0 non-zero bytes$' "$LOG" \
     || { echo "Linux environment: FAIL the read-only disk image changed"; failed=1; }
+# The bzImage booted through the 64-bit entry; --hide-cpu-feature hides what the outer CPU offers
+# (measured: the unhidden run shows what there is to hide).
+check jailed-1cpu '^inner: entry bzimage$'
+for f in xsave rdrand; do
+    if sed -n '/^outer: begin unjailed-2cpu$/,/^outer: end unjailed-2cpu /p' "$LOG" | grep -q "^inner: cpu has $f$"; then
+        check devices-jailed "^inner: cpu lacks $f$"
+    else
+        echo "Linux environment: note: inner guests do not see $f even when it is not hidden, so hiding it was not checked"
+    fi
+done
+# Two Linux guests ping each other over virtio-net, jailed.
+check net-pair '^A: inner: ping 10\.0\.2\.2 answered' '^B: inner: ping 10\.0\.2\.1 answered' '^outer: end net-pair status 0 0$'
+# The vmlinux inside the bzImage through its PVH entry, with 2 vCPUs, reaching a host Unix socket
+# over vsock.
+check pvh-vsock-jailed '^inner: user space up, 2 CPUs' '^inner: entry pvh$' '^inner: vsock answer: host got: hello-from-the-guest$' \
+    'reset the machine' '^outer: end pvh-vsock-jailed status 0$'
+# The same vmlinux through the 64-bit entry; its kernel panics and pvpanic ends the VM as a crash.
+check elf64-panic-jailed '^inner: user space up, 2 CPUs' '^inner: entry vmlinux-64$' '^inner: pvpanic bound' \
+    'Kernel panic' 'the guest kernel panicked \(reported through pvpanic\)' '^outer: end elf64-panic-jailed status 134$'
+# Reset and power-off with vCPUs waiting for their start-up IPI, ten times each.
+grep -q '^outer: tiny-reset: 10 of 10 ended with status 0' "$LOG" || { echo "Linux environment: FAIL a reset did not end the VM cleanly every time"; failed=1; }
+grep -q '^outer: tiny-poweroff: 10 of 10 ended with status 0' "$LOG" || { echo "Linux environment: FAIL a power-off did not end the VM cleanly every time"; failed=1; }
 # `poweroff` ends the VM cleanly (ACPI S5), jailed, with 4 vCPUs.
 check poweroff-4cpu '^inner: user space up, 4 CPUs' "$TYPED" '^inner: powering off' 'powered the machine off \(ACPI S5\)' '^outer: end poweroff-4cpu status 0$'
 grep -q '^outer: done' "$LOG" || { echo "Linux environment: FAIL the outer machine did not run to its end"; failed=1; }

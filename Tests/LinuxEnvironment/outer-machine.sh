@@ -57,20 +57,48 @@ base_root() {
     for a in $("$BUSYBOX" --list); do [[ -e "$1/bin/$a" ]] || ln -s busybox "$1/bin/$a"; done
 }
 
-# The inner guests' initramfs: /init reports what Linux's drivers found, then reboots.
+# The inner guests' initramfs: /init reports what Linux's drivers found, then reboots (or what
+# its command line's bulkhead.end says). bulkhead.test= picks the extra checks.
 INNER="$WORK/x/inner"
 base_root "$INNER"
 mkdir -p "$INNER/modules"
 for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_mmio.ko \
-         drivers/block/virtio_blk.ko drivers/char/hw_random/virtio-rng.ko; do
+         drivers/block/virtio_blk.ko drivers/char/hw_random/virtio-rng.ko \
+         net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko \
+         net/vmw_vsock/vsock.ko net/vmw_vsock/vmw_vsock_virtio_transport_common.ko net/vmw_vsock/vmw_vsock_virtio_transport.ko \
+         drivers/misc/pvpanic/pvpanic.ko drivers/misc/pvpanic/pvpanic-mmio.ko; do
     cp "$MODULES/kernel/$m" "$INNER/modules/"
 done
+# vsock-helper: busybox has no vsock client (nor a Unix-socket server, for the outer side).
+gcc -static -O2 -o "$WORK/vsock-helper" "$REPO/Tests/LinuxEnvironment/vsock-helper.c" \
+    || skip "gcc cannot build a static vsock-helper (libc6-dev)"
+cp "$WORK/vsock-helper" "$INNER/bin/vsock-helper"
 cat > "$INNER/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng; do insmod /modules/$m.ko; done
+for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net \
+         vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport pvpanic pvpanic-mmio; do
+    insmod /modules/$m.ko
+done
 echo "inner: user space up, $(grep -c ^processor /proc/cpuinfo) CPUs"
-case " $(cat /proc/cmdline) " in *" bulkhead.test=devices "*)
+# Which entry booted this kernel, from the boot_params it kept: the PVH path builds its own
+# (type_of_loader 0xb0); Bulkhead's zero page says 0xff, with the bzImage's setup header
+# (setup_sects > 0) or, for a vmlinux, none.
+bp=/sys/kernel/boot_params/data
+loader=$(od -An -tx1 -j 528 -N 1 $bp | tr -d ' '); sects=$(od -An -tu1 -j 497 -N 1 $bp | tr -d ' ')
+case $loader in b0) entry=pvh;; ff) [ "$sects" -gt 0 ] && entry=bzimage || entry=vmlinux-64;; *) entry="unknown ($loader)";; esac
+echo "inner: entry $entry"
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+for f in xsave rdrand; do case " ${flags#*:} " in *" $f "*) echo "inner: cpu has $f";; *) echo "inner: cpu lacks $f";; esac; done
+test=; end=reboot; me=; peer=
+for w in $(cat /proc/cmdline); do
+    case $w in
+        bulkhead.test=*) test=${w#*=};; bulkhead.end=*) end=${w#*=};;
+        bulkhead.ip=*) me=${w#*=};; bulkhead.peer=*) peer=${w#*=};;
+    esac
+done
+case $test in
+devices)
     # Linux's own drivers on Bulkhead's devices: virtio-blk (read, write, flush; a read-only disk
     # refusing writes) and virtio-rng.
     sleep 1
@@ -81,17 +109,39 @@ case " $(cat /proc/cmdline) " in *" bulkhead.test=devices "*)
     if printf 'x' | dd of=/dev/vdb bs=512 seek=1 conv=fsync 2>/dev/null; then echo "inner: disk vdb write accepted"; else echo "inner: disk vdb write refused"; fi
     echo "inner: rng $(cat /sys/class/misc/hw_random/rng_current) gave $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c) bytes"
     ;;
+net)
+    # Two guests on one wire (virtio-net, frames over a Unix socket): each pings the other until
+    # it answers, then stays up a while so that the other's pings are answered too.
+    ip link set eth0 up && ip addr add 10.0.2.$me/24 dev eth0
+    i=0; ok=0
+    while [ $i -lt 90 ]; do ping -c 1 -W 1 10.0.2.$peer >/dev/null 2>&1 && { ok=1; break; }; i=$((i+1)); done
+    [ $ok = 1 ] && echo "inner: ping 10.0.2.$peer answered" || echo "inner: ping 10.0.2.$peer unanswered"
+    sleep 6
+    ;;
+vsock)
+    # A host Unix socket over vsock: CID 2 (the host), port 5000 is the socket PATH_5000.
+    echo "inner: vsock answer: $(vsock-helper ask 2 5000 hello-from-the-guest)"
+    ;;
+panic)
+    # A kernel panic, reported through pvpanic (the VM ends as a crash, not with the reboot
+    # that panic=-1 would make).
+    ls /sys/bus/platform/drivers/pvpanic-mmio 2>/dev/null | grep -q QEMU0001 && echo "inner: pvpanic bound"
+    echo "inner: panicking"
+    echo c > /proc/sysrq-trigger
+    ;;
 esac
 echo "inner: console write ok" > /dev/console && echo "inner: wrote to /dev/console"
-# Console input: the host types a line once it sees this one (bulkhead's standard input is COM1's
-# receive side).
-echo "inner: type a line"
-if read -t 60 line; then echo "inner: read '$line'"; else echo "inner: read nothing"; fi
-grep -h . /proc/tty/driver/serial 2>/dev/null | sed 's/^/inner: serial: /'
-grep -E ' (4|ttyS0):' /proc/interrupts | sed 's/^/inner: irq: /'
+case $test in net|vsock|panic) ;; *)
+    # Console input: the host types a line once it sees this one (bulkhead's standard input is
+    # COM1's receive side).
+    echo "inner: type a line"
+    if read -t 60 line; then echo "inner: read '$line'"; else echo "inner: read nothing"; fi
+    grep -h . /proc/tty/driver/serial 2>/dev/null | sed 's/^/inner: serial: /'
+    ;;
+esac
 ls /sys/bus/virtio/devices 2>/dev/null | sed 's/^/inner: virtio device: /'
-case " $(cat /proc/cmdline) " in
-    *" bulkhead.end=poweroff "*) echo "inner: powering off"; poweroff -f ;;
+case $end in
+    poweroff) echo "inner: powering off"; poweroff -f ;;
     *) echo "inner: rebooting"; reboot -f ;;
 esac
 INIT
@@ -99,7 +149,8 @@ chmod +x "$INNER/init"
 (cd "$INNER" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/inner.cpio.gz"
 
 # The outer machine's initramfs: busybox, the kvm modules, bulkhead with its libraries, the inner
-# kernel and initramfs, and /init.
+# kernel (as Debian ships it, a bzImage, and the vmlinux inside it) and initramfs, tiny kernels
+# for the reset and power-off loops, vsock-helper, and /init.
 OUTER="$WORK/x/outer"
 base_root "$OUTER"
 mkdir -p "$OUTER/modules" "$OUTER/opt/bulkhead" "$OUTER/guest"
@@ -112,21 +163,37 @@ for lib in $(ldd "$BIN/bulkhead" "$BIN/bulkhead-worker" | grep -o '/[^ ]*\.so[^ 
 done
 cp "$KERNEL" "$OUTER/guest/vmlinuz"
 cp "$WORK/inner.cpio.gz" "$OUTER/guest/initrd"
-cat > "$OUTER/init" <<'INIT'
+cp "$WORK/vsock-helper" "$OUTER/bin/vsock-helper"
+NOTE=$(python3 "$REPO/Tests/LinuxEnvironment/images.py" vmlinux "$KERNEL" "$OUTER/guest/vmlinux") \
+    || skip "python3 cannot unpack the vmlinux from $KERNEL"
+python3 "$REPO/Tests/LinuxEnvironment/images.py" tiny "$OUTER/guest/tiny-reset" reset
+python3 "$REPO/Tests/LinuxEnvironment/images.py" tiny "$OUTER/guest/tiny-poweroff" poweroff
+chmod 0644 "$OUTER"/guest/*
+sed "s/@PVH_NOTE_TYPE_OFFSET@/$NOTE/" > "$OUTER/init" <<'INIT'
 #!/bin/sh
+# A write to a FIFO whose reader is gone must fail, not kill init (and the outer machine).
+trap '' PIPE
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs run /run; mount -t tmpfs tmp /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 for m in irqbypass kvm ccp; do insmod /modules/$m.ko 2>/dev/null; done
 insmod /modules/kvm-amd.ko nested=1 || echo "outer: kvm_amd did not load"
 [ -c /dev/kvm ] && echo "outer: /dev/kvm is here" || echo "outer: no /dev/kvm"
-# Runs an inner guest; its standard input is a FIFO on which a line is typed when the guest asks.
+B=/opt/bulkhead/bulkhead
+CMD="console=ttyS0 panic=-1 reboot=k"
+# bulkhead.runs= on the outer command line (BULKHEAD_LINUX_ENV_RUNS): the runs to make, by name
+# (comma-separated; default all).
+RUNS=all
+for w in $(cat /proc/cmdline); do case $w in bulkhead.runs=*) RUNS=${w#*=};; esac; done
+want() { case ",$RUNS," in *,all,*|*,$1,*) return 0;; esac; return 1; }
+# Runs an inner guest (KERNEL, then bulkhead options); its standard input is a FIFO on which a
+# line is typed when the guest asks.
 run() {
-    name=$1; extra=$2; shift 2
+    name=$1; extra=$2; kernel=$3; shift 3
+    want $name || return 0
     echo "outer: begin $name"
     rm -f /tmp/in /tmp/out; mkfifo /tmp/in; : > /tmp/out
-    ( /opt/bulkhead/bulkhead run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 256 --timeout 300 \
-        --cmdline "console=ttyS0 panic=-1 reboot=k $extra" "$@" < /tmp/in 2>&1
+    ( $B run --kernel $kernel --initrd /guest/initrd --memory 256 --timeout 300 --cmdline "$CMD $extra" "$@" < /tmp/in 2>&1
       echo "outer: end $name status $?" ) | tee /tmp/out &
     exec 3> /tmp/in
     i=0
@@ -137,28 +204,68 @@ run() {
     exec 3>&-
     wait
 }
-run jailed-1cpu "" --vcpus 1
-run unjailed-2cpu "" --vcpus 2 --no-jail
-# Disks: vda writable, vdb read-only, each 1 MiB starting with its name.
+run jailed-1cpu "" /guest/vmlinuz --vcpus 1
+run unjailed-2cpu "" /guest/vmlinuz --vcpus 2 --no-jail
+# Disks: vda writable, vdb read-only, each 1 MiB starting with its name. CPU features hidden.
 for d in 0 1; do printf "bulkhead-disk-$d!" > /tmp/d$d.img; truncate -s 1M /tmp/d$d.img; done
-run devices-jailed bulkhead.test=devices --vcpus 2 --disk /tmp/d0.img --read-only-disk /tmp/d1.img --rng
-run poweroff-4cpu bulkhead.end=poweroff --vcpus 4
-echo "outer: after devices-jailed: d0 sector 1: $(dd if=/tmp/d0.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
-echo "outer: after devices-jailed: d1 sector 1 is $(dd if=/tmp/d1.img bs=512 skip=1 count=1 2>/dev/null | tr -d '\000' | wc -c) non-zero bytes"
+run devices-jailed bulkhead.test=devices /guest/vmlinuz --vcpus 2 --disk /tmp/d0.img --read-only-disk /tmp/d1.img --rng \
+    --hide-cpu-feature xsave --hide-cpu-feature rdrand
+if want devices-jailed; then
+    echo "outer: after devices-jailed: d0 sector 1: $(dd if=/tmp/d0.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
+    echo "outer: after devices-jailed: d1 sector 1 is $(dd if=/tmp/d1.img bs=512 skip=1 count=1 2>/dev/null | tr -d '\000' | wc -c) non-zero bytes"
+fi
+run poweroff-4cpu bulkhead.end=poweroff /guest/vmlinuz --vcpus 4
+
+# Two guests pinging each other over virtio-net, jailed (A listens, B connects).
+if want net-pair; then
+echo "outer: begin net-pair"
+$B run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 192 --timeout 300 --no-console-input --vcpus 1 --stats \
+    --cmdline "$CMD bulkhead.test=net bulkhead.ip=1 bulkhead.peer=2" --net-listen /tmp/net.sock > /tmp/net-a 2>&1 &
+a=$!
+i=0; while [ ! -S /tmp/net.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+$B run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 192 --timeout 300 --no-console-input --vcpus 1 --stats \
+    --cmdline "$CMD bulkhead.test=net bulkhead.ip=2 bulkhead.peer=1" --net-connect /tmp/net.sock > /tmp/net-b 2>&1
+sb=$?
+wait $a; sa=$?
+sed 's/^/A: /' /tmp/net-a; sed 's/^/B: /' /tmp/net-b
+echo "outer: end net-pair status $sa $sb"
+fi
+
+# The vmlinux inside the bzImage, through its PVH entry, talking to a host Unix socket over vsock.
+vsock-helper serve /tmp/vs_5000 & v=$!
+run pvh-vsock-jailed bulkhead.test=vsock /guest/vmlinux --vcpus 2 --vsock /tmp/vs --no-console-input
+kill $v 2>/dev/null
+# The same vmlinux without its PVH note (so through the 64-bit entry), panicking: pvpanic ends
+# the VM as a crash.
+cp /guest/vmlinux /tmp/vmlinux64
+printf '\377\177\000\000' | dd of=/tmp/vmlinux64 bs=1 seek=@PVH_NOTE_TYPE_OFFSET@ conv=notrunc 2>/dev/null
+run elf64-panic-jailed bulkhead.test=panic /tmp/vmlinux64 --vcpus 2 --no-console-input
+rm -f /tmp/vmlinux64
+
+# Reset and power off, many times, jailed, with vCPUs still waiting for their start-up IPI
+# (issue 10, point 3), on this hardware-style KVM.
+for k in reset poweroff; do
+    want tiny-$k || continue
+    ok=0
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        $B run --kernel /guest/tiny-$k --vcpus 4 --memory 32 --timeout 30 --no-console-input > /tmp/tiny.out 2>&1 && grep -q '^up' /tmp/tiny.out && ok=$((ok+1))
+    done
+    echo "outer: tiny-$k: $ok of 10 ended with status 0"
+done
 echo "outer: done"
 poweroff -f
 INIT
 chmod +x "$OUTER/init"
 (cd "$OUTER" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/outer.cpio.gz"
 
-# 1 GiB of guest RAM (four 256 MiB inner guests run one after another) and a 128 MiB translation
+# 1.25 GiB of guest RAM (inner guests of 256 MiB one after another, two of 192 MiB at once) and a 128 MiB translation
 # cache keep QEMU near 0.7 GiB resident. QEMU logs CPU resets (a triple fault among them) to
 # qemu-debug.log; its own exit status is the last line, for check.sh to tell an emulator that died
 # from a guest that failed.
 set +e
-timeout 900 qemu-system-x86_64 -accel tcg,tb-size=128 -cpu max -m 1024 -smp 2 -nographic -no-reboot \
+timeout 900 qemu-system-x86_64 -accel tcg,tb-size=128 -cpu max -m 1280 -smp 2 -nographic -no-reboot \
     -d cpu_reset,guest_errors -D "$WORK/qemu-debug.log" \
-    -kernel "$KERNEL" -initrd "$WORK/outer.cpio.gz" -append "console=ttyS0 quiet panic=-1"
+    -kernel "$KERNEL" -initrd "$WORK/outer.cpio.gz" -append "console=ttyS0 quiet panic=-1 bulkhead.runs=${BULKHEAD_LINUX_ENV_RUNS:-all}"
 status=$?
 echo "outer-machine: qemu exited with status $status"
 [[ $status == 0 ]] || exit 1
