@@ -306,7 +306,7 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         // The kernel's bytes at its load address; the command line at cmd_line_ptr.
         #expect(guestBytes(plan, 0x100_0000, 0x600) == Array(image[0xa00...]))
         #expect(guestBytes(plan, 0x2_0000, plan.commandLine.utf8.count + 1) == Array(plan.commandLine.utf8) + [0])
-        #expect(plan.commandLine == "console=ttyS0 pci=off virtio_mmio.device=4K@0xd0000000:5")
+        #expect(plan.commandLine == "console=ttyS0 pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5")
     }
 
     @Test func e820MapIsSortedAndCoversRAM() throws {
@@ -333,22 +333,24 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         #expect(VirtioMMIODeviceInfo(base: 0xd000_0000, size: 0x3000, irq: 7).commandLineParameter == "virtio_mmio.device=12K@0xd0000000:7")
         #expect(VirtioMMIODeviceInfo(DeviceWindow(kind: 4, irq: 5, base: 0xd000_0000, size: 0x1000)) == testDisk)
         let plan = try linuxPlan(BzImageBuilder().build(), commandLine: "console=ttyS0 root=/dev/vda", devices: [testDisk, testNet])
-        #expect(plan.commandLine == "console=ttyS0 root=/dev/vda pci=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=1M@0xd0100000:6")
+        #expect(plan.commandLine == "console=ttyS0 root=/dev/vda pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=1M@0xd0100000:6")
         #expect(plan.devices == [testDisk, testNet])
         // Before "--", which hands the rest to init; a quoted "--" inside a value is no separator.
         func compose(_ s: String) throws -> String { String(decoding: try LinuxCommandLine.compose(s, devices: [testDisk]), as: UTF8.self) }
-        #expect(try compose("quiet -- single") == "quiet pci=off virtio_mmio.device=4K@0xd0000000:5 -- single")
-        #expect(try compose("-- init") == "pci=off virtio_mmio.device=4K@0xd0000000:5 -- init")
-        #expect(try compose("a=\"x -- y\" b") == "a=\"x -- y\" b pci=off virtio_mmio.device=4K@0xd0000000:5")
-        #expect(try compose("a \"--\" b") == "a pci=off virtio_mmio.device=4K@0xd0000000:5 \"--\" b")
-        #expect(try compose("") == "pci=off virtio_mmio.device=4K@0xd0000000:5")
-        #expect(try compose("a --x") == "a --x pci=off virtio_mmio.device=4K@0xd0000000:5")
-        #expect(String(decoding: try LinuxCommandLine.compose("  keep  ", devices: []), as: UTF8.self) == "  keep pci=off")
+        #expect(try compose("quiet -- single") == "quiet pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5 -- single")
+        #expect(try compose("-- init") == "pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5 -- init")
+        #expect(try compose("a=\"x -- y\" b") == "a=\"x -- y\" b pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5")
+        #expect(try compose("a \"--\" b") == "a pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5 \"--\" b")
+        #expect(try compose("") == "pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5")
+        #expect(try compose("a --x") == "a --x pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5")
+        #expect(String(decoding: try LinuxCommandLine.compose("  keep  ", devices: []), as: UTF8.self) == "  keep pci=off reboot=k")
         // The defaults give way to the operator's own setting of the same parameter, before `--`
         // only (after it, words are init's).
-        #expect(try compose("pci=nocrs quiet") == "pci=nocrs quiet virtio_mmio.device=4K@0xd0000000:5")
-        #expect(try compose("a=\"pci=1\" b") == "a=\"pci=1\" b pci=off virtio_mmio.device=4K@0xd0000000:5")
-        #expect(try compose("x -- pci=on") == "x pci=off virtio_mmio.device=4K@0xd0000000:5 -- pci=on")
+        #expect(try compose("pci=nocrs quiet") == "pci=nocrs quiet reboot=k virtio_mmio.device=4K@0xd0000000:5")
+        #expect(try compose("reboot=a pci=nocrs") == "reboot=a pci=nocrs virtio_mmio.device=4K@0xd0000000:5")
+        #expect(try compose("reboot=efi") == "reboot=efi pci=off virtio_mmio.device=4K@0xd0000000:5")
+        #expect(try compose("a=\"pci=1\" b") == "a=\"pci=1\" b pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5")
+        #expect(try compose("x -- pci=on") == "x pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5 -- pci=on")
     }
 
     @Test func refusesBadCommandLines() {
@@ -357,18 +359,19 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         #expect(linuxPlanError(image, commandLine: "init=\"/bin/sh") == .badCommandLine("unbalanced double quote"))
         var b = BzImageBuilder(); b.cmdlineSize = 40
         let line = "console=ttyS0"
-        // 13 + 1 + 7 (pci=off) + 1 + 34 bytes with the device: too long for 40.
-        #expect(linuxPlanError(b.build(), commandLine: line, devices: [testDisk]) == .commandLineTooLong(length: 56, maximum: 40))
+        // 13 + 1 + 7 (pci=off) + 1 + 8 (reboot=k) + 1 + 34 bytes with the device: too long for 40.
+        #expect(linuxPlanError(b.build(), commandLine: line, devices: [testDisk]) == .commandLineTooLong(length: 65, maximum: 40))
         #expect(linuxPlanError(b.build(), commandLine: line) == nil)
-        // With " pci=off" (8 bytes) added: 32 fit, 33 do not; and the operator's own pci= adds none.
-        #expect(linuxPlanError(b.build(), commandLine: String(repeating: "x", count: 32)) == nil)
-        #expect(linuxPlanError(b.build(), commandLine: String(repeating: "x", count: 33)) == .commandLineTooLong(length: 41, maximum: 40))
-        #expect(linuxPlanError(b.build(), commandLine: "pci=1 " + String(repeating: "x", count: 34)) == nil)
+        // With " pci=off reboot=k" (17 bytes) added: 23 fit, 24 do not; and the operator's own
+        // pci= and reboot= add none.
+        #expect(linuxPlanError(b.build(), commandLine: String(repeating: "x", count: 23)) == nil)
+        #expect(linuxPlanError(b.build(), commandLine: String(repeating: "x", count: 24)) == .commandLineTooLong(length: 41, maximum: 40))
+        #expect(linuxPlanError(b.build(), commandLine: "pci=1 reboot=k " + String(repeating: "x", count: 25)) == nil)
         // A vmlinux has no cmdline_size: Linux's 2047.
-        #expect(linuxPlanError(VmlinuxBuilder().build(), commandLine: String(repeating: "x", count: 2040)) == .commandLineTooLong(length: 2048, maximum: 2047))
+        #expect(linuxPlanError(VmlinuxBuilder().build(), commandLine: String(repeating: "x", count: 2031)) == .commandLineTooLong(length: 2048, maximum: 2047))
         // A huge cmdline_size is capped by the 64 KiB area.
         b.cmdlineSize = 0xffff_ffff
-        #expect(linuxPlanError(b.build(), commandLine: String(repeating: "x", count: 0xfff8)) == .commandLineTooLong(length: 0x1_0000, maximum: 0xffff))
+        #expect(linuxPlanError(b.build(), commandLine: String(repeating: "x", count: 0xffef)) == .commandLineTooLong(length: 0x1_0000, maximum: 0xffff))
     }
 
     @Test func refusesKernelsTooBigForRAM() {
@@ -525,7 +528,7 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         }
         #expect(entries == plan.e820 && entries.last?.end == 128 << 20)
         #expect(guestBytes(plan, LinuxBootLayout.commandLine, plan.commandLine.utf8.count + 1).last == 0)
-        #expect(plan.commandLine.hasPrefix("console=hvc0 pci=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=1M@0xd0100000:6"))
+        #expect(plan.commandLine.hasPrefix("console=hvc0 pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=1M@0xd0100000:6"))
         // The module list is absent without an initrd.
         let bare = try linuxPlan(v.build())
         let si2 = ByteReader(guestBytes(bare, LinuxBootLayout.startInfo, 64))

@@ -75,6 +75,9 @@ gcc -static -O2 -o "$WORK/vsock-helper" "$REPO/Tests/LinuxEnvironment/vsock-help
 cp "$WORK/vsock-helper" "$INNER/bin/vsock-helper"
 cat > "$INNER/init" <<'INIT'
 #!/bin/sh
+# Benchmarks/linux_boot.py: the first user-space line, then reboot at once (benchmark=1 has no
+# dot, so the kernel hands it to init as an environment variable).
+if [ "$benchmark" = 1 ]; then echo "inner: first user-space line"; reboot -f; fi
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net \
          vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport pvpanic pvpanic-mmio; do
@@ -164,6 +167,18 @@ done
 cp "$KERNEL" "$OUTER/guest/vmlinuz"
 cp "$WORK/inner.cpio.gz" "$OUTER/guest/initrd"
 cp "$WORK/vsock-helper" "$OUTER/bin/vsock-helper"
+# Benchmark mode (BULKHEAD_LINUX_ENV_BENCH=N, Benchmarks/linux_boot.py): QEMU (microvm) and the
+# timeline helper go into the outer machine too.
+if [[ -n "${BULKHEAD_LINUX_ENV_BENCH:-}" ]]; then
+    gcc -static -O2 -o "$OUTER/bin/timeline" "$REPO/Benchmarks/linux/timeline.c"
+    QEMU=$(command -v qemu-system-x86_64)
+    cp "$QEMU" "$OUTER/bin/qemu-system-x86_64"
+    for lib in $(ldd "$QEMU" | grep -o '/[^ ]*\.so[^ ]*' | sort -u); do
+        mkdir -p "$OUTER$(dirname "$lib")"; cp -L "$lib" "$OUTER$lib"
+    done
+    mkdir -p "$OUTER/usr/share/qemu"
+    for f in bios-microvm.bin qboot.rom linuxboot_dma.bin pvh.bin kvmvapic.bin; do cp -L "/usr/share/qemu/$f" "$OUTER/usr/share/qemu/"; done
+fi
 NOTE=$(python3 "$REPO/Tests/LinuxEnvironment/images.py" vmlinux "$KERNEL" "$OUTER/guest/vmlinux") \
     || skip "python3 cannot unpack the vmlinux from $KERNEL"
 python3 "$REPO/Tests/LinuxEnvironment/images.py" tiny "$OUTER/guest/tiny-reset" reset
@@ -186,6 +201,33 @@ CMD="console=ttyS0 panic=-1 reboot=k"
 RUNS=all
 for w in $(cat /proc/cmdline); do case $w in bulkhead.runs=*) RUNS=${w#*=};; esac; done
 want() { case ",$RUNS," in *,all,*|*,$1,*) return 0;; esac; return 1; }
+# Benchmark mode: bulkhead.bench=N pairs of boots (Bulkhead jailed, QEMU microvm, alternately)
+# of the inner kernel to its first user-space line and on through its reboot, with 1 and 2 vCPUs;
+# one "bench:" line each, for Benchmarks/linux_boot.py.
+BENCH=
+BENCH_VCPUS="1 2"
+for w in $(cat /proc/cmdline); do
+    case $w in bulkhead.bench=*) BENCH=${w#*=};; bulkhead.bench-vcpus=*) BENCH_VCPUS=$(echo ${w#*=} | tr , ' ');; esac
+done
+if [ -n "$BENCH" ]; then
+    K="console=ttyS0 panic=-1 pci=off benchmark=1"
+    FIRST="inner: first user-space line"; RESTART="reboot: Restarting system"
+    for n in $BENCH_VCPUS; do
+        i=0
+        while [ $i -lt $BENCH ]; do
+            i=$((i+1))
+            echo "bench: bulkhead vcpus $n run $i $(timeline "$FIRST" "$RESTART" /tmp/bulkhead.log -- \
+                $B run --kernel /guest/vmlinuz --initrd /guest/initrd --memory 256 --vcpus $n --no-console-input --timeout 90 --cmdline "$K")"
+            tr -d '\r' < /tmp/bulkhead.log | grep -v '^$' | tail -3 | sed "s/^/bench: bulkhead log: /"
+            echo "bench: qemu-microvm vcpus $n run $i $(timeline "$FIRST" "$RESTART" /tmp/qemu.log -- \
+                timeout 90 qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host -m 256 -smp $n -nodefaults -no-user-config \
+                -display none -serial stdio -no-reboot -kernel /guest/vmlinuz -initrd /guest/initrd -append "$K")"
+            tr -d '\r' < /tmp/qemu.log | grep -v '^$' | tail -3 | sed "s/^/bench: qemu log: /"
+        done
+    done
+    echo "outer: done"
+    poweroff -f
+fi
 # Runs an inner guest (KERNEL, then bulkhead options); its standard input is a FIFO on which a
 # line is typed when the guest asks.
 run() {
@@ -265,7 +307,7 @@ chmod +x "$OUTER/init"
 set +e
 timeout 900 qemu-system-x86_64 -accel tcg,tb-size=128 -cpu max -m 1280 -smp 2 -nographic -no-reboot \
     -d cpu_reset,guest_errors -D "$WORK/qemu-debug.log" \
-    -kernel "$KERNEL" -initrd "$WORK/outer.cpio.gz" -append "console=ttyS0 quiet panic=-1 bulkhead.runs=${BULKHEAD_LINUX_ENV_RUNS:-all}"
+    -kernel "$KERNEL" -initrd "$WORK/outer.cpio.gz" -append "console=ttyS0 quiet panic=-1 bulkhead.runs=${BULKHEAD_LINUX_ENV_RUNS:-all} bulkhead.bench=${BULKHEAD_LINUX_ENV_BENCH:-} bulkhead.bench-vcpus=${BULKHEAD_LINUX_ENV_BENCH_VCPUS:-1,2}"
 status=$?
 echo "outer-machine: qemu exited with status $status"
 [[ $status == 0 ]] || exit 1

@@ -65,7 +65,7 @@ public enum LinuxBootError: Error, Equatable, CustomStringConvertible, Sendable 
             return "no room for an initrd of \(size) bytes: it must fit in \(hex(lo))–\(hex(hi)), outside the kernel"
         case .emptyInitrd: return "the initrd is empty"
         case .commandLineTooLong(let n, let max):
-            return "the command line (with the parameters Bulkhead adds: pci=off, virtio_mmio.device=) is \(n) bytes; this kernel accepts at most \(max)"
+            return "the command line (with the parameters Bulkhead adds: pci=off, reboot=k, virtio_mmio.device=) is \(n) bytes; this kernel accepts at most \(max)"
         case .badCommandLine(let why): return "bad command line: \(why)"
         case .badMemorySize(let why): return "bad memory size: \(why)"
         case .badVCPUCount(let n): return "\(n) vCPUs: a Linux guest can have 1 to \(LinuxBootLayout.maxVCPUs)"
