@@ -353,6 +353,16 @@ let testNet = VirtioMMIODeviceInfo(base: 0xd010_0000, size: 1 << 20, irq: 6)
         #expect(try compose("x -- pci=on") == "x pci=off reboot=k virtio_mmio.device=4K@0xd0000000:5 -- pci=on")
     }
 
+    /// A reboot that falls back to the BIOS (Linux's machine_real_restart jumps to F000:FFF0)
+    /// finds the i8042 reset there: the VM ends instead of running whatever the RAM holds.
+    @Test func theResetVectorResets() throws {
+        let plan = try linuxPlan(BzImageBuilder().build(), commandLine: "console=ttyS0")
+        #expect(guestBytes(plan, 0xf_fff0, 8) == [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, 0x00])
+        // In the reserved legacy hole of the e820 map, so the kernel never reuses it.
+        #expect(plan.e820.contains { $0.kind == .reserved && $0.address <= 0xf_fff0 && $0.address + $0.size >= 0x10_0000 })
+        checkChunks(plan)
+    }
+
     @Test func refusesBadCommandLines() {
         let image = BzImageBuilder().build()
         #expect(linuxPlanError(image, commandLine: "a\u{0}b") == .badCommandLine("it contains a NUL byte"))

@@ -40,6 +40,13 @@ public enum LinuxBootLayout {
     /// The extended BIOS data area and the legacy ROM/VGA hole: reserved in the e820 map.
     public static let ebda: UInt64 = 0x9_fc00
     public static let highMemory: UInt64 = 0x10_0000
+    /// The x86 reset vector (F000:FFF0 in real mode), in the reserved legacy hole. There is no
+    /// BIOS; what Bulkhead puts there ends the VM as a reset, for a kernel whose reboot falls
+    /// back to a BIOS restart (Linux's `reboot=b`, or its last resort).
+    public static let resetVector: UInt64 = 0xf_fff0
+    /// mov al, 0xfe; out 0x64, al (the i8042 reset, i8042-reset); hlt; jmp back to the hlt.
+    /// The same bytes in real, 32- and 64-bit mode.
+    public static let resetVectorCode: [UInt8] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]
     /// Guest RAM must end at or below the MMIO hole; devices live above it.
     public static let mmioHole: UInt64 = GuestLayout.mmioHole
     /// Where virtio-mmio devices may be placed: from the MMIO hole up to the IOAPIC.

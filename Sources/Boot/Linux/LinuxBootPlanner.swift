@@ -69,6 +69,7 @@ public enum LinuxBootPlanner {
         chunks.append(.init(address: LinuxBootLayout.commandLine, bytes: line + [0]))
         chunks.append(.init(address: LinuxBootLayout.gdt, bytes: LinuxGDT.bytes()))
         chunks.append(.init(address: ACPITables.base, bytes: ACPITables.build(cpus: vcpus, devices: devices)))
+        chunks.append(.init(address: LinuxBootLayout.resetVector, bytes: LinuxBootLayout.resetVectorCode))
 
         let cpu: LinuxCPUState
         var tablePages = 0
