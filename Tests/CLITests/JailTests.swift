@@ -46,11 +46,15 @@ func slotIsHeld(_ slot: Int) -> Bool {
 /// the time it is checked (so it is looked at again after its lock), and what is left over is
 /// looked for again for up to 2 s (a launcher's own teardown, or the child that does it after the
 /// launcher exited, may be finishing) before it counts.
-func jailLeftovers() -> [String] {
-    var found = currentJailLeftovers()
-    for _ in 0..<100 where !found.isEmpty {
+func jailLeftovers() -> [String] { settled(seconds: 2, currentJailLeftovers) }
+
+/// What `probe` finds, looked at again every 20 ms for up to `seconds` while it finds something:
+/// work that other tests' launchers (or the children they leave) are finishing is not counted.
+func settled<T>(seconds: Double, _ probe: () -> [T]) -> [T] {
+    var found = probe()
+    for _ in 0..<Int(seconds * 50) where !found.isEmpty {
         usleep(20_000)
-        found = currentJailLeftovers()
+        found = probe()
     }
     return found
 }
@@ -68,14 +72,7 @@ func currentJailLeftovers() -> [String] {
 /// after up to 3 s: orphans (a worker always dies with its launcher). A worker that reported its
 /// VM's end is still closing the VM (12-20 ms) when its launcher has already exited (issue 9):
 /// for that moment its parent is init, which reaps it.
-func orphanedWorkers() -> [Int32] {
-    var found = currentOrphanedWorkers()
-    for _ in 0..<150 where !found.isEmpty {
-        usleep(20_000)
-        found = currentOrphanedWorkers()
-    }
-    return found
-}
+func orphanedWorkers() -> [Int32] { settled(seconds: 3, currentOrphanedWorkers) }
 
 /// bulkhead-worker processes whose parent is not a bulkhead launcher, now.
 func currentOrphanedWorkers() -> [Int32] {

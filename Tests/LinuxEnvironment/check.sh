@@ -8,7 +8,7 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEBUG="$HERE/../../.build/linux-env/qemu-debug.log"
 
-# The checks of one outer machine's log ($LOG); sets `failed`.
+# The checks of one outer machine's log ($LOG): one "FAIL" line per failed check (and notes).
 run_checks() {
     failed=0
     check() {   # check RUN PATTERN...: each pattern appears between "begin RUN" and "end RUN"
