@@ -65,9 +65,10 @@ run_checks() {
 # The emulated machine is not perfectly reliable: under QEMU's software SVM, runs here have seen
 # the outer kernel panic (a stack-guard hit in its page-fault path), QEMU end early, and inner
 # guests triple-fault at random points of their boot, each in one run of several with the same
-# build. So a failed outer machine is run once more, after its failures are printed; the second
-# run decides. A Bulkhead failure that repeats fails the check; one that does not is still shown.
-for attempt in 1 2; do
+# build. So an inner run that triple-faulted is made once more (outer-machine.sh), and a failed
+# outer machine is run again, up to three times, after its failures are printed; the last run
+# decides. A Bulkhead failure that repeats fails the check; one that does not is still shown.
+for attempt in 1 2 3; do
     LOG="$(mktemp /tmp/bulkhead-linux-env-XXXXXX.log)"
     bash "$HERE/outer-machine.sh" "$1" > "$LOG" 2>&1
     status=$?
@@ -81,12 +82,12 @@ for attempt in 1 2; do
     report=$(run_checks)
     grep -q 'FAIL' <<<"$report" && failed=1
     [[ $failed == 0 ]] && break
-    if [[ $attempt == 1 ]]; then
+    if [[ $attempt != 3 ]]; then
         qemu=$(grep -a -m1 '^outer-machine: qemu exited with status' "$LOG")
         triple=$(grep -a -c -i 'triple fault' "$DEBUG" 2>/dev/null)
         why=$(grep -a -m3 -E '^\[ *[0-9.]+\] (BUG|Kernel panic - not syncing: corrupted|general protection|stack guard)' "$LOG" | tr '\n' ' ')
-        echo "Linux environment: first attempt failed (${qemu:-no QEMU status}; outer triple faults: ${triple:-0}; ${why:-no outer kernel message}; log: $LOG):"
-        sed 's/^Linux environment: FAIL/Linux environment:   first attempt: FAIL/' <<<"$report" | grep -v '^Linux environment: note' | head -20
+        echo "Linux environment: attempt $attempt failed (${qemu:-no QEMU status}; outer triple faults: ${triple:-0}; ${why:-no outer kernel message}; log: $LOG):"
+        sed "s/^Linux environment: FAIL/Linux environment:   attempt $attempt: FAIL/" <<<"$report" | grep -v '^Linux environment: note' | head -20
         echo "Linux environment: running the outer machine once more"
     fi
 done
