@@ -468,13 +468,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
         case Op.shutdown:
             if h.flags & Self.shutdownSend != 0 { connections[i].guestShutSend = true }
             if h.flags & Self.shutdownReceive != 0 { connections[i].guestShutReceive = true }
-            if connections[i].guestShutSend && connections[i].guestShutReceive {
-                // Both directions closed: the device ends the connection (§5.10.6.5).
-                drop(at: i)
-                control.append(Control(key: key, op: Op.rst))
-            } else {
-                settle(i)
-            }
+            // Both directions closed: the device ends the connection (§5.10.6.5), but only
+            // after the data the guest sent before its SHUTDOWN has reached the host.
+            settle(i)
         case Op.rw:
             let c = connections[i]
             guard !c.guestShutSend, c.toHost.count + Int(h.len) <= Int(bufferSize) else {
@@ -496,7 +492,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
     }
 
     /// After a half close: tells the host once the guest's data has all gone out, and ends the
-    /// connection (RST) when neither side will send any more. Returns whether it was dropped.
+    /// connection (RST) when neither side will send any more: the host closed its side, or the
+    /// guest shut both. Data the guest sent first is never cut off by its own SHUTDOWN; a guest
+    /// that will not wait for it resets the connection instead. Returns whether it was dropped.
     @discardableResult
     private func settle(_ i: Int) -> Bool {
         let c = connections[i]
@@ -505,7 +503,7 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
             connections[i].hostFinished = true
             host.finishSending(c.id)
         }
-        guard c.hostClosed else { return false }
+        guard c.hostClosed || c.guestShutReceive else { return false }
         drop(at: i)
         control.append(Control(key: c.key, op: Op.rst))
         return true
