@@ -4,14 +4,37 @@ import KVM
 import Synchronization
 import Virtio
 
+/// A vCPU's registers where it stopped for good (a triple fault): what a person debugging the
+/// guest needs first, since the fault that started it is lost.
+public struct StoppedCPUState: Equatable, Sendable, CustomStringConvertible {
+    public var rip: UInt64, rsp: UInt64, rflags: UInt64
+    public var cs: UInt16
+    public var cr0: UInt64, cr2: UInt64, cr3: UInt64, cr4: UInt64, efer: UInt64
+    public var idtBase: UInt64, idtLimit: UInt16
+
+    public init(_ r: Registers, _ s: SpecialRegisters) {
+        rip = r.rip; rsp = r.rsp; rflags = r.rflags
+        cs = s.cs.selector
+        cr0 = s.cr0; cr2 = s.cr2; cr3 = s.cr3; cr4 = s.cr4; efer = s.efer
+        idtBase = s.idt.base; idtLimit = s.idt.limit
+    }
+
+    public var description: String {
+        func h<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
+        return "rip \(h(rip)) rsp \(h(rsp)) rflags \(h(rflags)) cs \(h(cs)) cr0 \(h(cr0)) cr2 \(h(cr2)) "
+            + "cr3 \(h(cr3)) cr4 \(h(cr4)) efer \(h(efer)) idt \(h(idtBase))/\(h(idtLimit))"
+    }
+}
+
 /// How a VM ended.
 public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
     /// The guest called `exit` with this status.
     case exited(status: UInt8)
     /// The guest took a CPU exception (reported by the fault stubs).
     case fault(FaultReport)
-    /// The vCPU triple-faulted (KVM_EXIT_SHUTDOWN): the fault reason is lost.
-    case tripleFault(vcpu: Int)
+    /// The vCPU triple-faulted (KVM_EXIT_SHUTDOWN): the fault reason is lost; `state` is where
+    /// the vCPU stood (nil if KVM could not say).
+    case tripleFault(vcpu: Int, state: StoppedCPUState?)
     /// `--timeout` expired; every vCPU was stopped.
     case timedOut(seconds: Double)
     /// The vCPU could not continue for another reason (invalid state, unexpected exit, halt).
@@ -41,7 +64,9 @@ public enum RunOutcome: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .exited(let s): return "guest exited with status \(s)"
         case .fault(let f): return "guest fault: \(f)"
-        case .tripleFault(let v): return "guest fault: vCPU \(v): triple fault (KVM_EXIT_SHUTDOWN); the VM cannot continue"
+        case .tripleFault(let v, let state):
+            return "guest fault: vCPU \(v): triple fault (KVM_EXIT_SHUTDOWN)"
+                + (state.map { " at \($0)" } ?? "") + "; the VM cannot continue"
         case .timedOut(let s): return "timeout: the guest was still running after \(s) s and was stopped"
         case .vcpuFailure(let v, let r): return "vCPU \(v) failed: \(r)"
         case .reset(let v): return "vCPU \(v) reset the machine (i8042 command 0xFE); the VM ended"
@@ -616,7 +641,9 @@ struct VCPURunner: @unchecked Sendable {
             case .interrupted:
                 continue
             case .shutdown:
-                control.finish(.tripleFault(vcpu: index))
+                var state: StoppedCPUState?
+                if let r = try? vcpu.registers(), let sr = try? vcpu.specialRegisters() { state = StoppedCPUState(r, sr) }
+                control.finish(.tripleFault(vcpu: index, state: state))
             case .halt:
                 control.finish(.vcpuFailure(vcpu: index, reason: "the vCPU halted with no interrupt source"))
             case .failEntry(let reason):

@@ -25,7 +25,7 @@ import Testing
 
     @Test func exitCodes() {
         #expect(RunOutcome.exited(status: 7).exitCode == 7)
-        #expect(RunOutcome.tripleFault(vcpu: 0).exitCode == 134)
+        #expect(RunOutcome.tripleFault(vcpu: 0, state: nil).exitCode == 134)
         #expect(RunOutcome.timedOut(seconds: 1).exitCode == 124)
         #expect(RunOutcome.vcpuFailure(vcpu: 0, reason: "x").exitCode == 125)
     }

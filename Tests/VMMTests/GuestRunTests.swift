@@ -123,7 +123,13 @@ struct GuestRunTests {
 
     @Test func tripleFaultWithoutFaultHandlers() throws {
         let r = try runGuest("fault-ud", faultHandlers: false)
-        #expect(r.report.outcome == .tripleFault(vcpu: 0))
+        guard case .tripleFault(vcpu: 0, let state) = r.report.outcome else {
+            Issue.record("not a triple fault on vCPU 0: \(r.report.outcome)"); return
+        }
+        // Where the vCPU stood is reported: a guest program runs in long mode with paging on.
+        let s = try #require(state)
+        #expect(s.rip != 0 && s.cr0 & 0x8000_0001 == 0x8000_0001 && s.efer & 0x400 != 0, "\(s)")
+        #expect(r.report.outcome.description.contains("at rip 0x\(String(s.rip, radix: 16)) "))
     }
 
     @Test func infiniteLoopIsStoppedByTheTimeout() throws {
