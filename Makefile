@@ -2,6 +2,7 @@
 #   make run    build the test guests and bulkhead, then boot the default guest (hello)
 #   make test   build the test guests, then run every test (KVM tests skip without /dev/kvm),
 #               the fuzz targets' smoke runs, and Linux guests in the Linux test environment
+#               (with the release binaries, as installed)
 SWIFT ?= swift
 GUESTS := .build/guests
 
@@ -20,7 +21,8 @@ test: guests
 	cd .build/debug && sha256sum bulkhead-worker > bulkhead-worker.sha256
 	BULKHEAD_REQUIRE_GUESTS=1 $(SWIFT) test --skip-build
 	FUZZ_ARGS="-seed=1 $(FUZZ_ARGS)" bash Fuzz/run.sh $(FUZZ_SECONDS)
-	bash Tests/LinuxEnvironment/check.sh $(CURDIR)/.build/debug
+	$(MAKE) release
+	bash Tests/LinuxEnvironment/check.sh $(CURDIR)/.build/release
 
 guests:
 	bash Guest/build.sh $(GUESTS)

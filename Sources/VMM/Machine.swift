@@ -19,7 +19,13 @@ public struct StoppedCPUState: Equatable, Sendable, CustomStringConvertible {
         idtBase = s.idt.base; idtLimit = s.idt.limit
     }
 
+    /// The registers are the architectural reset state (CS F000, RIP FFF0, real mode): AMD's SVM
+    /// leaves the VMCB undefined after a shutdown, so KVM reinitialises the vCPU before it returns
+    /// KVM_EXIT_SHUTDOWN, and where the guest stood is lost. (Intel's VMX keeps it.)
+    public var isResetState: Bool { cs == 0xf000 && rip == 0xfff0 && cr0 & 1 == 0 }
+
     public var description: String {
+        if isResetState { return "an unknown place (KVM reset the vCPU's registers on the shutdown)" }
         func h<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
         return "rip \(h(rip)) rsp \(h(rsp)) rflags \(h(rflags)) cs \(h(cs)) cr0 \(h(cr0)) cr2 \(h(cr2)) "
             + "cr3 \(h(cr3)) cr4 \(h(cr4)) efer \(h(efer)) idt \(h(idtBase))/\(h(idtLimit))"
