@@ -1,10 +1,13 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
-// The dependency line (see ../shared/STYLE.md):
-//   CKVM (C constants and non-variadic wrappers, no logic)
-//     └─ KVM      the only module that touches Unsafe* pointers
-//          └─ VMM  run loop, device bus, hypercalls, attack-surface registry
+// The dependency line (see ../shared/STYLE.md and docs/architecture.md):
+//   CLinux (C wrappers and constants for system calls, no logic)
+//     └─ HostOS   typed system calls: descriptors, files, sockets, threads, processes, seccomp
+//          ├─ Jail     the worker's sandbox steps and the host side (cgroups)
+//          └─ KVM      (with CKVM, the KVM ABI's constants) the only module that maps guest memory
+//               └─ VMM  run loop, device bus, hypercalls, attack-surface registry
+//   Unsafe* pointers appear only in HostOS and KVM.
 //   Boot, Devices  pure: no I/O, no pointers; testable and fuzzable without /dev/kvm
 //   WorkerProtocol pure: the launcher <-> worker messages (strict decoder, fuzzed)
 //   bulkhead       thin @main command line (the launcher)
@@ -38,8 +41,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
+        .target(name: "CLinux"),
         .target(name: "CKVM"),
-        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "HostOS", dependencies: ["CLinux"]),
+        .target(name: "Jail", dependencies: ["HostOS", "CLinux"]),
+        .target(name: "KVM", dependencies: ["HostOS", "CKVM", "CLinux"]),
         .target(name: "Boot"),
         .target(name: "Virtio"),
         .target(name: "Devices", dependencies: ["Virtio"]),
@@ -48,30 +54,33 @@ let package = Package(
         .target(name: "Seccomp"),
         // The worker's policy files, embedded in the binary with C23 #embed (data only).
         .target(name: "CPolicies", exclude: ["policies"]),
-        .target(name: "VMM", dependencies: ["KVM", "Boot", "Devices", "WorkerProtocol"]),
+        .target(name: "VMM", dependencies: ["KVM", "HostOS", "Boot", "Devices", "WorkerProtocol"]),
         .executableTarget(
             name: "bulkhead",
-            dependencies: ["VMM", "WorkerProtocol", "Seccomp", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            dependencies: ["VMM", "HostOS", "Jail", "WorkerProtocol", "Seccomp", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Crypto", package: "swift-crypto")],
             linkerSettings: hardening
         ),
         // One VM per process, configured over a socketpair: no argument parser, no Foundation.
-        .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "WorkerProtocol", "Seccomp", "CPolicies"], linkerSettings: hardening),
-        .testTarget(name: "KVMTests", dependencies: ["KVM"]),
+        .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "HostOS", "Jail", "WorkerProtocol", "Seccomp", "CPolicies"], linkerSettings: hardening),
+        // The module rules of docs/architecture.md, read from the package graph (no root, no KVM).
+        .testTarget(name: "ArchitectureTests"),
+        .testTarget(name: "HostOSTests", dependencies: ["HostOS", "Jail", "CLinux"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS"]),
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         // Shared by the test targets: tiny guest images (never part of a product).
         .target(name: "TestSupport", dependencies: ["VMM"], path: "Tests/TestSupport"),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "TestSupport"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "HostOS", "Jail", "Devices", "TestSupport"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
-        .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "KVM"]),
+        .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "HostOS", "KVM", "CKVM", "CLinux"]),
         // A worker that misbehaves on purpose, for the launcher's tests (never installed).
-        .executableTarget(name: "bulkhead-fake-worker", dependencies: ["KVM", "WorkerProtocol"], path: "Tests/FakeWorker"),
+        .executableTarget(name: "bulkhead-fake-worker", dependencies: ["HostOS", "Jail", "WorkerProtocol"], path: "Tests/FakeWorker"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         // VMM too: NumberTests compares `--hide-cpu-feature`'s warning with the CPUID probe run here.
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "VMM", "TestSupport",
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "HostOS", "Jail", "VMM", "TestSupport",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,3 +1,5 @@
+import CLinux
+import HostOS
 import CKVM
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,6 @@
+import HostOS
 import CKVM
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,22 +26,22 @@ public final class KVMSystem: @unchecked Sendable {
     /// Uses an already-open `/dev/kvm` descriptor (how a jailed worker receives it).
     public init(adopting fd: FileDescriptor) throws(KVMError) {
         self.fd = fd
-        let version = ckvm_ioctl(fd.rawValue, CKVM_GET_API_VERSION, 0)
+        let version = clinux_ioctl(fd.rawValue, CKVM_GET_API_VERSION, 0)
         guard version == CKVM_API_VERSION else { throw .unsupportedAPIVersion(version) }
         for (cap, name) in [(CKVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
                             (CKVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"),
                             (CKVM_CAP_SYNC_REGS, "KVM_CAP_SYNC_REGS")] {
-            guard ckvm_ioctl(fd.rawValue, CKVM_CHECK_EXTENSION, UInt(cap)) > 0 else {
+            guard clinux_ioctl(fd.rawValue, CKVM_CHECK_EXTENSION, UInt(cap)) > 0 else {
                 throw .missingCapability(name)
             }
         }
-        let size = try check("KVM_GET_VCPU_MMAP_SIZE") { ckvm_ioctl(fd.rawValue, CKVM_GET_VCPU_MMAP_SIZE, 0) }
+        let size = try check("KVM_GET_VCPU_MMAP_SIZE") { clinux_ioctl(fd.rawValue, CKVM_GET_VCPU_MMAP_SIZE, 0) }
         self.vcpuMapSize = Int(size)
     }
 
     /// The value of a capability (0 when absent).
     public func checkExtension(_ cap: Int32) -> Int32 {
-        max(0, ckvm_ioctl(fd.rawValue, CKVM_CHECK_EXTENSION, UInt(cap)))
+        max(0, clinux_ioctl(fd.rawValue, CKVM_CHECK_EXTENSION, UInt(cap)))
     }
 
     /// Recommended maximum number of vCPUs per VM.
@@ -59,7 +61,7 @@ public final class KVMSystem: @unchecked Sendable {
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
         buffer.storeBytes(of: UInt32(count), as: UInt32.self)
-        _ = try check("KVM_GET_SUPPORTED_CPUID") { ckvm_ioctl_ptr(fd.rawValue, CKVM_GET_SUPPORTED_CPUID, buffer) }
+        _ = try check("KVM_GET_SUPPORTED_CPUID") { clinux_ioctl_ptr(fd.rawValue, CKVM_GET_SUPPORTED_CPUID, buffer) }
         // SAFETY: the kernel wrote `nent` (≤ count) entries after the 8-byte header.
         let nent = min(Int(buffer.load(as: UInt32.self)), count)
         return (0..<nent).map { i in
@@ -71,7 +73,7 @@ public final class KVMSystem: @unchecked Sendable {
 
     /// Creates an empty virtual machine.
     public func createVM() throws(KVMError) -> VirtualMachine {
-        let raw = try check("KVM_CREATE_VM") { ckvm_ioctl(fd.rawValue, CKVM_CREATE_VM, 0) }
+        let raw = try check("KVM_CREATE_VM") { clinux_ioctl(fd.rawValue, CKVM_CREATE_VM, 0) }
         return VirtualMachine(fd: FileDescriptor(owning: raw), system: self)
     }
 }
@@ -111,13 +113,13 @@ public final class VirtualMachine: @unchecked Sendable {
             memory_size: memory.size, userspace_addr: memory.hostAddress)
         // SAFETY: `region` lives on the stack for the duration of the ioctl.
         _ = try check("KVM_SET_USER_MEMORY_REGION") {
-            withUnsafeMutablePointer(to: &region) { ckvm_ioctl_ptr(fd.rawValue, CKVM_SET_USER_MEMORY_REGION, $0) }
+            withUnsafeMutablePointer(to: &region) { clinux_ioctl_ptr(fd.rawValue, CKVM_SET_USER_MEMORY_REGION, $0) }
         }
     }
 
     /// Creates vCPU number `id` and maps its `kvm_run` structure.
     public func createVCPU(id: UInt32) throws(KVMError) -> VCPU {
-        let raw = try check("KVM_CREATE_VCPU") { ckvm_ioctl(fd.rawValue, CKVM_CREATE_VCPU, UInt(id)) }
+        let raw = try check("KVM_CREATE_VCPU") { clinux_ioctl(fd.rawValue, CKVM_CREATE_VCPU, UInt(id)) }
         let owned = FileDescriptor(owning: raw)
         let size = system.vcpuMapSize
         let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, raw, 0)
@@ -140,7 +142,7 @@ extension VirtualMachine {
         req.flags = CKVM_IOEVENTFD_FLAG_DATAMATCH
         // SAFETY: `req` lives on the stack for the duration of the ioctl.
         _ = try check("KVM_IOEVENTFD") {
-            withUnsafeMutablePointer(to: &req) { ckvm_ioctl_ptr(fd.rawValue, CKVM_IOEVENTFD, $0) }
+            withUnsafeMutablePointer(to: &req) { clinux_ioctl_ptr(fd.rawValue, CKVM_IOEVENTFD, $0) }
         }
     }
 }
@@ -155,7 +157,7 @@ extension VirtualMachine {
     /// Creates the in-kernel PIC, IOAPIC and local APICs (Linux guests). Secondary vCPUs then
     /// start in the wait-for-SIPI state and are brought up by the guest.
     public func createInterruptController() throws(KVMError) {
-        _ = try check("KVM_CREATE_IRQCHIP") { ckvm_ioctl(fd.rawValue, CKVM_CREATE_IRQCHIP, 0) }
+        _ = try check("KVM_CREATE_IRQCHIP") { clinux_ioctl(fd.rawValue, CKVM_CREATE_IRQCHIP, 0) }
     }
 
     /// Creates the in-kernel i8254 timer (Linux calibrates against it).
@@ -163,13 +165,13 @@ extension VirtualMachine {
         var config = kvm_pit_config()
         // SAFETY: `config` lives on the stack for the duration of the ioctl.
         _ = try check("KVM_CREATE_PIT2") {
-            withUnsafeMutablePointer(to: &config) { ckvm_ioctl_ptr(fd.rawValue, CKVM_CREATE_PIT2, $0) }
+            withUnsafeMutablePointer(to: &config) { clinux_ioctl_ptr(fd.rawValue, CKVM_CREATE_PIT2, $0) }
         }
     }
 
     /// Where KVM may put the three pages it needs for real-mode emulation on Intel hosts.
     public func setTSSAddress(_ address: UInt64) throws(KVMError) {
-        _ = try check("KVM_SET_TSS_ADDR") { ckvm_ioctl(fd.rawValue, CKVM_SET_TSS_ADDR, UInt(address)) }
+        _ = try check("KVM_SET_TSS_ADDR") { clinux_ioctl(fd.rawValue, CKVM_SET_TSS_ADDR, UInt(address)) }
     }
 
     /// Drives interrupt line `irq` of the in-kernel irqchip to `level`.
@@ -179,7 +181,7 @@ extension VirtualMachine {
         req.level = level ? 1 : 0
         // SAFETY: `req` lives on the stack for the duration of the ioctl.
         _ = try check("KVM_IRQ_LINE") {
-            withUnsafeMutablePointer(to: &req) { ckvm_ioctl_ptr(fd.rawValue, CKVM_IRQ_LINE, $0) }
+            withUnsafeMutablePointer(to: &req) { clinux_ioctl_ptr(fd.rawValue, CKVM_IRQ_LINE, $0) }
         }
     }
 
@@ -190,7 +192,7 @@ extension VirtualMachine {
         req.gsi = gsi
         // SAFETY: `req` lives on the stack for the duration of the ioctl.
         _ = try check("KVM_IRQFD") {
-            withUnsafeMutablePointer(to: &req) { ckvm_ioctl_ptr(fd.rawValue, CKVM_IRQFD, $0) }
+            withUnsafeMutablePointer(to: &req) { clinux_ioctl_ptr(fd.rawValue, CKVM_IRQFD, $0) }
         }
     }
 }

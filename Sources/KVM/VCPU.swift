@@ -1,4 +1,6 @@
+import HostOS
 import CKVM
+import CLinux
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -57,26 +59,26 @@ public final class VCPU: @unchecked Sendable {
 
     public func registers() throws(KVMError) -> Registers {
         var r = kvm_regs()
-        _ = try check("KVM_GET_REGS") { withUnsafeMutablePointer(to: &r) { ckvm_ioctl_ptr(fd.rawValue, CKVM_GET_REGS, $0) } }
+        _ = try check("KVM_GET_REGS") { withUnsafeMutablePointer(to: &r) { clinux_ioctl_ptr(fd.rawValue, CKVM_GET_REGS, $0) } }
         return Registers(r)
     }
 
     public func setRegisters(_ regs: Registers) throws(KVMError) {
         var r = regs.kvm
-        _ = try check("KVM_SET_REGS") { withUnsafeMutablePointer(to: &r) { ckvm_ioctl_ptr(fd.rawValue, CKVM_SET_REGS, $0) } }
+        _ = try check("KVM_SET_REGS") { withUnsafeMutablePointer(to: &r) { clinux_ioctl_ptr(fd.rawValue, CKVM_SET_REGS, $0) } }
     }
 
     public func specialRegisters() throws(KVMError) -> SpecialRegisters {
         var s = kvm_sregs()
-        _ = try check("KVM_GET_SREGS") { withUnsafeMutablePointer(to: &s) { ckvm_ioctl_ptr(fd.rawValue, CKVM_GET_SREGS, $0) } }
+        _ = try check("KVM_GET_SREGS") { withUnsafeMutablePointer(to: &s) { clinux_ioctl_ptr(fd.rawValue, CKVM_GET_SREGS, $0) } }
         return SpecialRegisters(s)
     }
 
     public func setSpecialRegisters(_ sregs: SpecialRegisters) throws(KVMError) {
         var s = kvm_sregs()
-        _ = try check("KVM_GET_SREGS") { withUnsafeMutablePointer(to: &s) { ckvm_ioctl_ptr(fd.rawValue, CKVM_GET_SREGS, $0) } }
+        _ = try check("KVM_GET_SREGS") { withUnsafeMutablePointer(to: &s) { clinux_ioctl_ptr(fd.rawValue, CKVM_GET_SREGS, $0) } }
         sregs.apply(to: &s)
-        _ = try check("KVM_SET_SREGS") { withUnsafeMutablePointer(to: &s) { ckvm_ioctl_ptr(fd.rawValue, CKVM_SET_SREGS, $0) } }
+        _ = try check("KVM_SET_SREGS") { withUnsafeMutablePointer(to: &s) { clinux_ioctl_ptr(fd.rawValue, CKVM_SET_SREGS, $0) } }
     }
 
     /// Initialises the x87/SSE state: default control word, all exceptions masked.
@@ -84,7 +86,7 @@ public final class VCPU: @unchecked Sendable {
         var f = kvm_fpu()
         f.fcw = 0x37f
         f.mxcsr = 0x1f80
-        _ = try check("KVM_SET_FPU") { withUnsafeMutablePointer(to: &f) { ckvm_ioctl_ptr(fd.rawValue, CKVM_SET_FPU, $0) } }
+        _ = try check("KVM_SET_FPU") { withUnsafeMutablePointer(to: &f) { clinux_ioctl_ptr(fd.rawValue, CKVM_SET_FPU, $0) } }
     }
 
     /// Sets the CPUID leaves this vCPU reports.
@@ -104,7 +106,7 @@ public final class VCPU: @unchecked Sendable {
             // SAFETY: entry i lies inside the buffer (8 + count*stride bytes).
             buffer.storeBytes(of: k, toByteOffset: 8 + i * stride, as: kvm_cpuid_entry2.self)
         }
-        _ = try check("KVM_SET_CPUID2") { ckvm_ioctl_ptr(fd.rawValue, CKVM_SET_CPUID2, buffer) }
+        _ = try check("KVM_SET_CPUID2") { clinux_ioctl_ptr(fd.rawValue, CKVM_SET_CPUID2, buffer) }
     }
 
     // MARK: sync registers
@@ -133,7 +135,7 @@ public final class VCPU: @unchecked Sendable {
 
     /// Runs the vCPU until the next exit to user space.
     public func run() throws(KVMError) -> VCPUExit {
-        let r = ckvm_ioctl(fd.rawValue, CKVM_RUN, 0)
+        let r = clinux_ioctl(fd.rawValue, CKVM_RUN, 0)
         if r < 0 {
             let e = errno
             if e == EINTR || e == EAGAIN { return .interrupted }

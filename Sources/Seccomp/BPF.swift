@@ -15,7 +15,7 @@ public struct BPFInstruction: Equatable, Hashable, Sendable, CustomStringConvert
     }
 
     /// The four fields in `struct sock_filter` order, for installing without this module
-    /// (Sources/KVM/Seccomp.swift takes them as tuples).
+    /// (Sources/HostOS/Seccomp.swift takes them as tuples).
     public var fields: (code: UInt16, jt: UInt8, jf: UInt8, k: UInt32) { (code, jt, jf, k) }
 
     public var description: String {

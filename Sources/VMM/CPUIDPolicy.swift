@@ -1,3 +1,4 @@
+import HostOS
 import KVM
 
 /// Which CPU features a guest is shown. Starts from what the host's KVM supports and hides what

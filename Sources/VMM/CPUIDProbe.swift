@@ -1,4 +1,5 @@
 import Boot
+import HostOS
 import KVM
 import Synchronization
 

@@ -1,3 +1,4 @@
+import HostOS
 import KVM
 
 /// The console's escape sequence on a terminal, as QEMU's: Ctrl-A, then a command key.

@@ -1,5 +1,6 @@
 import Devices
 import Virtio
+import HostOS
 import KVM
 #if canImport(Glibc)
 import Glibc

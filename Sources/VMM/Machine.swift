@@ -1,5 +1,6 @@
 import Boot
 import Devices
+import HostOS
 import KVM
 import Synchronization
 import Virtio
@@ -200,7 +201,7 @@ final class RunControl: Sendable {
     let wakers: [EventFD]
 
     init(kickers: [VCPUKicker], wakers: [EventFD]) throws(KVMError) {
-        self.done = try EventFD()
+        self.done = try hostOS { () throws(SystemError) in try EventFD() }
         self.kickers = kickers
         self.wakers = wakers
     }
@@ -352,7 +353,7 @@ public enum Machine {
         let replies: [MailboxReply]
         let control: RunControl
         do {
-            wakers = try vcpus.map { _ throws(KVMError) in try EventFD() }
+            wakers = try vcpus.map { _ throws(KVMError) in try hostOS { () throws(SystemError) in try EventFD() } }
             replies = try vcpus.map { _ throws(KVMError) in try MailboxReply() }
             control = try RunControl(kickers: vcpus.map(\.kicker), wakers: wakers)
         } catch { throw .kvm(error) }
@@ -382,7 +383,7 @@ public enum Machine {
         // their own thread, never on a vCPU thread.
         var deviceThread: OSThread?
         let stopDevices: EventFD
-        do { stopDevices = try EventFD() } catch { throw .kvm(error) }
+        do { stopDevices = try EventFD() } catch { throw .kvm(.system(error)) }
         if bus.mailbox != nil || bus.devices.contains(where: { !$0.doorbells.isEmpty || $0.device.withLock { $0.model is VirtioBackendInput } }) {
             do { deviceThread = try OSThread.spawn { bus.serve(until: stopDevices) } } catch {
                 control.finish(.vcpuFailure(vcpu: 0, reason: "cannot start the device thread: \(error)"))
@@ -472,7 +473,7 @@ public enum Machine {
             var bells: [EventFD] = []
             if useDoorbells {
                 for q in model.queueSizes.indices {
-                    let bell = try EventFD()
+                    let bell = try hostOS { () throws(SystemError) in try EventFD() }
                     try vm.registerDoorbell(address: base + MMIOTransport.Register.queueNotify.rawValue,
                                             length: 4, value: UInt64(q), eventfd: bell)
                     bells.append(bell)
@@ -482,7 +483,7 @@ public enum Machine {
                                       size: MMIOTransport.windowSize)
             var interrupt: EventFD?
             if interrupts {
-                let e = try EventFD()
+                let e = try hostOS { () throws(SystemError) in try EventFD() }
                 try vm.registerInterrupt(gsi: window.irq, eventfd: e)
                 interrupt = e
             }

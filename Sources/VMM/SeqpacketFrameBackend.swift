@@ -1,4 +1,5 @@
 import Devices
+import HostOS
 import KVM
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,5 @@
 import Devices
+import HostOS
 import KVM
 import Synchronization
 
@@ -23,7 +24,7 @@ final class SerialPort: Sendable {
     init(console: ConsoleSink, vm: VirtualMachine?) throws(KVMError) {
         self.console = console
         self.vm = vm
-        self.room = try EventFD()
+        self.room = try hostOS { () throws(SystemError) in try EventFD() }
     }
 
     /// A guest's read of a COM1 register; the error when the interrupt line it changed could not

@@ -1,4 +1,5 @@
 import Devices
+import HostOS
 import KVM
 
 /// Why a vsock host path was refused.

@@ -1,5 +1,6 @@
 import Boot
 import Devices
+import HostOS
 import KVM
 import WorkerProtocol
 

@@ -12,6 +12,8 @@
 // Exit status: 0 after `ended` was sent, 3 after `refused`, 2 when the launcher's message was
 // not a valid `configure`, 1 when the control socket failed.
 import CPolicies
+import HostOS
+import Jail
 import KVM
 import Seccomp
 import VMM
@@ -38,8 +40,8 @@ func refuse(_ why: String, kind: RefusalKind = .internal, status: Int32 = 3) -> 
 
 // Before reading anything: only descriptors 0-3 open, no environment.
 do {
-    try Jail.closeDescriptors(above: 3)
-    try Jail.clearEnvironment()
+    try JailSteps.closeDescriptors(above: 3)
+    try JailSteps.clearEnvironment()
 } catch {
     refuse(error.description)
 }
@@ -65,7 +67,7 @@ do {
 
 let configured = monotonicNanoseconds()
 
-// The jail, while this process is single-threaded, each step checked (Sources/KVM/Jail.swift).
+// The jail, while this process is single-threaded, each step checked (Sources/Jail/Jail.swift).
 // The launcher has already put this process in its own PID namespace (it is pid 1 there: checked) and in
 // the VM's cgroup, and made the empty directory `root`. Here:
 //   1. the VM's own host uid and gid, no supplementary groups (first: a process can map only its
@@ -79,17 +81,17 @@ let configured = monotonicNanoseconds()
 // Without a jail (`bulkhead run --no-jail --worker`, or a launcher without root) only 4 and 6.
 do {
     if let jail = configuration.jail {
-        try Jail.checkOwnPIDNamespace()
-        try Jail.becomeUser(uid: jail.uid, gid: jail.gid)
+        try JailSteps.checkOwnPIDNamespace()
+        try JailSteps.becomeUser(uid: jail.uid, gid: jail.gid)
         setParentDeathSignal(SIGKILL)   // a change of uid clears it
-        try Jail.enterUserNamespaces(uid: jail.uid, gid: jail.gid)
-        try Jail.pivotRoot(into: jail.root)
-        try Jail.limitResources(openFiles: 4096, fileSize: 1 << 30, processes: UInt64(jail.processLimit))
-        try Jail.dropCapabilities()
+        try JailSteps.enterUserNamespaces(uid: jail.uid, gid: jail.gid)
+        try JailSteps.pivotRoot(into: jail.root)
+        try JailSteps.limitResources(openFiles: 4096, fileSize: 1 << 30, processes: UInt64(jail.processLimit))
+        try JailSteps.dropCapabilities()
     } else {
-        try Jail.limitResources(openFiles: 4096, fileSize: 1 << 30)
+        try JailSteps.limitResources(openFiles: 4096, fileSize: 1 << 30)
     }
-    try Jail.forbidNewPrivileges()
+    try JailSteps.forbidNewPrivileges()
 } catch {
     refuse(error.description)
 }

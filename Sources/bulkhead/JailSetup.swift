@@ -1,3 +1,5 @@
+import HostOS
+import Jail
 import KVM
 import VMM
 import WorkerProtocol

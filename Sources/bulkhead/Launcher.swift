@@ -1,4 +1,5 @@
 import Crypto
+import HostOS
 import KVM
 import Seccomp
 import VMM
@@ -279,7 +280,7 @@ final class CleanupForker: @unchecked Sendable {
     private var forked = false
     private var thread: OSThread?
 
-    init() throws(KVMError) {
+    init() throws(SystemError) {
         go = try EventFD()
         thread = try OSThread.spawn { [self] in
             while !go.wait(nanoseconds: 1_000_000_000) {}

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Boot
 import Devices
+import HostOS
+import Jail
 import KVM
 import VMM
 import WorkerProtocol

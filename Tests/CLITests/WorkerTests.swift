@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import HostOS
 import KVM
 import Testing
 

@@ -2,22 +2,23 @@
 // (Tests/CLITests/HostileWorkerTests.swift). It reads the launcher's `configure` message and then
 // misbehaves in the way the configuration's command line names, so that the tests can check that
 // the launcher reports it, kills it and cleans up, whatever it does.
-import KVM
+import HostOS
+import Jail
 import WorkerProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
 
 // `bulkhead-fake-worker --move-root DIR` (as root, not from a launcher): the jail's root change
-// the way a host that runs from an initramfs needs it (Jail.pivotRoot's move-and-chroot), then
+// the way a host that runs from an initramfs needs it (JailSteps.pivotRoot's move-and-chroot), then
 // the rest of the jail and its probes, printed on standard output (Tests/CLITests/JailTests.swift).
 if CommandLine.arguments.count == 3, CommandLine.arguments[1] == "--move-root" {
     func say(_ line: String) { try? FileDescriptor.standardOutput.writeAll(Array((line + "\n").utf8)) }
     do {
-        try Jail.enterUserNamespaces(uid: getuid(), gid: getgid())
-        let change = try Jail.pivotRoot(into: CommandLine.arguments[2], forceMove: true)
-        try Jail.dropCapabilities()
-        try Jail.forbidNewPrivileges()
+        try JailSteps.enterUserNamespaces(uid: getuid(), gid: getgid())
+        let change = try JailSteps.pivotRoot(into: CommandLine.arguments[2], forceMove: true)
+        try JailSteps.dropCapabilities()
+        try JailSteps.forbidNewPrivileges()
         say("root change: \(change.rawValue)")
         // Undoing the cover over the host's tree needs CAP_SYS_ADMIN, which is gone.
         say("umount /: \(umount2("/", Int32(MNT_DETACH)) == 0 ? "done" : errno == EPERM ? "EPERM" : "errno \(errno)")")

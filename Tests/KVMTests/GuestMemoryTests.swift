@@ -2,6 +2,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import HostOS
 @testable import KVM
 
 @Suite struct GuestMemoryTests {

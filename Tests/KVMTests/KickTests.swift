@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+import HostOS
 @testable import KVM
 
 let kvmPresent = (try? KVMSystem()) != nil

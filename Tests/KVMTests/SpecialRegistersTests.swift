@@ -1,4 +1,5 @@
 import Testing
+import HostOS
 @testable import KVM
 
 @Suite(.enabled(if: kvmPresent, "needs /dev/kvm"))

@@ -1,5 +1,7 @@
 import CKVM
+import CLinux
 import CPolicies
+import HostOS
 import KVM
 import Seccomp
 import Synchronization
@@ -16,7 +18,7 @@ struct InstallTests {
     func onFilteredThread<T: Sendable>(_ body: @escaping @Sendable () -> T) throws -> T {
         let result = Mutex<T?>(nil)
         let thread = try OSThread.spawn {
-            guard ckvm_set_no_new_privs() == 0 else { return }
+            guard clinux_set_no_new_privs() == 0 else { return }
             let r = body()
             result.withLock { $0 = r }
         }
@@ -51,9 +53,9 @@ struct InstallTests {
             out["getpid"] = Self.errnoAfter(Int(getpid()))
             out["getpgid"] = Self.errnoAfter(Int(getpgid(0)))
             var n: Int32 = 0
-            out["fionread"] = Self.errnoAfter(Int(ckvm_ioctl_ptr(readEnd, 0x541b, &n)))
-            out["fionread-high"] = Self.errnoAfter(Int(ckvm_ioctl_ptr(readEnd, 0xffff_0000_0000_541b, &n)))
-            out["fionbio"] = Self.errnoAfter(Int(ckvm_ioctl_ptr(readEnd, 0x5421, &n)))
+            out["fionread"] = Self.errnoAfter(Int(clinux_ioctl_ptr(readEnd, 0x541b, &n)))
+            out["fionread-high"] = Self.errnoAfter(Int(clinux_ioctl_ptr(readEnd, 0xffff_0000_0000_541b, &n)))
+            out["fionbio"] = Self.errnoAfter(Int(clinux_ioctl_ptr(readEnd, 0x5421, &n)))
             let rw = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
             out["mmap-rw"] = rw == MAP_FAILED ? errno : 0
             if rw != MAP_FAILED { munmap(rw, 4096) }
@@ -85,7 +87,7 @@ struct InstallTests {
             do { try installSeccompFilter(main.map(\.fields)) } catch { return ["main-install": -1] }
             out["openat"] = Self.errnoAfter(Int(open("/etc/hostname", O_RDONLY)))
             out["socket"] = Self.errnoAfter(Int(socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)))
-            if kvm >= 0 { out["main-api-version"] = ckvm_ioctl(kvm, CKVM_GET_API_VERSION, 0) }
+            if kvm >= 0 { out["main-api-version"] = clinux_ioctl(kvm, CKVM_GET_API_VERSION, 0) }
             let events = eventfd(0, Int32(EFD_CLOEXEC))
             out["eventfd"] = events >= 0 ? 0 : errno
             let inner = Mutex<[String: Int32]>([:])
@@ -94,8 +96,8 @@ struct InstallTests {
                     var v: [String: Int32] = [:]
                     do { try installSeccompFilter(vcpu.map(\.fields)) } catch { v["vcpu-install"] = -1 }
                     if kvm >= 0 {
-                        v["vcpu-api-version"] = Self.errnoAfter(Int(ckvm_ioctl(kvm, CKVM_GET_API_VERSION, 0)))
-                        v["vcpu-create-vm"] = Self.errnoAfter(Int(ckvm_ioctl(kvm, CKVM_CREATE_VM, 0)))
+                        v["vcpu-api-version"] = Self.errnoAfter(Int(clinux_ioctl(kvm, CKVM_GET_API_VERSION, 0)))
+                        v["vcpu-create-vm"] = Self.errnoAfter(Int(clinux_ioctl(kvm, CKVM_CREATE_VM, 0)))
                     }
                     var one: UInt64 = 1
                     v["vcpu-write"] = Self.errnoAfter(write(events, &one, 8))

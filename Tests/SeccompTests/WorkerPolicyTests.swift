@@ -1,5 +1,6 @@
 import CPolicies
 import Foundation
+import HostOS
 import KVM
 import Seccomp
 import Testing

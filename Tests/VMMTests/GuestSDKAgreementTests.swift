@@ -1,5 +1,6 @@
 import Boot
 import Foundation
+import HostOS
 import KVM
 import Testing
 @testable import VMM

@@ -1,5 +1,6 @@
 import Testing
 import Devices
+import HostOS
 import KVM
 import Virtio
 @testable import VMM

@@ -1,4 +1,5 @@
 import Testing
+import HostOS
 import KVM
 @testable import VMM
 

@@ -1,4 +1,5 @@
 import Devices
+import HostOS
 import KVM
 import Testing
 #if canImport(Glibc)

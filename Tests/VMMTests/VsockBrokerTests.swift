@@ -1,3 +1,4 @@
+import HostOS
 import KVM
 import Testing
 import WorkerProtocol

@@ -1,9 +1,9 @@
 import Testing
-import KVM
+import HostOS
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import VMM
+@testable import Jail
 
 /// The cgroup layout and plan, from the texts of three kinds of host. Only the hybrid layout
 /// (these machines) is exercised end to end (Tests/CLITests/JailTests.swift); the v2 and

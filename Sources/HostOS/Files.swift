@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -127,10 +127,50 @@ public func randomBytes(_ count: Int) -> [UInt8]? {
 /// Asks the kernel to send `signal` to this process when its parent exits (a worker must not
 /// outlive its launcher). Returns false if the kernel refused.
 @discardableResult
-public func setParentDeathSignal(_ signal: Int32) -> Bool { ckvm_set_parent_death_signal(signal) == 0 }
+public func setParentDeathSignal(_ signal: Int32) -> Bool { clinux_set_parent_death_signal(signal) == 0 }
 
 /// Names the calling thread (the process, when called on the main thread) as `ps` shows it:
 /// a process started from a descriptor would otherwise be named after the descriptor's number.
 public func setThreadName(_ name: String) {
-    _ = name.withCString { ckvm_set_thread_name($0) }
+    _ = name.withCString { clinux_set_thread_name($0) }
+}
+
+/// The target of the symbolic link at `path` (at most 255 bytes; nil if it cannot be read).
+public func readSymbolicLink(_ path: String) -> String? {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    let n = buffer.withUnsafeMutableBytes { b -> Int in
+        guard let base = b.baseAddress else { return -1 }
+        // SAFETY: readlink writes at most b.count bytes into the array's own storage.
+        return readlink(path, base.assumingMemoryBound(to: CChar.self), b.count)
+    }
+    return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : nil
+}
+
+/// Writes `text` to an existing file (a /proc or /sys file) in one write(2); nil on success,
+/// else why not. Such files take a value whole or not at all.
+public func writeInOneCall(_ path: String, _ text: String) -> String? {
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return SystemError.message(for: errno) }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    // SAFETY: write reads bytes.count bytes from the array's own storage.
+    let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    return n == bytes.count ? nil : (n < 0 ? SystemError.message(for: errno) : "short write")
+}
+
+/// Connects a new UDP socket to an IPv4 address and port (no packet is sent): 0 if the kernel
+/// has a route, else the errno (ENETUNREACH in a network namespace without one).
+public func connectUDP(ipv4 address: UInt32, port: UInt16) -> Int32 {
+    let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard s >= 0 else { return errno }
+    defer { close(s) }
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_port = port.bigEndian
+    a.sin_addr.s_addr = address.bigEndian
+    // SAFETY: connect reads one sockaddr_in from the stack for the duration of the call.
+    let r = withUnsafePointer(to: &a) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    return r == 0 ? 0 : errno
 }

@@ -1,7 +1,7 @@
 import Glibc
 import Synchronization
 import Testing
-@testable import KVM
+@testable import HostOS
 
 /// The errno of the SystemError a call threw (-1 for another error), or nil when it did not throw.
 /// (Takes an untyped closure: inside #expect, closures lose their typed throws.)

@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -108,7 +108,7 @@ public enum UnixSeqpacket {
                                      timeoutMilliseconds: Int32(clamping: (deadline - now + 999_999) / 1_000_000))
             if ready.count == 2, ready[1], let s = signals.next() { throw .interrupted(path: path, signal: s) }
             guard ready.first == true else { continue }
-            let fd = ckvm_accept_cloexec(listener.rawValue)
+            let fd = clinux_accept_cloexec(listener.rawValue)
             if fd >= 0 { return FileDescriptor(owning: fd) }
             if errno != EINTR && errno != EAGAIN && errno != ECONNABORTED { throw .system(SystemError("accept on \(path)", errno: errno)) }
         }
@@ -168,7 +168,7 @@ public enum UnixStream {
     /// Accepts one connection on a listening socket (blocking), close-on-exec.
     public static func accept(_ listener: FileDescriptor) throws(SystemError) -> FileDescriptor {
         while true {
-            let fd = ckvm_accept_cloexec(listener.rawValue)
+            let fd = clinux_accept_cloexec(listener.rawValue)
             if fd >= 0 { return FileDescriptor(owning: fd) }
             if errno != EINTR { throw SystemError("accept", errno: errno) }
         }

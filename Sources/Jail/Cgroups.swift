@@ -1,4 +1,4 @@
-import KVM
+import HostOS
 #if canImport(Glibc)
 import Glibc
 #endif

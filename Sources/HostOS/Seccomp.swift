@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -28,9 +28,9 @@ public enum SeccompInstallError: Error, Equatable, Sendable, CustomStringConvert
     public var description: String {
         switch self {
         case .noNewPrivilegesNotSet:
-            return "seccomp filter not installed: no_new_privs is not set on this thread (set it first: Jail.forbidNewPrivileges)"
+            return "seccomp filter not installed: no_new_privs is not set on this thread (set it first: JailSteps.forbidNewPrivileges)"
         case .badLength(let n):
-            return "seccomp filter not installed: \(n) instructions (need 1-\(CKVM_BPF_MAXINSNS))"
+            return "seccomp filter not installed: \(n) instructions (need 1-\(CLINUX_BPF_MAXINSNS))"
         case .system(let e): return "seccomp filter not installed: \(e)"
         case .badReporterMessage(let why): return "seccomp violation reporter not installed: \(why)"
         case .reporterAlreadyInstalled: return "seccomp violation reporter not installed: it already is"
@@ -43,7 +43,7 @@ public enum SeccompInstallError: Error, Equatable, Sendable, CustomStringConvert
 /// under several runs each system call through all of them and the most restrictive answer
 /// wins, so a vCPU thread adds its stricter filter on top of the one it inherited.
 ///
-/// Requires no_new_privs on this thread already (`Jail.forbidNewPrivileges`; it is inherited by
+/// Requires no_new_privs on this thread already (`JailSteps.forbidNewPrivileges`; it is inherited by
 /// new threads): the filter is then enforceable without any privilege, and a privileged worker
 /// is not a precondition that could silently change. Throws `.noNewPrivilegesNotSet` otherwise.
 ///
@@ -53,21 +53,21 @@ public enum SeccompInstallError: Error, Equatable, Sendable, CustomStringConvert
 /// Once installed a filter cannot be removed or loosened, by this thread or any other.
 public func installSeccompFilter(_ program: [(code: UInt16, jt: UInt8, jf: UInt8, k: UInt32)],
                                  logDenials: Bool = false) throws(SeccompInstallError) {
-    guard !program.isEmpty, program.count <= Int(CKVM_BPF_MAXINSNS) else { throw .badLength(program.count) }
-    guard ckvm_get_no_new_privs() == 1 else { throw .noNewPrivilegesNotSet }
+    guard !program.isEmpty, program.count <= Int(CLINUX_BPF_MAXINSNS) else { throw .badLength(program.count) }
+    guard clinux_get_no_new_privs() == 1 else { throw .noNewPrivilegesNotSet }
     var filters = program.map { sock_filter(code: $0.code, jt: $0.jt, jf: $0.jf, k: $0.k) }
-    let flags = logDenials ? CKVM_SECCOMP_FILTER_FLAG_LOG : 0
+    let flags = logDenials ? CLINUX_SECCOMP_FILTER_FLAG_LOG : 0
     let result = filters.withUnsafeMutableBufferPointer { buffer -> Int32 in
         var fprog = sock_fprog(len: UInt16(buffer.count), filter: buffer.baseAddress)
         // SAFETY: `fprog` points at the array's own storage, `buffer.count` sock_filter entries,
         // alive for the duration of the call; the kernel copies the program before returning.
-        return ckvm_seccomp_set_filter(flags, &fprog)
+        return clinux_seccomp_set_filter(flags, &fprog)
     }
     guard result == 0 else { throw .system(SystemError("seccomp(SECCOMP_SET_MODE_FILTER)", errno: errno)) }
 }
 
 /// Whether the calling thread runs under a seccomp filter (PR_GET_SECCOMP says 2).
-public func isUnderSeccompFilter() -> Bool { ckvm_get_seccomp_mode() == CKVM_SECCOMP_MODE_FILTER }
+public func isUnderSeccompFilter() -> Bool { clinux_get_seccomp_mode() == CLINUX_SECCOMP_MODE_FILTER }
 
 // MARK: - Violation reporter
 
@@ -157,7 +157,7 @@ private func reportViolation(_ signal: Int32, _ info: UnsafeMutablePointer<sigin
         if let message = UnsafeMutableRawPointer(bitPattern: address), let info {
             // SAFETY: `info` is the kernel's siginfo for this SIGSYS. The four stores stay inside
             // the message: offset + 4 <= count was checked at install.
-            let number = UInt32(bitPattern: ckvm_siginfo_syscall(info))
+            let number = UInt32(bitPattern: clinux_siginfo_syscall(info))
             message.storeBytes(of: UInt8(truncatingIfNeeded: number), toByteOffset: offset, as: UInt8.self)
             message.storeBytes(of: UInt8(truncatingIfNeeded: number >> 8), toByteOffset: offset + 1, as: UInt8.self)
             message.storeBytes(of: UInt8(truncatingIfNeeded: number >> 16), toByteOffset: offset + 2, as: UInt8.self)

@@ -1,5 +1,5 @@
 import Testing
-@testable import KVM
+@testable import HostOS
 
 @Suite struct SaturatingTests {
     @Test func doublesSaturate() {

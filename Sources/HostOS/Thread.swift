@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,7 +18,7 @@ public final class OSThread: @unchecked Sendable {
     private init() {}
 
     /// Starts `body` on a new thread with the given stack size.
-    public static func spawn(stackSize: Int = 1 << 20, _ body: @escaping @Sendable () -> Void) throws(KVMError) -> OSThread {
+    public static func spawn(stackSize: Int = 1 << 20, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> OSThread {
         let thread = OSThread()
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
@@ -34,7 +34,7 @@ public final class OSThread: @unchecked Sendable {
         }, context)
         if r != 0 {
             Unmanaged<Box>.fromOpaque(context).release()
-            throw .system(SystemError("pthread_create", errno: r))
+            throw SystemError("pthread_create", errno: r)
         }
         return thread
     }
@@ -52,9 +52,9 @@ public final class EventFD: @unchecked Sendable {
     // Sendable: the fd is immutable; eventfd operations are atomic in the kernel.
     public let fd: FileDescriptor
 
-    public init() throws(KVMError) {
+    public init() throws(SystemError) {
         let raw = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-        guard raw >= 0 else { throw .system(SystemError("eventfd", errno: errno)) }
+        guard raw >= 0 else { throw SystemError("eventfd", errno: errno) }
         fd = FileDescriptor(owning: raw)
     }
 

@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -127,20 +127,20 @@ extension FileDescriptor {
     /// Deallocates `[offset, offset+length)` without changing the file size; the range reads as
     /// zeros afterwards. Throws EOPNOTSUPP where the file system cannot punch holes.
     public func punchHole(offset: UInt64, length: UInt64) throws(SystemError) {
-        try allocate(CKVM_FALLOC_FL_PUNCH_HOLE | CKVM_FALLOC_FL_KEEP_SIZE, offset, length, "fallocate(PUNCH_HOLE)")
+        try allocate(CLINUX_FALLOC_FL_PUNCH_HOLE | CLINUX_FALLOC_FL_KEEP_SIZE, offset, length, "fallocate(PUNCH_HOLE)")
     }
 
     /// Zeroes `[offset, offset+length)` in the file system's fastest way (unwritten extents),
     /// without changing the file size. Throws EOPNOTSUPP where the file system cannot.
     public func zeroRange(offset: UInt64, length: UInt64) throws(SystemError) {
-        try allocate(CKVM_FALLOC_FL_ZERO_RANGE | CKVM_FALLOC_FL_KEEP_SIZE, offset, length, "fallocate(ZERO_RANGE)")
+        try allocate(CLINUX_FALLOC_FL_ZERO_RANGE | CLINUX_FALLOC_FL_KEEP_SIZE, offset, length, "fallocate(ZERO_RANGE)")
     }
 
     private func allocate(_ mode: Int32, _ offset: UInt64, _ length: UInt64, _ what: String) throws(SystemError) {
         guard length > 0 else { return }
         guard length <= UInt64(Int.max) else { throw SystemError(what, errno: EOVERFLOW) }
         let start = try fileOffset(offset, Int(length), what)
-        while ckvm_fallocate(rawValue, mode, Int64(start), Int64(length)) != 0 {
+        while clinux_fallocate(rawValue, mode, Int64(start), Int64(length)) != 0 {
             if errno == EINTR { continue }
             throw SystemError("\(what) of \(length) bytes at \(offset)", errno: errno)
         }

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import KVM
+@testable import HostOS
 
 /// `readChunks`, which verified exec hashes the worker binary through.
 struct FileChunksTests {

@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -78,7 +78,7 @@ public final class LockFile: @unchecked Sendable {
 /// CAP_SYS_ADMIN). The thread itself stays where it is. A thread can do this once: after its
 /// first child there has exited, it cannot start more children.
 public func startChildrenInNewPIDNamespace() throws(SystemError) {
-    guard ckvm_unshare(CKVM_CLONE_NEWPID) == 0 else { throw SystemError("unshare(CLONE_NEWPID)", errno: errno) }
+    guard clinux_unshare(CLINUX_CLONE_NEWPID) == 0 else { throw SystemError("unshare(CLONE_NEWPID)", errno: errno) }
 }
 
 /// The names in a directory, without "." and "..", unsorted.
@@ -119,14 +119,14 @@ public final class TerminationSignals: @unchecked Sendable {
         sigemptyset(&set)
         for s in Self.signals { sigaddset(&set, s) }
         // SAFETY: signalfd reads one sigset_t from the stack.
-        let fd = ckvm_signalfd(&set)
+        let fd = clinux_signalfd(&set)
         guard fd >= 0 else { throw SystemError("signalfd", errno: errno) }
         descriptor = FileDescriptor(owning: fd)
     }
 
     /// The next pending signal's number, or nil.
     public func next() -> Int32? {
-        let s = ckvm_signalfd_next(descriptor.rawValue)
+        let s = clinux_signalfd_next(descriptor.rawValue)
         return s > 0 ? s : nil
     }
 }

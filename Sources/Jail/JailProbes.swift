@@ -1,4 +1,5 @@
-import CKVM
+import HostOS
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -60,21 +61,8 @@ public enum JailProbes {
         } else {
             report("network interfaces", errnoName(errno))
         }
-        let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        if s >= 0 {
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = UInt16(53).bigEndian
-            address.sin_addr.s_addr = UInt32(0x0101_0101).bigEndian   // 1.1.1.1
-            // SAFETY: connect reads one sockaddr_in from the stack.
-            let r = withUnsafePointer(to: &address) { p in
-                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            report("connect 1.1.1.1:53", r == 0 ? "connected" : errnoName(errno))
-            close(s)
-        } else {
-            report("connect 1.1.1.1:53", "socket: " + errnoName(errno))
-        }
+        let r = connectUDP(ipv4: 0x0101_0101, port: 53)   // 1.1.1.1
+        report("connect 1.1.1.1:53", r == 0 ? "connected" : errnoName(r))
         // Processes: its own PID namespace, where it is alone.
         report("pid", "\(getpid()) parent \(getppid())")
         report("kill -1", kill(-1, 0) == 0 ? "signalled" : errnoName(errno))
@@ -82,8 +70,8 @@ public enum JailProbes {
         // Identity and privilege.
         var sets: [UInt32] = [1, 1, 1, 1, 1, 1]
         // SAFETY: capget writes six uint32 into the array's own storage.
-        let caps = ckvm_capget(&sets) == 0 ? (sets.allSatisfy { $0 == 0 } ? "none" : "\(sets)") : errnoName(errno)
-        report("uid", "\(getuid()) capabilities \(caps) no_new_privs \(ckvm_get_no_new_privs())")
+        let caps = clinux_capget(&sets) == 0 ? (sets.allSatisfy { $0 == 0 } ? "none" : "\(sets)") : errnoName(errno)
+        report("uid", "\(getuid()) capabilities \(caps) no_new_privs \(clinux_get_no_new_privs())")
         report("setuid 1", setuid(1) == 0 ? "changed" : errnoName(errno))
         let bytes = Array((lines.joined(separator: "\n") + "\n").utf8)
         _ = try? console.writeAll(bytes)

@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,7 +13,7 @@ public struct OSPipe: Sendable {
         var ends: [Int32] = [-1, -1]
         let made = ends.withUnsafeMutableBufferPointer { buf -> Int32 in
             // SAFETY: pipe2 writes exactly two descriptors into the array's storage.
-            ckvm_pipe_cloexec(buf.baseAddress)
+            clinux_pipe_cloexec(buf.baseAddress)
         }
         guard made == 0 else { throw SystemError("pipe2", errno: errno) }
         readEnd = FileDescriptor(owning: ends[0])

@@ -1,7 +1,7 @@
-import CKVM
+import CLinux
 import Synchronization
 import Testing
-@testable import KVM
+@testable import HostOS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,16 +19,16 @@ struct SeccompInstallTests {
     /// Allows everything except getpgid (EPERM) and ioctl requests other than FIONREAD (EPERM).
     static let program: [Instruction] = [
         (ldAbs, 0, 0, 4),                                   // 0: A = arch
-        (jeq, 1, 0, CKVM_AUDIT_ARCH_X86_64),                // 1: x86_64? skip the kill
-        (ret, 0, 0, CKVM_SECCOMP_RET_KILL_PROCESS),         // 2
+        (jeq, 1, 0, CLINUX_AUDIT_ARCH_X86_64),                // 1: x86_64? skip the kill
+        (ret, 0, 0, CLINUX_SECCOMP_RET_KILL_PROCESS),         // 2
         (ldAbs, 0, 0, 0),                                   // 3: A = nr
         (jeq, 0, 1, UInt32(SYS_getpgid)),                   // 4
-        (ret, 0, 0, CKVM_SECCOMP_RET_ERRNO | UInt32(EPERM)),// 5
+        (ret, 0, 0, CLINUX_SECCOMP_RET_ERRNO | UInt32(EPERM)),// 5
         (jeq, 0, 3, UInt32(SYS_ioctl)),                     // 6: not ioctl: to 10
         (ldAbs, 0, 0, 24),                                  // 7: A = low word of args[1]
         (jeq, 1, 0, fionread),                              // 8: FIONREAD: to 10
-        (ret, 0, 0, CKVM_SECCOMP_RET_ERRNO | UInt32(EPERM)),// 9
-        (ret, 0, 0, CKVM_SECCOMP_RET_ALLOW),                // 10
+        (ret, 0, 0, CLINUX_SECCOMP_RET_ERRNO | UInt32(EPERM)),// 9
+        (ret, 0, 0, CLINUX_SECCOMP_RET_ALLOW),                // 10
     ]
 
     /// Runs `body` on a new thread and returns what it returned.
@@ -42,7 +42,7 @@ struct SeccompInstallTests {
     @Test func refusedWithoutNoNewPrivileges() throws {
         let outcome = try onThread { () -> String in
             // Another test's thread may not leak no_new_privs here, but be sure what is checked.
-            guard ckvm_get_no_new_privs() == 0 else { return "skip" }
+            guard clinux_get_no_new_privs() == 0 else { return "skip" }
             do { try installSeccompFilter(Self.program); return "installed" } catch { return "\(error)" }
         }
         if outcome != "skip" {
@@ -52,12 +52,12 @@ struct SeccompInstallTests {
 
     @Test func badLengthsAndMalformedProgramsAreRefused() throws {
         let outcomes = try onThread { () -> [String] in
-            guard ckvm_set_no_new_privs() == 0 else { return ["prctl failed"] }
+            guard clinux_set_no_new_privs() == 0 else { return ["prctl failed"] }
             var out: [String] = []
             do { try installSeccompFilter([]) } catch { out.append("\(error)") }
-            do { try installSeccompFilter(Array(repeating: (Self.ret, 0, 0, CKVM_SECCOMP_RET_ALLOW), count: 4097)) } catch { out.append("\(error)") }
+            do { try installSeccompFilter(Array(repeating: (Self.ret, 0, 0, CLINUX_SECCOMP_RET_ALLOW), count: 4097)) } catch { out.append("\(error)") }
             // A jump past the end: the kernel's checker refuses it (EINVAL).
-            do { try installSeccompFilter([(Self.ja, 0, 0, 5), (Self.ret, 0, 0, CKVM_SECCOMP_RET_ALLOW)]) } catch { out.append("\(error)") }
+            do { try installSeccompFilter([(Self.ja, 0, 0, 5), (Self.ret, 0, 0, CLINUX_SECCOMP_RET_ALLOW)]) } catch { out.append("\(error)") }
             out.append(isUnderSeccompFilter() ? "filtered" : "not filtered")
             return out
         }
@@ -74,18 +74,18 @@ struct SeccompInstallTests {
         defer { close(pipeFDs[0]); close(pipeFDs[1]) }
         let readEnd = pipeFDs[0]
         let results = try onThread { () -> [String: Int32] in
-            guard ckvm_set_no_new_privs() == 0 else { return [:] }
+            guard clinux_set_no_new_privs() == 0 else { return [:] }
             var r: [String: Int32] = ["before": isUnderSeccompFilter() ? 1 : 0]
             do { try installSeccompFilter(Self.program) } catch { return [:] }
             r["after"] = isUnderSeccompFilter() ? 1 : 0
             r["getpid"] = getpid() > 0 ? 0 : errno
             r["getpgid"] = getpgid(0) >= 0 ? 0 : errno
             var available: Int32 = -1
-            r["fionread"] = ckvm_ioctl_ptr(readEnd, UInt(Self.fionread), &available) == 0 ? 0 : errno
+            r["fionread"] = clinux_ioctl_ptr(readEnd, UInt(Self.fionread), &available) == 0 ? 0 : errno
             var on: Int32 = 0
-            r["fionbio"] = ckvm_ioctl_ptr(readEnd, UInt(Self.fionbio), &on) == 0 ? 0 : errno
+            r["fionbio"] = clinux_ioctl_ptr(readEnd, UInt(Self.fionbio), &on) == 0 ? 0 : errno
             // The same low 32 bits with high bits set is the same request to the kernel.
-            r["fionread-high"] = ckvm_ioctl_ptr(readEnd, UInt(Self.fionread) | 0xffff_ffff_0000_0000, &available) == 0 ? 0 : errno
+            r["fionread-high"] = clinux_ioctl_ptr(readEnd, UInt(Self.fionread) | 0xffff_ffff_0000_0000, &available) == 0 ? 0 : errno
             return r
         }
         #expect(results["before"] == 0)

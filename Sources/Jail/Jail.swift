@@ -1,4 +1,5 @@
-import CKVM
+import HostOS
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,7 +8,7 @@ import Glibc
 /// and each checked after it is applied: a step that does not hold throws, and the worker refuses
 /// to run. The worker's main.swift applies them in order; the launcher does the parts that need
 /// the host's privileges (the PID namespace, the cgroup, the jail directory, choosing the uid).
-public enum Jail {
+public enum JailSteps {
     public struct StepFailed: Error, CustomStringConvertible {
         public let step: String
         public let reason: String
@@ -17,7 +18,7 @@ public enum Jail {
     /// Closes every descriptor above `keep` (the worker keeps 0–2 and its control socket, 3),
     /// then checks that none of the next 1024 numbers is open.
     public static func closeDescriptors(above keep: Int32) throws(StepFailed) {
-        guard ckvm_close_range(UInt32(keep + 1), UInt32.max) == 0 else {
+        guard clinux_close_range(UInt32(keep + 1), UInt32.max) == 0 else {
             throw StepFailed(step: "close descriptors", reason: SystemError.message(for: errno))
         }
         for fd in (keep + 1)..<(keep + 1025) where fcntl(fd, F_GETFD) != -1 {
@@ -59,10 +60,10 @@ public enum Jail {
     /// Neither this process nor anything it executes can gain privileges (setuid bits, file
     /// capabilities), and it cannot be dumped or ptrace-attached by unprivileged processes.
     public static func forbidNewPrivileges() throws(StepFailed) {
-        guard ckvm_set_no_new_privs() == 0, ckvm_get_no_new_privs() == 1 else {
+        guard clinux_set_no_new_privs() == 0, clinux_get_no_new_privs() == 1 else {
             throw StepFailed(step: "no_new_privs", reason: SystemError.message(for: errno))
         }
-        guard ckvm_set_dumpable(0) == 0, ckvm_get_dumpable() == 0 else {
+        guard clinux_set_dumpable(0) == 0, clinux_get_dumpable() == 0 else {
             throw StepFailed(step: "not dumpable", reason: SystemError.message(for: errno))
         }
     }
@@ -74,8 +75,8 @@ public enum Jail {
     public static func enterNamespaces() throws(StepFailed) {
         let kinds = ["mnt", "net", "ipc", "uts", "cgroup"]
         let before = kinds.map(namespace)
-        let flags = CKVM_CLONE_NEWNS | CKVM_CLONE_NEWNET | CKVM_CLONE_NEWIPC | CKVM_CLONE_NEWUTS | CKVM_CLONE_NEWCGROUP
-        guard ckvm_unshare(flags) == 0 else {
+        let flags = CLINUX_CLONE_NEWNS | CLINUX_CLONE_NEWNET | CLINUX_CLONE_NEWIPC | CLINUX_CLONE_NEWUTS | CLINUX_CLONE_NEWCGROUP
+        guard clinux_unshare(flags) == 0 else {
             throw StepFailed(step: "namespaces", reason: "unshare: " + SystemError.message(for: errno))
         }
         guard mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0 else {
@@ -89,13 +90,7 @@ public enum Jail {
 
     /// The `/proc/self/ns/<kind>` link text, e.g. "net:[4026531840]" (empty if unreadable).
     static func namespace(_ kind: String) -> String {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let n = buffer.withUnsafeMutableBytes { b -> Int in
-            guard let base = b.baseAddress else { return -1 }
-            // SAFETY: readlink writes at most b.count bytes into the array's own storage.
-            return readlink("/proc/self/ns/" + kind, base.assumingMemoryBound(to: CChar.self), b.count)
-        }
-        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+        readSymbolicLink("/proc/self/ns/" + kind) ?? ""
     }
 
     // MARK: - The jail proper (a root launcher asks for it)
@@ -113,18 +108,18 @@ public enum Jail {
     /// launcher hands out one per running VM). Checked with getresuid/getresgid/getgroups.
     public static func becomeUser(uid: UInt32, gid: UInt32) throws(StepFailed) {
         guard uid != 0, gid != 0 else { throw StepFailed(step: "per-VM uid", reason: "uid and gid must not be 0") }
-        guard ckvm_setgroups_none() == 0, ckvm_setresgid(gid) == 0, ckvm_setresuid(uid) == 0 else {
+        guard clinux_setgroups_none() == 0, clinux_setresgid(gid) == 0, clinux_setresuid(uid) == 0 else {
             throw StepFailed(step: "per-VM uid", reason: SystemError.message(for: errno))
         }
         var u: [UInt32] = [0, 0, 0], g: [UInt32] = [0, 0, 0]
         // SAFETY: each call writes three uint32 into the array's own storage.
-        guard ckvm_getresuid(&u) == 0, ckvm_getresgid(&g) == 0, u == [uid, uid, uid], g == [gid, gid, gid],
+        guard clinux_getresuid(&u) == 0, clinux_getresgid(&g) == 0, u == [uid, uid, uid], g == [gid, gid, gid],
               getgroups(0, nil) == 0 else {
             throw StepFailed(step: "per-VM uid", reason: "the ids did not hold (uid \(u), gid \(g))")
         }
         // Changing uid made the process non-dumpable, which would leave /proc/self/uid_map owned
         // by host root and unwritable for us; `forbidNewPrivileges` makes it non-dumpable again.
-        guard ckvm_set_dumpable(1) == 0 else { throw StepFailed(step: "per-VM uid", reason: SystemError.message(for: errno)) }
+        guard clinux_set_dumpable(1) == 0 else { throw StepFailed(step: "per-VM uid", reason: SystemError.message(for: errno)) }
     }
 
     /// New user, mount, network, IPC, UTS and cgroup namespaces. In the user namespace the
@@ -135,8 +130,8 @@ public enum Jail {
     public static func enterUserNamespaces(uid: UInt32, gid: UInt32) throws(StepFailed) {
         let kinds = ["user", "mnt", "net", "ipc", "uts", "cgroup"]
         let before = kinds.map(namespace)
-        let flags = CKVM_CLONE_NEWUSER | CKVM_CLONE_NEWNS | CKVM_CLONE_NEWNET | CKVM_CLONE_NEWIPC | CKVM_CLONE_NEWUTS | CKVM_CLONE_NEWCGROUP
-        guard ckvm_unshare(flags) == 0 else {
+        let flags = CLINUX_CLONE_NEWUSER | CLINUX_CLONE_NEWNS | CLINUX_CLONE_NEWNET | CLINUX_CLONE_NEWIPC | CLINUX_CLONE_NEWUTS | CLINUX_CLONE_NEWCGROUP
+        guard clinux_unshare(flags) == 0 else {
             throw StepFailed(step: "namespaces", reason: "unshare: " + SystemError.message(for: errno))
         }
         for (file, text) in [("setgroups", "deny"), ("uid_map", "0 \(uid) 1"), ("gid_map", "0 \(gid) 1")] {
@@ -181,7 +176,7 @@ public enum Jail {
         try step("entering it", chdir(path) == 0)
         let change: RootChange
         // With the new root as both arguments, the old root is stacked on it and then detached.
-        if !forceMove && ckvm_pivot_root(".", ".") == 0 {
+        if !forceMove && clinux_pivot_root(".", ".") == 0 {
             try step("detaching the host's tree", umount2(".", Int32(MNT_DETACH)) == 0)
             change = .pivot
         } else {
@@ -196,8 +191,8 @@ public enum Jail {
         try step("making the root read-only",
                  mount(nil, "/", nil, UInt(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC), nil) == 0)
         var type: Int64 = 0, mountFlags: Int64 = 0
-        // SAFETY: ckvm_statfs writes one Int64 into each of two stack variables.
-        guard ckvm_statfs("/", &type, &mountFlags) == 0, type == 0x0102_1994 /* TMPFS_MAGIC */, mountFlags & 1 /* ST_RDONLY */ != 0 else {
+        // SAFETY: clinux_statfs writes one Int64 into each of two stack variables.
+        guard clinux_statfs("/", &type, &mountFlags) == 0, type == 0x0102_1994 /* TMPFS_MAGIC */, mountFlags & 1 /* ST_RDONLY */ != 0 else {
             throw StepFailed(step: "pivot_root", reason: "the root is not the read-only tmpfs")
         }
         for host in ["/proc", "/etc", "/dev", "/sys", path, "/../proc"] where access(host, F_OK) == 0 {
@@ -210,41 +205,33 @@ public enum Jail {
     /// capabilities, ever), empties the ambient and bounding sets, then the effective, permitted
     /// and inheritable sets. Checked with capget and PR_CAPBSET_READ.
     public static func dropCapabilities() throws(StepFailed) {
-        let bits = CKVM_SECBIT_NOROOT | CKVM_SECBIT_NOROOT_LOCKED | CKVM_SECBIT_NO_SETUID_FIXUP | CKVM_SECBIT_NO_SETUID_FIXUP_LOCKED
-            | CKVM_SECBIT_KEEP_CAPS_LOCKED | CKVM_SECBIT_NO_CAP_AMBIENT_RAISE | CKVM_SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
-        guard ckvm_prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) == 0, ckvm_prctl(PR_GET_SECUREBITS, 0, 0, 0, 0) == Int32(bits) else {
+        let bits = CLINUX_SECBIT_NOROOT | CLINUX_SECBIT_NOROOT_LOCKED | CLINUX_SECBIT_NO_SETUID_FIXUP | CLINUX_SECBIT_NO_SETUID_FIXUP_LOCKED
+            | CLINUX_SECBIT_KEEP_CAPS_LOCKED | CLINUX_SECBIT_NO_CAP_AMBIENT_RAISE | CLINUX_SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
+        guard clinux_prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) == 0, clinux_prctl(PR_GET_SECUREBITS, 0, 0, 0, 0) == Int32(bits) else {
             throw StepFailed(step: "capabilities", reason: "securebits: " + SystemError.message(for: errno))
         }
-        guard ckvm_prctl(PR_CAP_AMBIENT, UInt(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0) == 0 else {
+        guard clinux_prctl(PR_CAP_AMBIENT, UInt(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0) == 0 else {
             throw StepFailed(step: "capabilities", reason: "ambient: " + SystemError.message(for: errno))
         }
         var known = 0
         for cap in 0..<64 {
-            guard ckvm_prctl(PR_CAPBSET_READ, UInt(cap), 0, 0, 0) >= 0 else { break }   // past the last capability
+            guard clinux_prctl(PR_CAPBSET_READ, UInt(cap), 0, 0, 0) >= 0 else { break }   // past the last capability
             known = cap + 1
-            guard ckvm_prctl(PR_CAPBSET_DROP, UInt(cap), 0, 0, 0) == 0 else {
+            guard clinux_prctl(PR_CAPBSET_DROP, UInt(cap), 0, 0, 0) == 0 else {
                 throw StepFailed(step: "capabilities", reason: "bounding set, capability \(cap): " + SystemError.message(for: errno))
             }
         }
         let none: [UInt32] = [0, 0, 0, 0, 0, 0]
         // SAFETY: capset reads six uint32 from the array's own storage.
-        guard known > 0, ckvm_capset(none) == 0 else { throw StepFailed(step: "capabilities", reason: "capset: " + SystemError.message(for: errno)) }
+        guard known > 0, clinux_capset(none) == 0 else { throw StepFailed(step: "capabilities", reason: "capset: " + SystemError.message(for: errno)) }
         var sets: [UInt32] = [1, 1, 1, 1, 1, 1]
         // SAFETY: capget writes six uint32 into the array's own storage.
-        guard ckvm_capget(&sets) == 0, sets == none else { throw StepFailed(step: "capabilities", reason: "capabilities remain: \(sets)") }
-        for cap in 0..<known where ckvm_prctl(PR_CAPBSET_READ, UInt(cap), 0, 0, 0) != 0 {
+        guard clinux_capget(&sets) == 0, sets == none else { throw StepFailed(step: "capabilities", reason: "capabilities remain: \(sets)") }
+        for cap in 0..<known where clinux_prctl(PR_CAPBSET_READ, UInt(cap), 0, 0, 0) != 0 {
             throw StepFailed(step: "capabilities", reason: "capability \(cap) is still in the bounding set")
         }
     }
 
     /// Writes `text` to a /proc file in one write; nil on success, else why not.
-    static func writeProcFile(_ path: String, _ text: String) -> String? {
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
-        guard fd >= 0 else { return SystemError.message(for: errno) }
-        defer { close(fd) }
-        let bytes = Array(text.utf8)
-        // SAFETY: write reads bytes.count bytes from the array's own storage.
-        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        return n == bytes.count ? nil : (n < 0 ? SystemError.message(for: errno) : "short write")
-    }
+    static func writeProcFile(_ path: String, _ text: String) -> String? { writeInOneCall(path, text) }
 }

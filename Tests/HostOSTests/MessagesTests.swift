@@ -1,6 +1,6 @@
 import Glibc
 import Testing
-@testable import KVM
+@testable import HostOS
 
 /// The errno of the SystemError a call threw (-1 for another error), or nil when it did not throw.
 /// (Takes an untyped closure: inside #expect, closures lose their typed throws.)

@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -187,17 +187,17 @@ public struct Caller: Sendable, Equatable {
         guard needsOwnCredentials else { return }
         let r = groups.withUnsafeBufferPointer { buf in
             // SAFETY: setgroups reads buf.count gid_t (uint32_t) entries from the array's storage.
-            ckvm_thread_setgroups(buf.count, buf.baseAddress)
+            clinux_thread_setgroups(buf.count, buf.baseAddress)
         }
         guard r == 0 else { throw SystemError("setgroups (this thread, for uid \(uid))", errno: errno) }
         // setfsgid/setfsuid report no error: a second call with an invalid id (-1) returns the
         // value now in force, which must be the one asked for (setfsuid(2)).
-        _ = ckvm_thread_setfsgid(gid)
-        guard UInt32(bitPattern: ckvm_thread_setfsgid(UInt32.max)) == gid else {
+        _ = clinux_thread_setfsgid(gid)
+        guard UInt32(bitPattern: clinux_thread_setfsgid(UInt32.max)) == gid else {
             throw SystemError("setfsgid(\(gid)) (this thread)", errno: EPERM)
         }
-        _ = ckvm_thread_setfsuid(uid)
-        guard UInt32(bitPattern: ckvm_thread_setfsuid(UInt32.max)) == uid else {
+        _ = clinux_thread_setfsuid(uid)
+        guard UInt32(bitPattern: clinux_thread_setfsuid(UInt32.max)) == uid else {
             throw SystemError("setfsuid(\(uid)) (this thread)", errno: EPERM)
         }
     }
@@ -216,14 +216,9 @@ public struct Caller: Sendable, Equatable {
         let slot = Slot<T>()
         let caller = self
         let thread: OSThread
-        do throws(KVMError) {
-            thread = try OSThread.spawn(stackSize: 256 << 10) {
-                do throws(SystemError) { try caller.adoptOnThisThread() } catch { slot.failure = error; return }
-                slot.value = body()
-            }
-        } catch {
-            if case .system(let e) = error { throw e }
-            throw SystemError("pthread_create", errno: EAGAIN)
+        thread = try OSThread.spawn(stackSize: 256 << 10) {
+            do throws(SystemError) { try caller.adoptOnThisThread() } catch { slot.failure = error; return }
+            slot.value = body()
         }
         thread.join()
         if let failure = slot.failure { throw failure }
