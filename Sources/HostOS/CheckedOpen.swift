@@ -127,8 +127,7 @@ extension FileDescriptor {
         case .readWrite: flags |= O_RDWR
         case .createOrTruncate: flags |= O_WRONLY | O_CREAT
         }
-        var raw: Int32
-        repeat { raw = Glibc.open(path, flags, 0o644) } while raw < 0 && errno == EINTR
+        let raw = SystemCall.uninterrupted { Glibc.open(path, flags, 0o644) }
         guard raw >= 0 else {
             let e = errno
             // SAFETY: as above.
@@ -140,7 +139,7 @@ extension FileDescriptor {
         guard fstat(raw, &st) == 0 else { throw refusal(.system(errno: errno)) }
         if let reason = reasonFor(mode: st.st_mode) { throw refusal(reason) }
         if access == .createOrTruncate {
-            while ftruncate(raw, 0) != 0 { if errno != EINTR { throw refusal(.system(errno: errno)) } }
+            guard SystemCall.uninterrupted({ ftruncate(raw, 0) }) == 0 else { throw refusal(.system(errno: errno)) }
         }
         let status = fcntl(raw, F_GETFL)
         guard status >= 0, fcntl(raw, F_SETFL, status & ~O_NONBLOCK) == 0 else { throw refusal(.system(errno: errno)) }

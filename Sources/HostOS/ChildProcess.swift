@@ -206,9 +206,8 @@ public final class ChildProcess: Sendable {
         var info = siginfo_t()
         while true {
             // SAFETY: waitid writes one siginfo_t, a local variable.
-            if waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 {
+            if SystemCall.uninterrupted({ waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) }) != 0 {
                 let e = errno
-                if e == EINTR { continue }
                 if e == ECHILD, let done = reaped.withLock({ $0 }) { return done } // reaped by poll()
                 throw SystemError("waitid(\(pid))", errno: e)
             }
@@ -221,21 +220,15 @@ public final class ChildProcess: Sendable {
         let result: Result<Termination?, SystemError> = reaped.withLock { state in
             if let done = state { return .success(done) }
             var status: Int32 = 0
-            while true {
-                // SAFETY: waitpid writes one Int32, a local variable.
-                let r = waitpid(pid, &status, WNOHANG)
-                if r == 0 { return .success(nil) }
-                if r == pid {
-                    guard let termination = Termination.decode(status) else {
-                        return .failure(SystemError("waitpid(\(pid)): unexpected status \(status)", errno: EINVAL))
-                    }
-                    state = termination
-                    return .success(termination)
-                }
-                let e = errno
-                if e == EINTR { continue }
-                return .failure(SystemError("waitpid(\(pid))", errno: e))
+            // SAFETY: waitpid writes one Int32, a local variable.
+            let r = SystemCall.uninterrupted { waitpid(pid, &status, WNOHANG) }
+            if r == 0 { return .success(nil) }
+            guard r == pid else { return .failure(SystemError("waitpid(\(pid))", errno: errno)) }
+            guard let termination = Termination.decode(status) else {
+                return .failure(SystemError("waitpid(\(pid)): unexpected status \(status)", errno: EINVAL))
             }
+            state = termination
+            return .success(termination)
         }
         return try result.get()
     }
@@ -272,7 +265,7 @@ public final class ChildProcess: Sendable {
             }
             var status: Int32 = 0
             // SAFETY: waitpid writes one Int32, a local variable.
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            _ = SystemCall.uninterrupted { waitpid(pid, &status, 0) }
         }
     }
 

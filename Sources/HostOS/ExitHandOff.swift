@@ -35,6 +35,7 @@ public func releaseDescriptorsAfterExit() -> Bool {
         close(0); close(1); close(2)
         var byte: UInt8 = 0
         // End of file once every copy of the write end is closed: when the parent has exited.
+        // (Its own EINTR loop, not SystemCall's: after fork, no generic code and no runtime calls.)
         while read(readEnd, &byte, 1) < 0 && errno == EINTR {}
         _exit(0)
     }

@@ -37,12 +37,8 @@ extension FileDescriptor {
     /// `fstat(2)`.
     public func status() throws(SystemError) -> FileStatus {
         var st = stat()
-        while true {
-            // SAFETY: fstat writes one `struct stat` into `st`, a local of exactly that type.
-            if fstat(rawValue, &st) == 0 { break }
-            if errno == EINTR { continue }
-            throw SystemError("fstat", errno: errno)
-        }
+        // SAFETY: fstat writes one `struct stat` into `st`, a local of exactly that type.
+        _ = try SystemCall.retrying("fstat") { fstat(rawValue, &st) }
         let type = st.st_mode & S_IFMT
         return FileStatus(size: UInt64(max(0, st.st_size)), isRegularFile: type == S_IFREG,
                           isBlockDevice: type == S_IFBLK, allocatedBytes: UInt64(max(0, st.st_blocks)) * 512,
@@ -57,14 +53,12 @@ extension FileDescriptor {
         var out = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
-            let n = out.withUnsafeMutableBytes { buf -> Int in
-                // SAFETY: reads at most buf.count - done bytes into the array's own storage,
-                // starting `done` bytes in; `done < buf.count` here.
-                pread(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done, start + off_t(done))
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError("pread of \(count) bytes at \(offset)", errno: errno)
+            let n = try SystemCall.retrying("pread of \(count) bytes at \(offset)") {
+                out.withUnsafeMutableBytes { buf -> Int in
+                    // SAFETY: reads at most buf.count - done bytes into the array's own storage,
+                    // starting `done` bytes in; `done < buf.count` here.
+                    pread(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done, start + off_t(done))
+                }
             }
             if n == 0 { throw SystemError("pread of \(count) bytes at \(offset) (end of file at \(offset + UInt64(done)))", errno: EIO) }
             done += n
@@ -83,13 +77,11 @@ extension FileDescriptor {
         while offset < size {
             let want = Int(min(UInt64(buffer.count), size - offset))
             let start = try fileOffset(offset, want, "pread")
-            let n = buffer.withUnsafeMutableBytes { buf -> Int in
-                // SAFETY: reads at most `want` <= buf.count bytes into the array's own storage.
-                pread(rawValue, buf.baseAddress, want, start)
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError("pread of \(want) bytes at \(offset)", errno: errno)
+            let n = try SystemCall.retrying("pread of \(want) bytes at \(offset)") {
+                buffer.withUnsafeMutableBytes { buf -> Int in
+                    // SAFETY: reads at most `want` <= buf.count bytes into the array's own storage.
+                    pread(rawValue, buf.baseAddress, want, start)
+                }
             }
             if n == 0 { throw SystemError("pread at \(offset) (end of file before \(size) bytes)", errno: EIO) }
             body(buffer[0..<n])
@@ -102,13 +94,11 @@ extension FileDescriptor {
         let start = try fileOffset(offset, bytes.count, "pwrite")
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { buf -> Int in
-                // SAFETY: writes from the array's own storage, `done` bytes in, within its bounds.
-                pwrite(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done, start + off_t(done))
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError("pwrite of \(bytes.count) bytes at \(offset)", errno: errno)
+            let n = try SystemCall.retrying("pwrite of \(bytes.count) bytes at \(offset)") {
+                bytes.withUnsafeBytes { buf -> Int in
+                    // SAFETY: writes from the array's own storage, `done` bytes in, within its bounds.
+                    pwrite(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done, start + off_t(done))
+                }
             }
             // A zero-byte write of a non-empty buffer makes no progress: report it, do not spin.
             if n == 0 { throw SystemError("pwrite of \(bytes.count) bytes at \(offset) made no progress", errno: EIO) }
@@ -118,10 +108,7 @@ extension FileDescriptor {
 
     /// `fdatasync(2)`: every completed write is on stable storage when this returns.
     public func syncData() throws(SystemError) {
-        while fdatasync(rawValue) != 0 {
-            if errno == EINTR { continue }
-            throw SystemError("fdatasync", errno: errno)
-        }
+        _ = try SystemCall.retrying("fdatasync") { fdatasync(rawValue) }
     }
 
     /// Deallocates `[offset, offset+length)` without changing the file size; the range reads as
@@ -140,9 +127,8 @@ extension FileDescriptor {
         guard length > 0 else { return }
         guard length <= UInt64(Int.max) else { throw SystemError(what, errno: EOVERFLOW) }
         let start = try fileOffset(offset, Int(length), what)
-        while clinux_fallocate(rawValue, mode, Int64(start), Int64(length)) != 0 {
-            if errno == EINTR { continue }
-            throw SystemError("\(what) of \(length) bytes at \(offset)", errno: errno)
+        _ = try SystemCall.retrying("\(what) of \(length) bytes at \(offset)") {
+            clinux_fallocate(rawValue, mode, Int64(start), Int64(length))
         }
     }
 

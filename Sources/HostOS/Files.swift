@@ -23,13 +23,11 @@ extension FileDescriptor {
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
-            let n = chunk.withUnsafeMutableBytes { buf -> Int in
-                // SAFETY: reads at most buf.count bytes into the array's own storage.
-                Glibc.read(rawValue, buf.baseAddress, buf.count)
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError("read", errno: errno)
+            let n = try SystemCall.retrying("read") {
+                chunk.withUnsafeMutableBytes { buf -> Int in
+                    // SAFETY: reads at most buf.count bytes into the array's own storage.
+                    Glibc.read(rawValue, buf.baseAddress, buf.count)
+                }
             }
             if n == 0 { return result }
             guard result.count + n <= limit else { throw SystemError("read (file larger than \(limit) bytes)", errno: EFBIG) }
@@ -41,15 +39,12 @@ extension FileDescriptor {
     public func writeAll(_ bytes: [UInt8]) throws(SystemError) {
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { buf -> Int in
-                // SAFETY: writes from the array's own storage, within its bounds.
-                Glibc.write(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done)
+            done += try SystemCall.retrying("write") {
+                bytes.withUnsafeBytes { buf -> Int in
+                    // SAFETY: writes from the array's own storage, within its bounds.
+                    Glibc.write(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done)
+                }
             }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError("write", errno: errno)
-            }
-            done += n
         }
     }
 
@@ -111,14 +106,13 @@ public func randomBytes(_ count: Int) -> [UInt8]? {
     var out = [UInt8](repeating: 0, count: count)
     var done = 0
     while done < count {
-        let n = out.withUnsafeMutableBytes { buf -> Int in
-            // SAFETY: writes at most count - done bytes after `done` inside the array's storage.
-            getrandom(buf.baseAddress?.advanced(by: done), count - done, 0)
+        let n = SystemCall.uninterrupted {
+            out.withUnsafeMutableBytes { buf -> Int in
+                // SAFETY: writes at most count - done bytes after `done` inside the array's storage.
+                getrandom(buf.baseAddress?.advanced(by: done), count - done, 0)
+            }
         }
-        if n < 0 {
-            if errno == EINTR { continue }
-            return nil
-        }
+        if n < 0 { return nil }
         done += n
     }
     return out

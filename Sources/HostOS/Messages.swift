@@ -74,18 +74,20 @@ extension FileDescriptor {
             }
         }
         while true {
-            let n = bytes.withUnsafeBytes { buf -> Int in
-                // SAFETY: sendmsg only reads through iov_base; the iovec names the array's own
-                // storage (buf.count bytes) and, like the msghdr, lives on the stack for the
-                // call. The control buffer holds controlSpace initialized bytes.
-                var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: buf.baseAddress), iov_len: buf.count)
-                return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
-                    var message = msghdr()
-                    message.msg_iov = iovp
-                    message.msg_iovlen = 1
-                    message.msg_control = controlSpace > 0 ? control : nil
-                    message.msg_controllen = controlSpace
-                    return sendmsg(rawValue, &message, Int32(MSG_NOSIGNAL))
+            let n = SystemCall.uninterrupted {
+                bytes.withUnsafeBytes { buf -> Int in
+                    // SAFETY: sendmsg only reads through iov_base; the iovec names the array's own
+                    // storage (buf.count bytes) and, like the msghdr, lives on the stack for the
+                    // call. The control buffer holds controlSpace initialized bytes.
+                    var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: buf.baseAddress), iov_len: buf.count)
+                    return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
+                        var message = msghdr()
+                        message.msg_iov = iovp
+                        message.msg_iovlen = 1
+                        message.msg_control = controlSpace > 0 ? control : nil
+                        message.msg_controllen = controlSpace
+                        return sendmsg(rawValue, &message, Int32(MSG_NOSIGNAL))
+                    }
                 }
             }
             // The descriptor numbers in the control buffer must stay open until the kernel took
@@ -100,7 +102,6 @@ extension FileDescriptor {
                 return
             }
             let e = errno
-            if e == EINTR { continue }
             if e == EAGAIN || e == EWOULDBLOCK {
                 try waitFor(Int16(POLLOUT), timeoutMilliseconds: -1, operation: "poll for sendmsg")
                 continue
@@ -163,26 +164,27 @@ extension FileDescriptor {
         while true {
             var flags: Int32 = 0
             var controlLength = 0
-            let n = buffer.withUnsafeMutableBytes { buf -> Int in
-                // SAFETY: the iovec names the array's own storage (buf.count bytes) and the
-                // control pointer a buffer of controlSpace bytes; both, and the msghdr, live for
-                // the duration of the call, and the kernel writes no more than those lengths.
-                var iov = iovec(iov_base: buf.baseAddress, iov_len: buf.count)
-                return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
-                    var message = msghdr()
-                    message.msg_iov = iovp
-                    message.msg_iovlen = 1
-                    message.msg_control = controlSpace > 0 ? control : nil
-                    message.msg_controllen = controlSpace
-                    let r = recvmsg(rawValue, &message, Int32(MSG_DONTWAIT) | Int32(MSG_CMSG_CLOEXEC))
-                    flags = message.msg_flags
-                    controlLength = message.msg_controllen
-                    return r
+            let n = SystemCall.uninterrupted {
+                buffer.withUnsafeMutableBytes { buf -> Int in
+                    // SAFETY: the iovec names the array's own storage (buf.count bytes) and the
+                    // control pointer a buffer of controlSpace bytes; both, and the msghdr, live for
+                    // the duration of the call, and the kernel writes no more than those lengths.
+                    var iov = iovec(iov_base: buf.baseAddress, iov_len: buf.count)
+                    return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
+                        var message = msghdr()
+                        message.msg_iov = iovp
+                        message.msg_iovlen = 1
+                        message.msg_control = controlSpace > 0 ? control : nil
+                        message.msg_controllen = controlSpace
+                        let r = recvmsg(rawValue, &message, Int32(MSG_DONTWAIT) | Int32(MSG_CMSG_CLOEXEC))
+                        flags = message.msg_flags
+                        controlLength = message.msg_controllen
+                        return r
+                    }
                 }
             }
             if n < 0 {
                 let e = errno
-                if e == EINTR { continue }
                 if e == EAGAIN || e == EWOULDBLOCK { return nil }
                 if e == ECONNRESET || e == ENOTCONN { return .closed }
                 throw SystemError("recvmsg", errno: e)

@@ -86,30 +86,29 @@ extension FileDescriptor {
     /// peer is gone, EMSGSIZE for a datagram larger than the socket allows...) are thrown.
     public func sendDatagram(_ bytes: [UInt8]) throws(SystemError) -> DatagramSend {
         let flags = Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL)
-        while true {
-            let n = bytes.withUnsafeBytes { buf -> Int in
+        let n = SystemCall.uninterrupted {
+            bytes.withUnsafeBytes { buf -> Int in
                 // SAFETY: send reads at most buf.count bytes from the array's own storage.
                 send(rawValue, buf.baseAddress, buf.count, flags)
             }
-            if n >= 0 {
-                // SOCK_SEQPACKET sends are atomic: all or nothing.
-                guard n == bytes.count else { throw SystemError("send of a \(bytes.count)-byte datagram sent \(n)", errno: EIO) }
-                return .sent
-            }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
-            throw SystemError("send of a \(bytes.count)-byte datagram", errno: e)
         }
+        if n >= 0 {
+            // SOCK_SEQPACKET sends are atomic: all or nothing.
+            guard n == bytes.count else { throw SystemError("send of a \(bytes.count)-byte datagram sent \(n)", errno: EIO) }
+            return .sent
+        }
+        let e = errno
+        if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+        throw SystemError("send of a \(bytes.count)-byte datagram", errno: e)
     }
 
     /// Receives one datagram into `buffer` (its whole length is the capacity; callers reuse it
     /// across calls) without blocking. A longer datagram is consumed and reported as `.truncated`.
     public func receiveDatagram(into buffer: inout [UInt8]) throws(SystemError) -> DatagramReceive {
         guard !buffer.isEmpty else { throw SystemError("recvmsg (empty buffer)", errno: EINVAL) }
-        while true {
-            var truncated = false
-            let n = buffer.withUnsafeMutableBytes { buf -> Int in
+        var truncated = false
+        let n = SystemCall.uninterrupted {
+            buffer.withUnsafeMutableBytes { buf -> Int in
                 var iov = iovec(iov_base: buf.baseAddress, iov_len: buf.count)
                 return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
                     var message = msghdr()
@@ -122,19 +121,18 @@ extension FileDescriptor {
                     return r
                 }
             }
-            if n > 0 {
-                return truncated ? .truncated(kept: n) : .datagram(Array(buffer[0..<n]))
-            }
-            if n == 0 {
-                // Zero: an empty datagram, or the end of the stream. Only the latter hangs up.
-                return peerHungUp() ? .closed : .datagram([])
-            }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
-            if e == ECONNRESET || e == ENOTCONN { return .closed }
-            throw SystemError("recvmsg", errno: e)
         }
+        if n > 0 {
+            return truncated ? .truncated(kept: n) : .datagram(Array(buffer[0..<n]))
+        }
+        if n == 0 {
+            // Zero: an empty datagram, or the end of the stream. Only the latter hangs up.
+            return peerHungUp() ? .closed : .datagram([])
+        }
+        let e = errno
+        if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+        if e == ECONNRESET || e == ENOTCONN { return .closed }
+        throw SystemError("recvmsg", errno: e)
     }
 
     /// Whether the peer hung up: poll reports POLLHUP or POLLRDHUP right now.
@@ -162,20 +160,19 @@ extension FileDescriptor {
     public func readStream(max: Int) throws(SystemError) -> StreamRead {
         guard max > 0 else { throw SystemError("recv (empty buffer)", errno: EINVAL) }
         var buffer = [UInt8](repeating: 0, count: max)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { buf -> Int in
+        let n = SystemCall.uninterrupted {
+            buffer.withUnsafeMutableBytes { buf -> Int in
                 // SAFETY: recv writes at most buf.count bytes into the array's own storage.
                 recv(rawValue, buf.baseAddress, buf.count, Int32(MSG_DONTWAIT))
             }
-            if n > 0 { return .data(Array(buffer[0..<n])) }
-            if n == 0 { return .closed }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
-            if e == ECONNRESET { return .reset }
-            if e == ENOTCONN { return .closed }
-            throw SystemError("recv", errno: e)
         }
+        if n > 0 { return .data(Array(buffer[0..<n])) }
+        if n == 0 { return .closed }
+        let e = errno
+        if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+        if e == ECONNRESET { return .reset }
+        if e == ENOTCONN { return .closed }
+        throw SystemError("recv", errno: e)
     }
 
     /// Half-closes a stream socket: the peer reads end-of-stream, and can still send.
@@ -186,17 +183,16 @@ extension FileDescriptor {
     public func writeStream(_ bytes: ArraySlice<UInt8>) throws(SystemError) -> Int {
         guard !bytes.isEmpty else { return 0 }
         let flags = Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL)
-        while true {
-            let n = bytes.withUnsafeBytes { buf -> Int in
+        let n = SystemCall.uninterrupted {
+            bytes.withUnsafeBytes { buf -> Int in
                 // SAFETY: send reads at most buf.count bytes from the slice's own storage.
                 send(rawValue, buf.baseAddress, buf.count, flags)
             }
-            if n >= 0 { return n }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return 0 }
-            throw SystemError("send", errno: e)
         }
+        if n >= 0 { return n }
+        let e = errno
+        if e == EAGAIN || e == EWOULDBLOCK { return 0 }
+        throw SystemError("send", errno: e)
     }
 }
 

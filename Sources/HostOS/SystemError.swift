@@ -34,3 +34,26 @@ public final class FileDescriptor: @unchecked Sendable {
 
     deinit { if owned { close(rawValue) } }
 }
+
+/// The host-OS layer's one loop around interrupted system calls (EINTR: a signal arrived while
+/// the call waited). Every blocking call goes through it, so none forgets to retry.
+public enum SystemCall {
+    /// Calls `call` again while it fails with EINTR; returns its result (>= 0), or throws
+    /// `SystemError(operation, errno)` for any other failure.
+    @inline(__always)
+    public static func retrying<R: BinaryInteger>(_ operation: @autoclosure () -> String, _ call: () -> R) throws(SystemError) -> R {
+        let r = uninterrupted(call)
+        if r < 0 { throw SystemError(operation(), errno: errno) }
+        return r
+    }
+
+    /// Calls `call` again while it fails with EINTR; returns its result, which is negative (with
+    /// `errno` set, never to EINTR) when it failed: for callers that tell errors apart.
+    @inline(__always)
+    public static func uninterrupted<R: BinaryInteger>(_ call: () -> R) -> R {
+        while true {
+            let r = call()
+            if r >= 0 || errno != EINTR { return r }
+        }
+    }
+}

@@ -39,20 +39,19 @@ extension FileDescriptor {
     public func readSome(maxBytes: Int) throws(SystemError) -> ReadResult {
         guard maxBytes > 0 else { return .bytes([]) }
         var chunk = [UInt8](repeating: 0, count: maxBytes)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { buf -> Int in
+        let n = SystemCall.uninterrupted {
+            chunk.withUnsafeMutableBytes { buf -> Int in
                 // SAFETY: reads at most buf.count bytes into the array's own storage.
                 Glibc.read(rawValue, buf.baseAddress, buf.count)
             }
-            if n > 0 { return .bytes(Array(chunk[0..<n])) }
-            if n == 0 { return .end }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN: return .wouldBlock
-            // A terminal whose session ended reads EIO: no more input will come.
-            case EIO: return .end
-            case let e: throw SystemError("read", errno: e)
-            }
+        }
+        if n > 0 { return .bytes(Array(chunk[0..<n])) }
+        if n == 0 { return .end }
+        switch errno {
+        case EAGAIN: return .wouldBlock
+        // A terminal whose session ended reads EIO: no more input will come.
+        case EIO: return .end
+        case let e: throw SystemError("read", errno: e)
         }
     }
 
@@ -60,17 +59,16 @@ extension FileDescriptor {
     /// (all of it, on a blocking one); returns how many were written (0: the descriptor is full).
     public func writeSome(_ bytes: ArraySlice<UInt8>) throws(SystemError) -> Int {
         guard !bytes.isEmpty else { return 0 }
-        while true {
-            let n = bytes.withUnsafeBytes { buf -> Int in
+        let n = SystemCall.uninterrupted {
+            bytes.withUnsafeBytes { buf -> Int in
                 // SAFETY: writes from the slice's own storage, within its bounds.
                 Glibc.write(rawValue, buf.baseAddress, buf.count)
             }
-            if n >= 0 { return n }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN: return 0
-            case let e: throw SystemError("write", errno: e)
-            }
+        }
+        if n >= 0 { return n }
+        switch errno {
+        case EAGAIN: return 0
+        case let e: throw SystemError("write", errno: e)
         }
     }
 

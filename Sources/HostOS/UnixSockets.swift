@@ -108,9 +108,9 @@ public enum UnixSeqpacket {
                                      timeoutMilliseconds: Int32(clamping: (deadline - now + 999_999) / 1_000_000))
             if ready.count == 2, ready[1], let s = signals.next() { throw .interrupted(path: path, signal: s) }
             guard ready.first == true else { continue }
-            let fd = clinux_accept_cloexec(listener.rawValue)
+            let fd = SystemCall.uninterrupted { clinux_accept_cloexec(listener.rawValue) }
             if fd >= 0 { return FileDescriptor(owning: fd) }
-            if errno != EINTR && errno != EAGAIN && errno != ECONNABORTED { throw .system(SystemError("accept on \(path)", errno: errno)) }
+            if errno != EAGAIN && errno != ECONNABORTED { throw .system(SystemError("accept on \(path)", errno: errno)) }
         }
     }
 
@@ -167,11 +167,7 @@ public enum UnixStream {
 
     /// Accepts one connection on a listening socket (blocking), close-on-exec.
     public static func accept(_ listener: FileDescriptor) throws(SystemError) -> FileDescriptor {
-        while true {
-            let fd = clinux_accept_cloexec(listener.rawValue)
-            if fd >= 0 { return FileDescriptor(owning: fd) }
-            if errno != EINTR { throw SystemError("accept", errno: errno) }
-        }
+        FileDescriptor(owning: try SystemCall.retrying("accept") { clinux_accept_cloexec(listener.rawValue) })
     }
 
     /// `connect(_:)` with the caller's credentials (see `Caller.perform`).
@@ -190,14 +186,12 @@ public enum UnixStream {
         guard raw >= 0 else { throw SystemError("socket(AF_UNIX, SOCK_STREAM)", errno: errno) }
         let fd = FileDescriptor(owning: raw)
         let len = socklen_t(MemoryLayout<sockaddr_un>.size)
-        while true {
-            let r = withUnsafePointer(to: &addr) { p in
+        _ = try SystemCall.retrying("connect \(path)") {
+            withUnsafePointer(to: &addr) { p in
                 // SAFETY: p points at a sockaddr_un on the stack for the duration of the call.
                 p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.rawValue, $0, len) }
             }
-            if r == 0 { return fd }
-            if errno == EINTR { continue }
-            throw SystemError("connect \(path)", errno: errno)
         }
+        return fd
     }
 }

@@ -36,13 +36,9 @@ public enum KVMError: Error, Equatable, CustomStringConvertible, Sendable {
 /// Retries a system call on EINTR and turns -1 into a typed error.
 @inline(__always)
 func check(_ operation: @autoclosure () -> String, retryOnInterrupt: Bool = true, _ body: () -> Int32) throws(KVMError) -> Int32 {
-    while true {
-        let r = body()
-        if r >= 0 { return r }
-        let e = errno
-        if e == EINTR && retryOnInterrupt { continue }
-        throw .system(SystemError(operation(), errno: e))
-    }
+    let r = retryOnInterrupt ? SystemCall.uninterrupted(body) : body()
+    if r < 0 { throw .system(SystemError(operation(), errno: errno)) }
+    return r
 }
 
 /// Runs a host-OS call where the KVM layer's errors are expected: its `SystemError` becomes

@@ -155,11 +155,8 @@ public final class GuestMemory: @unchecked Sendable {
         var done = 0
         while done < count {
             // SAFETY: `off+done ..< off+count` lies inside the checked range.
-            let n = getrandom(region.advanced(by: off + done), count - done, 0)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
+            let n = SystemCall.uninterrupted { getrandom(region.advanced(by: off + done), count - done, 0) }
+            if n < 0 { return false }
             done += n
         }
         return true
@@ -218,11 +215,8 @@ extension GuestMemory {
                 vectors.append(iovec(iov_base: region.advanced(by: s.offset + lead), iov_len: s.count - lead))
             }
             // SAFETY: the iovec array lives for the duration of the call.
-            let n = vectors.withUnsafeBufferPointer { io($0.baseAddress, Int32($0.count), position) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
+            let n = SystemCall.uninterrupted { vectors.withUnsafeBufferPointer { io($0.baseAddress, Int32($0.count), position) } }
+            if n < 0 { return false }
             if n == 0 { return false }
             position += off_t(n)
             var left = n
@@ -242,11 +236,8 @@ extension GuestMemory {
         var done = 0
         while done < count {
             // SAFETY: `off+done ..< off+count` lies inside the checked range of the mapping.
-            let n = pread(fd, region.advanced(by: off + done), count - done, off_t(fileOffset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
+            let n = SystemCall.uninterrupted { pread(fd, region.advanced(by: off + done), count - done, off_t(fileOffset) + off_t(done)) }
+            if n < 0 { return false }
             if n == 0 { return false }
             done += n
         }

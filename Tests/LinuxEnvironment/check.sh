@@ -97,7 +97,7 @@ for attempt in 1 2 3; do
     if [[ $attempt != 3 ]]; then
         qemu=$(grep -a -m1 '^outer-machine: qemu exited with status' "$LOG")
         triple=$(grep -a -c -i 'triple fault' "$DEBUG" 2>/dev/null)
-        why=$(grep -a -m3 -E '^\[ *[0-9.]+\] (BUG|Kernel panic - not syncing: corrupted|general protection|stack guard)' "$LOG" | tr '\n' ' ')
+        why=$(grep -a -m3 -E '^\[ *[0-9.]+\] (watchdog: )?(BUG|Kernel panic - not syncing: corrupted|general protection|stack guard)|^outer-machine: the outer kernel locked up' "$LOG" | tr '\n' ' ')
         echo "Linux environment: attempt $attempt failed (${qemu:-no QEMU status}; outer triple faults: ${triple:-0}; ${why:-no outer kernel message}; log: $LOG):"
         sed "s/^Linux environment: FAIL/Linux environment:   attempt $attempt: FAIL/" <<<"$report" | grep -v '^Linux environment: note' | head -20
         echo "Linux environment: running the outer machine once more"

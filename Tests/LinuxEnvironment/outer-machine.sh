@@ -353,9 +353,28 @@ chmod +x "$OUTER/init"
 # from a guest that failed.
 set +e
 LIMIT=900; [[ -n "${BULKHEAD_LINUX_ENV_BENCH:-}" ]] && LIMIT=3600   # the benchmark boots many guests
+# The console goes to a file that is streamed to standard output; a watcher stops QEMU early when
+# the outer kernel has locked up (seen once: both outer CPUs stuck in the kernel for minutes,
+# which would otherwise hold CI until the limit).
+CONSOLE="$WORK/outer-console.log"; : > "$CONSOLE"
 timeout $LIMIT qemu-system-x86_64 -accel tcg,tb-size=128 -cpu max -m 1280 -smp 2 -nographic -no-reboot \
     -d cpu_reset,guest_errors -D "$WORK/qemu-debug.log" \
-    -kernel "$KERNEL" -initrd "$WORK/outer.cpio.gz" -append "console=ttyS0 quiet panic=-1 transparent_hugepage=never bulkhead.runs=${BULKHEAD_LINUX_ENV_RUNS:-all} bulkhead.bench=${BULKHEAD_LINUX_ENV_BENCH:-} bulkhead.bench-vcpus=${BULKHEAD_LINUX_ENV_BENCH_VCPUS:-1,2}"
+    -kernel "$KERNEL" -initrd "$WORK/outer.cpio.gz" -append "console=ttyS0 quiet panic=-1 transparent_hugepage=never bulkhead.runs=${BULKHEAD_LINUX_ENV_RUNS:-all} bulkhead.bench=${BULKHEAD_LINUX_ENV_BENCH:-} bulkhead.bench-vcpus=${BULKHEAD_LINUX_ENV_BENCH_VCPUS:-1,2}" \
+    < /dev/null > "$CONSOLE" 2>&1 &
+qemu=$!
+tail -f --pid=$qemu "$CONSOLE" &
+streamer=$!
+while kill -0 $qemu 2>/dev/null; do
+    if grep -aqE 'soft lockup - CPU#[0-9]+ stuck for [0-9]{3,}s' "$CONSOLE"; then
+        sleep 1
+        echo "outer-machine: the outer kernel locked up (a CPU stuck in it for over 100 s); stopping QEMU"
+        kill $qemu 2>/dev/null
+        break
+    fi
+    sleep 5
+done
+wait $qemu
 status=$?
+wait $streamer 2>/dev/null
 echo "outer-machine: qemu exited with status $status"
 [[ $status == 0 ]] || exit 1
