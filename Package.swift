@@ -65,13 +65,14 @@ let package = Package(
         .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "HostOS", "Jail", "WorkerProtocol", "Seccomp", "CPolicies"], linkerSettings: hardening),
         // The module rules of docs/architecture.md, read from the package graph (no root, no KVM).
         .testTarget(name: "ArchitectureTests"),
-        .testTarget(name: "HostOSTests", dependencies: ["HostOS", "Jail", "CLinux"]),
-        .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS"]),
+        .testTarget(name: "HostOSTests", dependencies: ["HostOS", "Jail", "CLinux", "TestSupport"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS", "TestSupport"]),
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
-        // Shared by the test targets: tiny guest images (never part of a product).
-        .target(name: "TestSupport", dependencies: ["VMM"], path: "Tests/TestSupport"),
+        // Shared by the test targets: the requiresKVM / requiresRoot traits, tiny guest images
+        // (never part of a product).
+        .target(name: "TestSupport", dependencies: ["VMM", "KVM"], path: "Tests/TestSupport"),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "HostOS", "Jail", "Devices", "TestSupport"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.

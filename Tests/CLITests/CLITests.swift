@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import HostOS
 import KVM
 import Testing
@@ -9,7 +10,6 @@ let root: String = {
     return path
 }()
 let guests = ProcessInfo.processInfo.environment["BULKHEAD_GUEST_DIR"] ?? root + "/.build/guests"
-let hasKVM = (try? KVMSystem()) != nil
 let hasGuests = FileManager.default.fileExists(atPath: guests + "/hello.elf")
     || ProcessInfo.processInfo.environment["BULKHEAD_REQUIRE_GUESTS"] == "1"
 
@@ -94,7 +94,7 @@ func bulkhead(_ args: [String], environment extra: [String: String] = [:], execu
     }
 }
 
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct CLIRunTests {
     @Test func defaultGuestIsHello() throws {
         let r = try bulkhead(["run", "--cmdline", "from the CLI", "--vcpus", "3"])
@@ -186,7 +186,7 @@ struct CLINoKVMTests {
     }
 }
 
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct DurabilityTests {
     /// The guest writes a pattern and flushes; the VMM is then killed with SIGKILL. A second VM
     /// finds every flushed sector in the image file.
@@ -222,7 +222,7 @@ struct DurabilityTests {
     }
 }
 
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct NetworkTests {
     /// Two VMs wired back to back over a SOCK_SEQPACKET socket: 100 frames of 60 to 1514 bytes are
     /// echoed and checked, and a frame with a forged source MAC never reaches the peer.

@@ -5,7 +5,7 @@ import TestSupport
 /// `bulkhead run --kernel` connects its standard input to the guest's COM1 (issue 10, point 2),
 /// through a pipe the launcher feeds, on every run path: jailed (as root), in an unjailed
 /// worker, and in process.
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"))
+@Suite(.requiresKVM)
 struct ConsoleInputCLITests {
     enum Path: String, CaseIterable { case jailed, worker, inProcess }
 

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import HostOS
 import KVM
 import Testing
@@ -110,7 +111,7 @@ func serveDeviceResetPeers(vm: Process, vsockListener: FileDescriptor?, link: Fi
 /// live state on the host side (requests in flight, frames held, vsock connections open),
 /// re-initialises it, checks it works, and rings a doorbell through an MMIO exit; in a jailed
 /// worker a forbidden call would end the VM with status 159.
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct DeviceResetTests {
     enum Device: String, CaseIterable {
         case block, net, rng, vsock
@@ -183,20 +184,20 @@ struct DeviceResetTests {
         #expect(stdout.contains("device-reset: \(devices.count) devices, all ok"), "\(context)")
     }
 
-    @Test(.enabled(if: isRoot, "the jail needs root"), .timeLimit(.minutes(3)))
+    @Test(.requiresRoot, .timeLimit(.minutes(3)))
     func blockJailed() throws { try run([.block], jailed: true) }
 
-    @Test(.enabled(if: isRoot, "the jail needs root"), .timeLimit(.minutes(3)))
+    @Test(.requiresRoot, .timeLimit(.minutes(3)))
     func netJailed() throws { try run([.net], jailed: true) }
 
-    @Test(.enabled(if: isRoot, "the jail needs root"), .timeLimit(.minutes(3)))
+    @Test(.requiresRoot, .timeLimit(.minutes(3)))
     func rngJailed() throws { try run([.rng], jailed: true) }
 
-    @Test(.enabled(if: isRoot, "the jail needs root"), .timeLimit(.minutes(3)))
+    @Test(.requiresRoot, .timeLimit(.minutes(3)))
     func vsockJailed() throws { try run([.vsock], jailed: true) }
 
     /// Every kind at once, in window order (disk, network, rng, vsock).
-    @Test(.enabled(if: isRoot, "the jail needs root"), .timeLimit(.minutes(3)))
+    @Test(.requiresRoot, .timeLimit(.minutes(3)))
     func allDevicesJailed() throws { try run(Device.allCases, jailed: true) }
 
     /// The same in process (no seccomp): what the guest checks holds without the jail too.

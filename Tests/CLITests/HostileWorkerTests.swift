@@ -1,4 +1,5 @@
 import Crypto
+import TestSupport
 import Foundation
 import HostOS
 import KVM
@@ -8,7 +9,7 @@ import Testing
 /// launcher reports it, kills it, and (as root) tears its jail down. The fake is linked, as
 /// bulkhead-worker, into a directory of its own next to a link of `bulkhead`, and run with its
 /// own digest; its configuration's command line says how to misbehave.
-@Suite(.serialized, .enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.serialized, .requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct HostileWorkerTests {
     static let directory: String? = {
         let built = String(binary[..<(binary.lastIndex(of: "/") ?? binary.startIndex)])

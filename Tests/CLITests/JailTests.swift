@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
 import HostOS
 import KVM
 import Testing
 
 /// The jail's proofs (issue 4). Root is needed for the jail; without it these skip.
-let isRoot = getuid() == 0
+let isRoot = TestHost.isRoot
 
 /// The jail state on the host: slot directories and lock files, and cgroups named bulkhead-N in
 /// the hierarchies this process's cgroups are in.
@@ -98,8 +99,8 @@ func isGone(_ pid: Int32) -> Bool {
 
 /// Other tests run VMs (jailed, as root) at the same time; these tests look only at what is left
 /// over (`jailLeftovers`, `orphanedWorkers`) or at their own worker's slot.
-@Suite(.serialized, .enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"),
-       .enabled(if: isRoot, "the jail needs root"))
+@Suite(.serialized, .requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"),
+       .requiresRoot)
 struct JailTests {
     /// From inside: the worker's probes, after its jail is complete, find no host file, no /proc,
     /// no device, an empty read-only root, only a loopback network with no route out, no other

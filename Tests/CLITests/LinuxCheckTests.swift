@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import HostOS
 import KVM
 import Testing
@@ -23,7 +24,7 @@ func sh(_ command: String, in dir: String) throws -> String {
 }
 
 @Suite(.enabled(if: linuxCheckEnabled, "opt-in: set BULKHEAD_LINUX_CHECK=1 (downloads Debian's cloud kernel)"),
-       .enabled(if: hasKVM, "needs /dev/kvm"))
+       .requiresKVM)
 struct LinuxCheckTests {
     /// Debian's cloud kernel, installed from Debian's packages, boots under Bulkhead far enough to
     /// print its banner and the command line Bulkhead passed.

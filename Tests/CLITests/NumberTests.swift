@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import VMM
 
@@ -8,7 +9,7 @@ let runPaths: [[String]] = [["--no-jail"], ["--no-jail", "--worker"]] + (isRoot 
 
 /// Numbers from the operator: out of range is a usage error (64), in range runs; none may kill
 /// `bulkhead` or its worker with a trap (SIGILL, which `Process` reports as status 4).
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct NumberTests {
     func run(_ path: [String], _ args: [String]) throws -> Result {
         try bulkhead(["run"] + path + ["--worker-sha256", workerDigest] + args)

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import HostOS
 import KVM
 import Testing
@@ -84,7 +85,7 @@ let callerGuests: String = {
     return dir
 }()
 
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct PathTests {
     /// A FIFO with nobody at the other end, as each kind of file: refused at once, with what it is.
     @Test func aFIFOIsRefusedPromptly() throws {
@@ -161,7 +162,7 @@ struct PathTests {
 
 /// As root, bulkhead run under `setpriv` as uid 4242 (effective uid still 0): the caller's own
 /// permissions decide, as the kernel applies them to that user.
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"),
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"),
        .enabled(if: getuid() == 0, "needs root, to run bulkhead for another user"),
        .enabled(if: hasSetpriv, "needs setpriv(1) from util-linux"))
 struct CallerPermissionTests {

@@ -1,11 +1,12 @@
 import Foundation
+import TestSupport
 import Testing
 @testable import VMM
 
 /// A kernel's reset with several vCPUs, through `bulkhead run` (jailed as root, and in process):
 /// the other vCPUs still wait for their start-up IPI in the in-kernel LAPIC, and every run must
 /// end at once with status 0 (issue 10: a 2-vCPU Linux reboot once left the VMM running).
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"))
+@Suite(.requiresKVM)
 struct ResetTests {
     /// 32-bit PVH code: "up\n" on COM1, then the i8042 reset (command 0xFE to port 0x64).
     static let kernel: String? = {

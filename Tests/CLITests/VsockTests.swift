@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import HostOS
 import KVM
 import Testing
@@ -30,7 +31,7 @@ func vsockEchoPeer(listener: FileDescriptor, payload: [UInt8], acceptSeconds: In
     return back
 }
 
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct VsockTests {
     /// Runs the vsock-echo guest against a host peer streaming `payload`; returns what came
     /// back, the VMM's exit status and output, and the wall time from start to exit.

@@ -1,4 +1,5 @@
 import Crypto
+import TestSupport
 import Foundation
 import HostOS
 import KVM
@@ -47,7 +48,7 @@ func children(of pid: Int32, named name: String) -> [Int32] {
 }
 
 /// `bulkhead run --worker`: the VM runs in a bulkhead-worker process configured over a socketpair.
-@Suite(.enabled(if: hasKVM, "needs /dev/kvm"), .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
+@Suite(.requiresKVM, .enabled(if: hasGuests, "test guests not built: run Guest/build.sh"))
 struct WorkerTests {
     @Test func defaultGuestRunsInAWorker() throws {
         let r = try runWorker(["--stats"])

@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import HostOS
 #if canImport(Glibc)
 import Glibc
@@ -90,7 +91,7 @@ struct CgroupsTests {
 /// `create`, `join` and `remove` on this host's real hierarchies (root only). The v2 hierarchy
 /// here offers no controller the VMs need, so the v2 directory is made with none: that still
 /// checks making it, moving a process in (and seeing it in /proc/PID/cgroup) and removing it.
-@Suite(.enabled(if: getuid() == 0 && pathExists("/proc/self/cgroup"), "needs root"))
+@Suite(.requiresRoot, .enabled(if: pathExists("/proc/self/cgroup"), "needs /proc/self/cgroup"))
 struct CgroupsOnThisHostTests {
     @Test func aPlanIsMadeJoinedAndRemoved() throws {
         let layout = try CgroupLayout.current()

@@ -1,15 +1,15 @@
 import Synchronization
+import TestSupport
 import Testing
 import HostOS
 @testable import KVM
 
-let kvmPresent = (try? KVMSystem()) != nil
 
 final class Flag: Sendable {
     let value = Atomic<Int>(0)
 }
 
-@Suite(.enabled(if: kvmPresent, "needs /dev/kvm"))
+@Suite(.requiresKVM)
 struct KickTests {
     /// A vCPU executing `vmcall; jmp $` at CPL0 never leaves KVM_RUN on its own (on nested PVM
     /// hosts it hangs inside the kernel; elsewhere it spins). A kick must stop it.

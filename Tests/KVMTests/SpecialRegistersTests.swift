@@ -1,8 +1,9 @@
 import Testing
+import TestSupport
 import HostOS
 @testable import KVM
 
-@Suite(.enabled(if: kvmPresent, "needs /dev/kvm"))
+@Suite(.requiresKVM)
 struct SpecialRegistersTests {
     /// Setting segments and control registers from a fresh `SpecialRegisters` keeps the local
     /// APIC as KVM made it (enabled at 0xfee00000, BSP on vCPU 0). Writing 0 there, as an earlier

@@ -1,4 +1,5 @@
 import Boot
+import TestSupport
 import HostOS
 import KVM
 import Testing
@@ -55,7 +56,7 @@ func runProgram(_ code: [UInt8], cpuid: CPUIDPolicy = CPUIDPolicy()) throws -> R
     }
 }
 
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite(.requiresKVM)
 struct CPUIDProbeTests {
     /// A guest program reads CPUID leaf 1 with XSAVE hidden and exits with ECX bit 26: clear where
     /// the program-kind probe found the table enforced, else what it is with nothing hidden.

@@ -160,7 +160,7 @@ struct ConsoleInputRelayTests {
 }
 
 /// Host input through COM1's receive side, into a real VM (issue 10, point 2).
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite(.requiresKVM)
 struct ConsoleInputVMTests {
     func run(feeding input: [UInt8], timeout: Double = 60) throws -> (RunOutcome, [UInt8]) {
         var source: OSPipe? = try OSPipe()

@@ -1,4 +1,5 @@
 import Boot
+import TestSupport
 import Devices
 import HostOS
 import KVM
@@ -11,7 +12,6 @@ import Glibc
 /// Where `Guest/build.sh` puts the test guests.
 let guestDirectory = environment("BULKHEAD_GUEST_DIR") ?? (repositoryRoot + "/.build/guests")
 /// A usable KVM (not merely a file at /dev/kvm): the API version and capabilities check out.
-let kvmAvailable = (try? KVMSystem()) != nil
 /// `make test` sets BULKHEAD_REQUIRE_GUESTS=1 so that missing guests fail instead of skipping.
 let guestsBuilt = isRegularFile(guestDirectory + "/hello.elf") || environment("BULKHEAD_REQUIRE_GUESTS") == "1"
 
@@ -40,7 +40,7 @@ func faultReport(_ run: GuestRun) -> FaultReport? {
     return nil
 }
 
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm"),
+@Suite(.requiresKVM,
        .enabled(if: guestsBuilt, "test guests not built: run Guest/build.sh (make test does)"))
 struct GuestRunTests {
     @Test func helloPrintsBannerWithVCPUsAndCommandLine() throws {
@@ -185,7 +185,7 @@ struct GuestImageTests {
 
 /// Guest programs driving virtio devices through the real VMM: doorbells on ioeventfds, DMA
 /// confined to the program's own memory.
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm"),
+@Suite(.requiresKVM,
        .enabled(if: guestsBuilt, "test guests not built: run Guest/build.sh (make test does)"))
 struct VirtioGuestTests {
     func run(_ name: String, cmdline: String = "", devices: [VirtioDeviceModel]) throws -> GuestRun {

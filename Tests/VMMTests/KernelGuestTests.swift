@@ -1,4 +1,5 @@
 import Boot
+import TestSupport
 import HostOS
 import KVM
 import Testing
@@ -23,7 +24,7 @@ func runKernel(_ code: [UInt8], timeout: Double = 10, cpuid: CPUIDPolicy = CPUID
     return GuestRun(report: report, console: String(decoding: sink.captured, as: UTF8.self))
 }
 
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite(.requiresKVM)
 struct KernelGuestTests {
     @Test func i8042ResetEndsTheVMCleanly() throws {
         let r = try runKernel(com1("up\n") + outByte(0xfe, port: 0x64) + haltForever)

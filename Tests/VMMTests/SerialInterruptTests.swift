@@ -1,11 +1,12 @@
 import HostOS
+import TestSupport
 import KVM
 import Testing
 @testable import VMM
 
 /// COM1's interrupt line (issue 10): a change the UART makes that KVM refuses is reported, never
 /// dropped; the vCPU loop then ends the VM with that reason.
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite(.requiresKVM)
 struct SerialInterruptTests {
     static let com1 = SerialPort.com1.lowerBound
     static let interruptEnable = com1 + 1

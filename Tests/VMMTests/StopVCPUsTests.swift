@@ -1,4 +1,5 @@
 import HostOS
+import TestSupport
 import KVM
 import Synchronization
 import Testing
@@ -34,7 +35,7 @@ struct StopVCPUsTests {
 
     /// The real thing, many times: a 4-vCPU guest program whose vCPUs other than 0 are parked in
     /// the wait hypercall when vCPU 0 exits; every run ends with the guest's status.
-    @Test(.enabled(if: kvmAvailable, "needs /dev/kvm"), .enabled(if: guestsBuilt, "test guests not built"), .timeLimit(.minutes(2)))
+    @Test(.requiresKVM, .enabled(if: guestsBuilt, "test guests not built"), .timeLimit(.minutes(2)))
     func everyVCPUStopsWhenTheGuestExits() throws {
         for _ in 0..<20 {
             let r = try runGuest("smp", vcpus: 4)
