@@ -337,7 +337,11 @@ for k in reset poweroff; do
     want tiny-$k || continue
     ok=0
     for i in 1 2 3 4 5 6 7 8 9 10; do
-        $B run --kernel /guest/tiny-$k --vcpus 4 --memory 32 --timeout 30 --no-console-input > /tmp/tiny.out 2>&1 && grep -q '^up' /tmp/tiny.out && ok=$((ok+1))
+        began=$(date +%s)
+        $B run --kernel /guest/tiny-$k --vcpus 4 --memory 32 --timeout 30 --no-console-input > /tmp/tiny.out 2>&1
+        st=$?
+        [ $st = 0 ] && grep -q '^up' /tmp/tiny.out && ok=$((ok+1))
+        echo "outer: tiny-$k run $i status $st in $(( $(date +%s) - began )) s"
     done
     echo "outer: tiny-$k: $ok of 10 ended with status 0"
 done
@@ -364,10 +368,20 @@ timeout $LIMIT qemu-system-x86_64 -accel tcg,tb-size=128 -cpu max -m 1280 -smp 2
 qemu=$!
 tail -f --pid=$qemu "$CONSOLE" &
 streamer=$!
+# Also when the console has said nothing for 7 minutes (seen once: the outer machine silent and
+# busy in the tiny-poweroff loop, whose runs each end within 30 s): no run here is silent that long.
+size=0; quiet=0
 while kill -0 $qemu 2>/dev/null; do
     if grep -aqE 'soft lockup - CPU#[0-9]+ stuck for [0-9]{3,}s' "$CONSOLE"; then
         sleep 1
         echo "outer-machine: the outer kernel locked up (a CPU stuck in it for over 100 s); stopping QEMU"
+        kill $qemu 2>/dev/null
+        break
+    fi
+    now=$(stat -c %s "$CONSOLE")
+    if [[ $now == "$size" ]]; then quiet=$((quiet + 5)); else size=$now; quiet=0; fi
+    if (( quiet >= 420 )); then
+        echo "outer-machine: the outer machine printed nothing for $quiet s; stopping QEMU"
         kill $qemu 2>/dev/null
         break
     fi
