@@ -74,13 +74,15 @@ func bulkhead(_ args: [String], environment extra: [String: String] = [:], execu
     }
 
     @Test func missingAndMalformedImages() throws {
-        let missing = try bulkhead(["run", "/nonexistent/guest.elf"])
+        // Without root the jail is refused first (status 69, CLINoKVMTests); --no-jail gets past it.
+        let jail = TestHost.isRoot ? [] : ["--no-jail"]
+        let missing = try bulkhead(["run", "/nonexistent/guest.elf"] + jail)
         #expect(missing.status == 65)
         #expect(missing.stderr.contains("cannot read guest image /nonexistent/guest.elf"))
         let text = NSTemporaryDirectory() + "bulkhead-not-elf-\(getpid())"
         try "#!/bin/sh\n".write(toFile: text, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: text) }
-        let bad = try bulkhead(["run", text])
+        let bad = try bulkhead(["run", text] + jail)
         #expect(bad.status == 65)
         #expect(bad.stderr.contains("not an ELF file"))
     }
