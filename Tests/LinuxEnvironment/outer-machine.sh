@@ -144,6 +144,9 @@ case $end in
         # that panic=-1 would make).
         ls /sys/bus/platform/drivers/pvpanic-mmio 2>/dev/null | grep -q QEMU0001 && echo "inner: pvpanic bound"
         echo "inner: panicking"
+        # Let the console drain first: the kernel's own panic lines would otherwise cut into
+        # these (seen: "inner: pvpanic b[ 6.54] sysrq: Trigger a crash").
+        sleep 1
         echo c > /proc/sysrq-trigger ;;
     *) echo "inner: rebooting"; reboot -f ;;
 esac
@@ -338,7 +341,9 @@ for k in reset poweroff; do
     ok=0
     for i in 1 2 3 4 5 6 7 8 9 10; do
         began=$(date +%s)
-        $B run --kernel /guest/tiny-$k --vcpus 4 --memory 32 --timeout 30 --no-console-input > /tmp/tiny.out 2>&1
+        # (timeout -s KILL 60: a run that outlived its own --timeout shows as status 137 here,
+        # where a wedged outer machine shows as silence.)
+        timeout -s KILL 60 $B run --kernel /guest/tiny-$k --vcpus 4 --memory 32 --timeout 30 --no-console-input > /tmp/tiny.out 2>&1
         st=$?
         [ $st = 0 ] && grep -q '^up' /tmp/tiny.out && ok=$((ok+1))
         echo "outer: tiny-$k run $i status $st in $(( $(date +%s) - began )) s"
@@ -370,25 +375,27 @@ tail -f --pid=$qemu "$CONSOLE" &
 streamer=$!
 # Also when the console has said nothing for 7 minutes (seen once: the outer machine silent and
 # busy in the tiny-poweroff loop, whose runs each end within 30 s): no run here is silent that long.
-size=0; quiet=0
+size=0; quiet=0; stopped=0
 while kill -0 $qemu 2>/dev/null; do
     if grep -aqE 'soft lockup - CPU#[0-9]+ stuck for [0-9]{3,}s' "$CONSOLE"; then
         sleep 1
         echo "outer-machine: the outer kernel locked up (a CPU stuck in it for over 100 s); stopping QEMU"
-        kill $qemu 2>/dev/null
+        kill $qemu 2>/dev/null; stopped=1
         break
     fi
     now=$(stat -c %s "$CONSOLE")
     if [[ $now == "$size" ]]; then quiet=$((quiet + 5)); else size=$now; quiet=0; fi
     if (( quiet >= 420 )); then
         echo "outer-machine: the outer machine printed nothing for $quiet s; stopping QEMU"
-        kill $qemu 2>/dev/null
+        kill $qemu 2>/dev/null; stopped=1
         break
     fi
     sleep 5
 done
 wait $qemu
 status=$?
+# QEMU ends with status 0 on SIGTERM: a machine stopped here did not finish.
+[[ $stopped == 1 && $status == 0 ]] && status=143
 wait $streamer 2>/dev/null
 echo "outer-machine: qemu exited with status $status"
 [[ $status == 0 ]] || exit 1
