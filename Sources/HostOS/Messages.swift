@@ -76,17 +76,11 @@ extension FileDescriptor {
         while true {
             let n = SystemCall.uninterrupted {
                 bytes.withUnsafeBytes { buf -> Int in
-                    // SAFETY: sendmsg only reads through iov_base; the iovec names the array's own
-                    // storage (buf.count bytes) and, like the msghdr, lives on the stack for the
-                    // call. The control buffer holds controlSpace initialized bytes.
-                    var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: buf.baseAddress), iov_len: buf.count)
-                    return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
-                        var message = msghdr()
-                        message.msg_iov = iovp
-                        message.msg_iovlen = 1
-                        message.msg_control = controlSpace > 0 ? control : nil
-                        message.msg_controllen = controlSpace
-                        return sendmsg(rawValue, &message, Int32(MSG_NOSIGNAL))
+                    // SAFETY: sendmsg only reads through iov_base, which names the array's own
+                    // storage (buf.count bytes); the control buffer holds controlSpace
+                    // initialized bytes (withMessageHeader).
+                    withMessageHeader(UnsafeMutableRawBufferPointer(mutating: buf), control: control, controlLength: controlSpace) {
+                        sendmsg(rawValue, &$0, Int32(MSG_NOSIGNAL))
                     }
                 }
             }
@@ -166,16 +160,10 @@ extension FileDescriptor {
             var controlLength = 0
             let n = SystemCall.uninterrupted {
                 buffer.withUnsafeMutableBytes { buf -> Int in
-                    // SAFETY: the iovec names the array's own storage (buf.count bytes) and the
-                    // control pointer a buffer of controlSpace bytes; both, and the msghdr, live for
-                    // the duration of the call, and the kernel writes no more than those lengths.
-                    var iov = iovec(iov_base: buf.baseAddress, iov_len: buf.count)
-                    return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
-                        var message = msghdr()
-                        message.msg_iov = iovp
-                        message.msg_iovlen = 1
-                        message.msg_control = controlSpace > 0 ? control : nil
-                        message.msg_controllen = controlSpace
+                    // SAFETY: the header names the array's own storage (buf.count bytes) and the
+                    // control buffer of controlSpace bytes; the kernel writes no more than those
+                    // lengths (withMessageHeader).
+                    withMessageHeader(buf, control: control, controlLength: controlSpace) { message in
                         let r = recvmsg(rawValue, &message, Int32(MSG_DONTWAIT) | Int32(MSG_CMSG_CLOEXEC))
                         flags = message.msg_flags
                         controlLength = message.msg_controllen

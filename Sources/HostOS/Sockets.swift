@@ -109,13 +109,9 @@ extension FileDescriptor {
         var truncated = false
         let n = SystemCall.uninterrupted {
             buffer.withUnsafeMutableBytes { buf -> Int in
-                var iov = iovec(iov_base: buf.baseAddress, iov_len: buf.count)
-                return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
-                    var message = msghdr()
-                    message.msg_iov = iovp
-                    message.msg_iovlen = 1
-                    // SAFETY: the one iovec names the array's own storage (buf.count bytes) and
-                    // lives on the stack for the duration of the call; no name or control buffer.
+                withMessageHeader(buf, control: nil, controlLength: 0) { message in
+                    // SAFETY: the header names the array's own storage (buf.count bytes); no name
+                    // or control buffer (withMessageHeader).
                     let r = recvmsg(rawValue, &message, Int32(MSG_DONTWAIT))
                     truncated = message.msg_flags & Int32(MSG_TRUNC) != 0
                     return r
@@ -198,3 +194,21 @@ extension FileDescriptor {
 
 /// POLLRDHUP (Linux 2.6.17): the peer shut down writing. Glibc declares it only under _GNU_SOURCE.
 private let pollReadHangUp: Int16 = 0x2000
+
+/// Calls `body` with a message header naming `buffer` as its one iovec, and `control` as its
+/// control buffer of `controlLength` bytes (none when 0). The iovec and the header live on the
+/// stack for the duration of the call; `buffer` and `control` must outlive it too.
+@inline(__always)
+func withMessageHeader(_ buffer: UnsafeMutableRawBufferPointer, control: UnsafeMutableRawPointer?, controlLength: Int,
+                       _ body: (inout msghdr) -> Int) -> Int {
+    var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+    // SAFETY: the pointer to `iov` is used only inside the closure, while `iov` lives.
+    return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
+        var message = msghdr()
+        message.msg_iov = iovp
+        message.msg_iovlen = 1
+        message.msg_control = controlLength > 0 ? control : nil
+        message.msg_controllen = controlLength
+        return body(&message)
+    }
+}

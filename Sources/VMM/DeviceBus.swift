@@ -105,7 +105,7 @@ final class DeviceMailbox: Sendable {
     let bell: EventFD
     private let requests = Mutex<[Request]>([])
 
-    init() throws(KVMError) { bell = try hostOS { () throws(SystemError) in try EventFD() } }
+    init() throws(KVMError) { bell = try hostOS(EventFD.init) }
 
     func post(_ r: Request) {
         requests.withLock { $0.append(r) }
@@ -129,7 +129,7 @@ final class MailboxReply: Sendable {
     let event: EventFD
     private let completed = Atomic<UInt64>(0)
 
-    init() throws(KVMError) { event = try hostOS { () throws(SystemError) in try EventFD() } }
+    init() throws(KVMError) { event = try hostOS(EventFD.init) }
 
     func complete(_ ticket: UInt64) {
         completed.store(ticket, ordering: .releasing)

@@ -131,7 +131,7 @@ public enum Machine {
         let replies: [MailboxReply]
         let control: RunControl
         do {
-            wakers = try vcpus.map { _ throws(KVMError) in try hostOS { () throws(SystemError) in try EventFD() } }
+            wakers = try vcpus.map { _ throws(KVMError) in try hostOS(EventFD.init) }
             replies = try vcpus.map { _ throws(KVMError) in try MailboxReply() }
             control = try RunControl(kickers: vcpus.map(\.kicker), wakers: wakers)
         } catch { throw .kvm(error) }
@@ -251,7 +251,7 @@ public enum Machine {
             var bells: [EventFD] = []
             if useDoorbells {
                 for q in model.queueSizes.indices {
-                    let bell = try hostOS { () throws(SystemError) in try EventFD() }
+                    let bell = try hostOS(EventFD.init)
                     try vm.registerDoorbell(address: base + MMIOTransport.Register.queueNotify.rawValue,
                                             length: 4, value: UInt64(q), eventfd: bell)
                     bells.append(bell)
@@ -261,7 +261,7 @@ public enum Machine {
                                       size: MMIOTransport.windowSize)
             var interrupt: EventFD?
             if interrupts {
-                let e = try hostOS { () throws(SystemError) in try EventFD() }
+                let e = try hostOS(EventFD.init)
                 try vm.registerInterrupt(gsi: window.irq, eventfd: e)
                 interrupt = e
             }

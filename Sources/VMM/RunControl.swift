@@ -13,7 +13,7 @@ final class RunControl: Sendable {
     let wakers: [EventFD]
 
     init(kickers: [VCPUKicker], wakers: [EventFD]) throws(KVMError) {
-        self.done = try hostOS { () throws(SystemError) in try EventFD() }
+        self.done = try hostOS(EventFD.init)
         self.kickers = kickers
         self.wakers = wakers
     }

@@ -24,7 +24,7 @@ final class SerialPort: Sendable {
     init(console: ConsoleSink, vm: VirtualMachine?) throws(KVMError) {
         self.console = console
         self.vm = vm
-        self.room = try hostOS { () throws(SystemError) in try EventFD() }
+        self.room = try hostOS(EventFD.init)
     }
 
     /// A guest's read of a COM1 register; the error when the interrupt line it changed could not
