@@ -8,8 +8,8 @@ GUESTS := .build/guests
 
 .PHONY: run test guests build release bench fuzz surface clean
 
-# As root the guest runs in a jailed worker; without root, in process (--no-jail), since the jail
-# needs root.
+# As root the guest runs in a jailed worker; without root, in an unjailed worker (--no-jail),
+# since the jail needs root.
 run: guests build
 	.build/debug/bulkhead run $$([ "$$(id -u)" = 0 ] || echo --no-jail)
 

@@ -34,6 +34,7 @@ let package = Package(
         .library(name: "BulkheadDevices", targets: ["Devices"]),
         .library(name: "BulkheadVMM", targets: ["VMM"]),
         .library(name: "BulkheadWorkerProtocol", targets: ["WorkerProtocol"]),
+        .library(name: "BulkheadGuestInterface", targets: ["GuestInterface"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -50,19 +51,30 @@ let package = Package(
         .target(name: "Virtio"),
         .target(name: "Devices", dependencies: ["Virtio"]),
         .target(name: "WorkerProtocol"),
+        // What a guest sees of the VMM: the hypercall ABI and dispatcher, fault reports, the CPUID
+        // policy and the attack-surface registry (pure).
+        .target(name: "GuestInterface", dependencies: ["Boot"]),
         // Seccomp allowlists: policy text -> classic BPF, and a BPF interpreter (pure).
         .target(name: "Seccomp"),
         // The worker's policy files, embedded in the binary with C23 #embed (data only).
         .target(name: "CPolicies", exclude: ["policies"]),
-        .target(name: "VMM", dependencies: ["KVM", "HostOS", "Boot", "Devices", "WorkerProtocol"]),
+        .target(name: "VMM", dependencies: ["KVM", "HostOS", "Boot", "Devices", "GuestInterface", "WorkerProtocol"]),
+        // Starts and watches one jailed worker: verified exec, the control socket, configure ->
+        // started -> ended, kill, teardown, the vsock broker's host side. Never maps guest memory:
+        // no KVM, no VMM (ArchitectureTests).
+        .target(name: "Supervisor", dependencies: ["HostOS", "Jail", "WorkerProtocol", "Seccomp",
+                                                   .product(name: "Crypto", package: "swift-crypto")]),
+        // The command line over Supervisor: it links neither KVM nor VMM (ArchitectureTests).
         .executableTarget(
             name: "bulkhead",
-            dependencies: ["VMM", "HostOS", "Jail", "WorkerProtocol", "Seccomp", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                           .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Supervisor", "HostOS", "Jail", "WorkerProtocol", "GuestInterface", "Boot",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             linkerSettings: hardening
         ),
-        // One VM per process, configured over a socketpair: no argument parser, no Foundation.
-        .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "HostOS", "Jail", "WorkerProtocol", "Seccomp", "CPolicies"], linkerSettings: hardening),
+        // One VM per process, configured over a socketpair by the launcher (or, with --standalone,
+        // from a few options parsed by hand): no argument parser, no Foundation.
+        .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "KVM", "HostOS", "Jail", "Boot", "GuestInterface", "WorkerProtocol", "Seccomp", "CPolicies"],
+                         linkerSettings: hardening),
         // The module rules of docs/architecture.md, read from the package graph (no root, no KVM).
         .testTarget(name: "ArchitectureTests"),
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "Jail", "CLinux", "TestSupport"]),
@@ -73,7 +85,7 @@ let package = Package(
         // Shared by the test targets: the requiresKVM / requiresRoot traits, tiny guest images
         // (never part of a product).
         .target(name: "TestSupport", dependencies: ["VMM", "KVM"], path: "Tests/TestSupport"),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "HostOS", "Jail", "Devices", "TestSupport"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "HostOS", "Jail", "Devices", "GuestInterface", "Supervisor", "TestSupport"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
         .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "HostOS", "KVM", "CKVM", "CLinux"]),
@@ -81,7 +93,7 @@ let package = Package(
         .executableTarget(name: "bulkhead-fake-worker", dependencies: ["HostOS", "Jail", "WorkerProtocol"], path: "Tests/FakeWorker"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         // VMM too: NumberTests compares `--hide-cpu-feature`'s warning with the CPUID probe run here.
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "HostOS", "Jail", "VMM", "TestSupport",
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "HostOS", "Jail", "VMM", "GuestInterface", "TestSupport",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]

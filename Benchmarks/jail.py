@@ -9,16 +9,17 @@ Build first with `make release` (the worker's SHA-256 is computed here and passe
 
 1. exec -> first hypercall: CLOCK_MONOTONIC read here just before the exec, against the
    first-hypercall-ns that `bulkhead run --report-timing` prints (the VM's own clock reading; the
-   same clock in every process). Modes, interleaved, --runs each: in process (--no-jail), a worker
-   without the jail (--no-jail --worker), and the jailed worker (the default as root). The jail's
-   cost is jailed minus unjailed worker; the goal is at most 5 ms.
+   same clock in every process). Modes, interleaved, --runs each: in process
+   (`bulkhead-worker --standalone`), a worker without the jail (`bulkhead run --no-jail`), and the
+   jailed worker (the default as root). The jail's cost is jailed minus unjailed worker; the goal
+   is at most 5 ms.
 2. host memory per VM: a jailed `loop` guest (64 MiB, which it barely touches) is left running;
    the worker's RSS minus the RSS of its guest-memory mapping (found in /proc/PID/smaps by its
    size), the VM cgroup's memory.usage_in_bytes (which also counts the kernel's memory for the VM:
    page tables, KVM's structures) minus the same, and the launcher's RSS, which stays alive for the
    run. The goal is at most 8 MiB (worker RSS minus guest memory).
 3. create and destroy --vms VMs at once: wall time for that many concurrent `bulkhead run
-   hello.elf`, jailed, against the same in process.
+   hello.elf`, jailed, against the same in process (`bulkhead-worker --standalone hello.elf`).
 """
 import argparse, hashlib, os, re, statistics, subprocess, sys, time
 from pathlib import Path
@@ -113,11 +114,12 @@ def main():
     if os.geteuid() != 0:
         sys.exit("jail.py: the jail needs root")
     bh = bulkhead_path(args.bulkhead)
-    digest = hashlib.sha256((Path(bh).parent / "bulkhead-worker").read_bytes()).hexdigest()
+    worker = str(Path(bh).parent / "bulkhead-worker")
+    digest = hashlib.sha256(Path(worker).read_bytes()).hexdigest()
     guest = str(REPO / ".build/guests/exit0.elf")
     modes = {
-        "in process": [bh, "run", "--no-jail", "--report-timing", guest],
-        "worker, no jail": [bh, "run", "--no-jail", "--worker", "--worker-sha256", digest, "--report-timing", guest],
+        "in process": [worker, "--standalone", "--report-timing", guest],
+        "worker, no jail": [bh, "run", "--no-jail", "--worker-sha256", digest, "--report-timing", guest],
         "jailed worker": [bh, "run", "--worker-sha256", digest, "--report-timing", guest],
     }
     samples = {m: [] for m in modes}
@@ -149,7 +151,7 @@ def main():
 
     hello = str(REPO / ".build/guests/hello.elf")
     jailed = many(lambda i: [bh, "run", "--worker-sha256", digest, "--memory", "16", hello], args.vms)
-    plain = many(lambda i: [bh, "run", "--no-jail", "--memory", "16", hello], args.vms)
+    plain = many(lambda i: [worker, "--standalone", "--memory", "16", hello], args.vms)
     print(f"\n| {args.vms} VMs created, run and destroyed at once | seconds |")
     print("|---|---|")
     print(f"| jailed | {jailed:.2f} |")

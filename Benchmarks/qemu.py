@@ -80,9 +80,15 @@ def tsc_hz():
 
 
 def bulkhead_cmd(bh, a):
-    # --jailed: the VM in a jailed worker (root), as `bulkhead run` runs it by default.
-    return [bh, "run", *([] if a.jailed else ["--no-jail"]), "--kernel", str(GUEST), "--memory", str(a.memory), "--disk", str(IMAGE),
-            "--timeout", "60", "--cmdline", f"pvh.reads={a.reads}"]
+    # By default the VM in process, as QEMU runs it: `bulkhead-worker --standalone`. --worker: in
+    # an unjailed worker (`bulkhead run --no-jail`); --jailed: in a jailed worker (root), as
+    # `bulkhead run` runs it by default.
+    if a.jailed or a.worker:
+        head = [bh, "run", *([] if a.jailed else ["--no-jail"])]
+    else:
+        head = [str(Path(bh).parent / "bulkhead-worker"), "--standalone"]
+    return head + ["--kernel", str(GUEST), "--memory", str(a.memory), "--disk", str(IMAGE),
+                   "--timeout", "60", "--cmdline", f"pvh.reads={a.reads}"]
 
 
 def qemu_cmd(qemu, a):
@@ -196,7 +202,8 @@ def main():
     ap.add_argument("--reads", type=int, default=2000, help="4 KiB reads per run (default 2000, at most 65536)")
     ap.add_argument("--memory", type=int, default=64, help="guest RAM in MiB for both (default 64)")
     ap.add_argument("--bulkhead")
-    ap.add_argument("--jailed", action="store_true", help="run Bulkhead's VM in a jailed worker (needs root; default --no-jail)")
+    ap.add_argument("--jailed", action="store_true", help="run Bulkhead's VM in a jailed worker (needs root; default: in process, bulkhead-worker --standalone)")
+    ap.add_argument("--worker", action="store_true", help="run Bulkhead's VM in an unjailed worker (bulkhead run --no-jail)")
     ap.add_argument("--qemu", default="qemu-system-x86_64")
     ap.add_argument("--json", help="also write the raw samples to this file")
     a = ap.parse_args()

@@ -45,8 +45,10 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "Benchmarks"
 OUT = BENCH / "out"
 GUESTS = REPO / ".build" / "guests"
-BULKHEAD = REPO / ".build" / "release" / "bulkhead"
-BULKHEAD_STATIC = REPO / ".build-static" / "release" / "bulkhead"
+# The VM in process, as the C baseline runs it: `bulkhead-worker --standalone` (the launcher and
+# its worker are measured by jail.py and worker.py).
+BULKHEAD = REPO / ".build" / "release" / "bulkhead-worker"
+BULKHEAD_STATIC = REPO / ".build-static" / "release" / "bulkhead-worker"
 C_BASELINE = OUT / "kvm_baseline"
 LAUNCH = OUT / "launch"
 
@@ -293,11 +295,11 @@ def main() -> None:
 
     exit0, hcbench, cpu = GUESTS / "exit0.elf", GUESTS / "hcbench.elf", GUESTS / "cpu.elf"
     bh = Variant("bulkhead", "Bulkhead (`swift build -c release`)",
-                 [str(BULKHEAD), "run", "--no-jail", "--report-timing"], "--cmdline")
+                 [str(BULKHEAD), "--standalone", "--report-timing"], "--cmdline")
     variants_bh = [bh]
     if not args.no_static and BULKHEAD_STATIC.exists():
         variants_bh.append(Variant("bulkhead-static", "Bulkhead (`--static-swift-stdlib`, `make release`)",
-                                   [str(BULKHEAD_STATIC), "run", "--no-jail", "--report-timing"], "--cmdline"))
+                                   [str(BULKHEAD_STATIC), "--standalone", "--report-timing"], "--cmdline"))
     elif not args.no_static:
         log(f"[note] {BULKHEAD_STATIC} missing: static variant skipped")
     c_bare = Variant("c", "C baseline (rdi = 0)", [str(C_BASELINE), "--report-timing"], "--cmdline")

@@ -40,13 +40,12 @@ REPO = Path(__file__).resolve().parent.parent
 GUESTS = REPO / ".build" / "guests"
 LAUNCH = REPO / "Benchmarks" / "out" / "launch"
 BINARIES = [
-    ("bulkhead", REPO / ".build" / "release" / "bulkhead", ["run", "--no-jail"]),
-    ("bulkhead-static", REPO / ".build-static" / "release" / "bulkhead", ["run", "--no-jail"]),
+    ("bulkhead", REPO / ".build" / "release" / "bulkhead-worker", ["--standalone"]),
+    ("bulkhead-static", REPO / ".build-static" / "release" / "bulkhead-worker", ["--standalone"]),
     ("c", REPO / "Benchmarks" / "out" / "kvm_baseline", []),
 ]
 SWIFT_PROBES = {  # probe name -> symbol
     "main": "main",
-    "Run_run": "$s8bulkhead3RunV3runyyKF",
     "Machine_run": "$s3VMM7MachineO3run5image13configurationAA9RunReportVSays5UInt8VG_AA0B13ConfigurationVtAA0B5ErrorOYKFZ",
 }
 IOCTLS = {0xae01: "CREATE_VM", 0x4020ae46: "SET_USER_MEMORY_REGION", 0xc008ae05: "GET_SUPPORTED_CPUID",

@@ -28,7 +28,7 @@ def main():
         sys.exit(f"worker.py: {worker} not built")
     digest = hashlib.sha256(worker.read_bytes()).hexdigest()
     guest = str(REPO / ".build/guests/exit0.elf")
-    modes = {"in-process": [bh, "run", "--no-jail", guest], "worker": [bh, "run", "--no-jail", "--worker", "--worker-sha256", digest, guest],
+    modes = {"in-process": [str(worker), "--standalone", guest], "worker": [bh, "run", "--no-jail", "--worker-sha256", digest, guest],
              "jailed": [bh, "run", "--worker-sha256", digest, guest]}
     samples = {m: [] for m in modes}
     for _ in range(2):  # warm-up

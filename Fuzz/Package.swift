@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "FuzzSupport", dependencies: [.product(name: "BulkheadBoot", package: mainPackage),
                                                     .product(name: "BulkheadVirtio", package: mainPackage)]),
         fuzzTarget("FuzzELF", ["BulkheadBoot"]),
-        fuzzTarget("FuzzHypercall", ["BulkheadBoot", "BulkheadVMM"]),
+        fuzzTarget("FuzzHypercall", ["BulkheadBoot", "BulkheadGuestInterface"]),
         fuzzTarget("FuzzSerial", ["BulkheadDevices"]),
         fuzzTarget("FuzzPageTables", ["BulkheadBoot"]),
         fuzzTarget("FuzzLinuxImage", ["BulkheadBoot"]),

@@ -195,3 +195,26 @@ public enum UnixStream {
         return fd
     }
 }
+
+/// Why a vsock host path prefix was refused: a guest connecting to host port P reaches the Unix
+/// socket "PREFIX_P", so the prefix must leave room for any port in a socket address. Checked by
+/// the launcher when it parses `--vsock` and by the VMM's vsock host alike.
+public enum UnixVsockHostError: Error, Equatable, CustomStringConvertible, Sendable {
+    case badPath(String)
+
+    /// sun_path holds 108 bytes including the terminating NUL.
+    public static let maxPathLength = 107
+
+    /// Throws unless "PREFIX_4294967295" fits a socket address (and the prefix is a path at all).
+    public static func check(pathPrefix: String) throws(UnixVsockHostError) {
+        let longest = Array(pathPrefix.utf8).count + "_4294967295".count
+        guard !pathPrefix.isEmpty, !pathPrefix.utf8.contains(0), longest <= maxPathLength else { throw .badPath(pathPrefix) }
+    }
+
+    public var description: String {
+        switch self {
+        case .badPath(let p):
+            return "vsock path \(p): must be non-empty, without NUL, and short enough that \"\(p)_4294967295\" fits a Unix socket address (\(Self.maxPathLength) bytes)"
+        }
+    }
+}

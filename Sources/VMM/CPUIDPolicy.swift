@@ -1,39 +1,10 @@
+import GuestInterface
 import HostOS
 import KVM
 
-/// Which CPU features a guest is shown. Starts from what the host's KVM supports and hides what
-/// the policy names; sets the per-vCPU APIC ID and the hypervisor bit.
-public struct CPUIDPolicy: Equatable, Sendable {
-    public enum Feature: String, CaseIterable, Sendable {
-        /// cmpxchg16b (leaf 1 ECX bit 13): not emulated at CPL0 on nested PVM hosts.
-        case cx16
-        /// xsave/xrstor and OSXSAVE (leaf 1 ECX bits 26, 27; leaf 0xd dropped).
-        case xsave
-        /// RDRAND (leaf 1 ECX bit 30).
-        case rdrand
-        /// Transactional memory (leaf 7 EBX bits 4 and 11).
-        case tsx
-
-        /// (leaf, bits cleared in EBX, bits cleared in ECX)
-        var masks: [(leaf: UInt32, ebx: UInt32, ecx: UInt32)] {
-            switch self {
-            case .cx16: return [(1, 0, 1 << 13)]
-            case .xsave: return [(1, 0, (1 << 26) | (1 << 27))]
-            case .rdrand: return [(1, 0, 1 << 30)]
-            case .tsx: return [(7, (1 << 4) | (1 << 11), 0)]
-            }
-        }
-    }
-
-    public var hidden: Set<Feature>
-
-    /// Whether `hidden` has any effect on this host is measured, not guessed: `CPUIDProbe`.
-    /// The probe's own table: leaf 0x8000_0002 holds `CPUIDProbe.marker`, a value no real CPU
-    /// returns (never set for a real guest).
-    var probeMarker = false
-
-    public init(hidden: Set<Feature> = []) { self.hidden = hidden }
-
+extension CPUIDPolicy {
+    /// The table a guest gets: the host KVM's `entries` with the hidden features cleared, the
+    /// hypervisor bit and `vcpu`'s APIC IDs set (and, for the probe, its marker leaf).
     public func apply(to entries: [CPUIDEntry], vcpu: Int) -> [CPUIDEntry] {
         var out: [CPUIDEntry] = []
         for var e in entries {

@@ -1,4 +1,5 @@
 import Boot
+import GuestInterface
 import HostOS
 import KVM
 import Synchronization

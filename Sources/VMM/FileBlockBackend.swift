@@ -1,7 +1,7 @@
 import Devices
-import Virtio
 import HostOS
 import KVM
+import Virtio
 #if canImport(Glibc)
 import Glibc
 #endif

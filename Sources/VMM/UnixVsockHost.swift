@@ -2,18 +2,6 @@ import Devices
 import HostOS
 import KVM
 
-/// Why a vsock host path was refused.
-public enum UnixVsockHostError: Error, Equatable, CustomStringConvertible, Sendable {
-    case badPath(String)
-
-    public var description: String {
-        switch self {
-        case .badPath(let p):
-            return "vsock path \(p): must be non-empty, without NUL, and short enough that \"\(p)_4294967295\" fits a Unix socket address (\(UnixVsockHost.maxPathLength) bytes)"
-        }
-    }
-}
-
 /// The host side of virtio-vsock on Unix sockets, in the style of Firecracker: a guest that
 /// connects to host port P reaches the Unix stream socket listening at "PATH_P". Whoever runs the
 /// VM creates those listeners; the VMM only connects to them, never creates or removes a path.
@@ -34,8 +22,6 @@ public enum UnixVsockHostError: Error, Equatable, CustomStringConvertible, Senda
 public final class UnixVsockHost: VsockHost {
     /// Makes the connection for a port (connect(2) to "PATH_P", or a request to the launcher).
     public typealias Connector = (UInt32) throws(SystemError) -> FileDescriptor
-    /// sun_path holds 108 bytes including the terminating NUL.
-    public static let maxPathLength = 107
     /// Empty when connections come from a connector.
     public let pathPrefix: String
     private let connector: Connector
@@ -48,10 +34,7 @@ public final class UnixVsockHost: VsockHost {
     public private(set) var lastError: SystemError?
 
     public init(pathPrefix: String) throws(UnixVsockHostError) {
-        let longest = Array(pathPrefix.utf8).count + "_4294967295".count
-        guard !pathPrefix.isEmpty, !pathPrefix.utf8.contains(0), longest <= Self.maxPathLength else {
-            throw .badPath(pathPrefix)
-        }
+        try UnixVsockHostError.check(pathPrefix: pathPrefix)
         self.pathPrefix = pathPrefix
         connector = { port throws(SystemError) in try UnixStream.connect("\(pathPrefix)_\(port)") }
     }

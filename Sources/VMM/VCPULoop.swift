@@ -1,5 +1,6 @@
 import Boot
 import Devices
+import GuestInterface
 import HostOS
 import KVM
 import Synchronization

@@ -1,5 +1,6 @@
 import Boot
 import Devices
+import GuestInterface
 import HostOS
 import KVM
 import WorkerProtocol
@@ -97,20 +98,8 @@ public struct WorkerVM {
         guard let m = CPUIDProbe.measured(for: probeKind, kvmDescriptor: machine.kvmDescriptor,
                                           vcpuThreadStart: machine.vcpuThreadStart) else { return [] }
         let ineffective = m.ineffective(machine.cpuid.hidden)
-        return [Counter(name: Self.cpuidEnforcedCounter, value: ineffective.isEmpty ? 1 : 0),
-                Counter(name: Self.cpuidIneffectiveCounter, value: Self.featureMask(ineffective))]
-    }
-
-    /// The counters `cpuidEnforcementCounters` reports.
-    public static let cpuidEnforcedCounter = "cpuid.enforced"
-    public static let cpuidIneffectiveCounter = "cpuid.ineffective"
-
-    /// Bit i for `CPUIDPolicy.Feature.allCases[i]`, and back.
-    public static func featureMask(_ features: [CPUIDPolicy.Feature]) -> UInt64 {
-        CPUIDPolicy.Feature.allCases.enumerated().reduce(0) { features.contains($1.element) ? $0 | 1 << UInt64($1.offset) : $0 }
-    }
-    public static func features(mask: UInt64) -> [CPUIDPolicy.Feature] {
-        CPUIDPolicy.Feature.allCases.enumerated().filter { $0.offset < 64 && mask & (1 << UInt64($0.offset)) != 0 }.map(\.element)
+        return [Counter(name: RunEnd.cpuidEnforcedCounter, value: ineffective.isEmpty ? 1 : 0),
+                Counter(name: RunEnd.cpuidIneffectiveCounter, value: CPUIDPolicy.mask(of: ineffective))]
     }
 
     /// The `ended` message for a report: the outcome and the counters (hypercalls by name,
@@ -137,6 +126,10 @@ public struct WorkerVM {
         // launcher's --report-timing and the benchmarks compare it with their own readings.
         counters.append(Counter(name: "timing.start-ns", value: report.startNanoseconds))
         if let first = report.firstHypercallNanoseconds { counters.append(Counter(name: "timing.first-hypercall-ns", value: first)) }
+        // Where a timeout found each vCPU (RunEnd.stoppedAt prints it).
+        for (vcpu, rip) in report.stoppedAt.sorted(by: { $0.key < $1.key }).prefix(Int(VMConfiguration.maxVCPUs)) {
+            counters.append(Counter(name: RunEnd.stoppedAtPrefix + String(vcpu), value: rip))
+        }
         return .ended(outcome, counters: counters + extra)
     }
 }

@@ -104,7 +104,7 @@ struct Rule {
 }
 
 enum Architecture {
-    static let pure = ["Boot", "Virtio", "Devices", "WorkerProtocol", "Seccomp"]
+    static let pure = ["Boot", "Virtio", "Devices", "GuestInterface", "WorkerProtocol", "Seccomp"]
     static let hostOS: Set<String> = ["Glibc", "Foundation", "HostOS", "Jail", "KVM", "VMM", "CLinux", "CKVM"]
     static let guestMemory: Set<String> = ["KVM", "VMM", "Devices", "Virtio", "Boot"]
 
@@ -115,6 +115,8 @@ enum Architecture {
              forbidden: ["KVM", "VMM", "CKVM", "Boot", "Virtio", "Devices"]),
         Rule(why: "the daemon and the switch never link the code that maps guest memory",
              modules: ["bulkheadd", "bulkhead-switch", "bulkhead-witness"], forbidden: guestMemory),
+        Rule(why: "the launcher starts and watches workers and never maps guest memory", modules: ["Supervisor", "bulkhead"],
+             forbidden: ["KVM", "VMM", "CKVM", "Devices", "Virtio"]),
     ]
 
     static var packageRoot: URL {
@@ -127,7 +129,7 @@ enum Architecture {
     @Test func thePackageKeepsItsModuleBoundaries() throws {
         let graph = try PackageGraph.load(root: Architecture.packageRoot)
         // The graph was read: the modules the rules speak of are there.
-        for m in Architecture.pure + ["HostOS", "Jail", "KVM", "VMM", "bulkhead", "bulkhead-worker"] {
+        for m in Architecture.pure + ["HostOS", "Jail", "KVM", "VMM", "Supervisor", "bulkhead", "bulkhead-worker"] {
             #expect(graph.targets[m] != nil, "no target \(m) in the package description")
         }
         for rule in Architecture.rules {
@@ -186,6 +188,9 @@ enum Architecture {
         let daemon = Architecture.rules[2].violations(in: g)
         #expect(daemon.contains("bulkheadd depends on VMM (the daemon and the switch never link the code that maps guest memory)"))
         #expect(daemon.contains("bulkheadd depends on KVM (the daemon and the switch never link the code that maps guest memory)"))
+        #expect(Architecture.rules[3].violations(in: g).contains("Supervisor depends on VMM (the launcher starts and watches workers and never maps guest memory)"))
+        g.targets["bulkhead"] = .init(name: "bulkhead", type: "executable", path: "", dependencies: [], imports: ["KVM"])
+        #expect(Architecture.rules[3].violations(in: g).contains("bulkhead imports KVM (the launcher starts and watches workers and never maps guest memory)"))
     }
 
     @Test func importsAreRead() {

@@ -20,6 +20,28 @@ let binary: String = {
     return dir + "/bulkhead"
 }()
 
+/// `bulkhead-worker`, built next to `bulkhead`.
+let workerBinary: String = String(binary.dropLast("bulkhead".count)) + "bulkhead-worker"
+
+/// A run mode of the tests besides `bulkhead run`'s own (jailed, `--no-jail`): the in-process
+/// baseline, `bulkhead-worker --standalone`. `bulkhead(["run", ..., "--standalone", ...])` and
+/// `watchedBulkhead` run `bulkhead-worker --standalone` with the other arguments instead
+/// (`--worker-sha256 HEX` dropped: there is no worker to verify).
+let standalone = ["--standalone"]
+
+/// The executable and arguments for `args` (see `standalone`).
+func resolveRun(_ args: [String], executable: String) -> (executable: String, arguments: [String]) {
+    guard args.first == "run", args.contains("--standalone") else { return (executable, args) }
+    var rest: [String] = []
+    var i = 1
+    while i < args.count {
+        if args[i] == "--worker-sha256" { i += 2; continue }
+        if args[i] != "--standalone" { rest.append(args[i]) }
+        i += 1
+    }
+    return (workerBinary, ["--standalone"] + rest)
+}
+
 struct Result {
     var status: Int32
     var stdout: String
@@ -34,8 +56,9 @@ struct Result {
 func bulkhead(_ args: [String], environment extra: [String: String] = [:], executable: String = binary,
               input: [UInt8]? = nil) throws -> Result {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: executable)
-    p.arguments = args
+    let (path, arguments) = resolveRun(args, executable: executable)
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = arguments
     var env = ProcessInfo.processInfo.environment
     env["BULKHEAD_GUEST_DIR"] = guests
     for (k, v) in extra { env[k] = v }
@@ -73,18 +96,25 @@ func bulkhead(_ args: [String], environment extra: [String: String] = [:], execu
         #expect(try bulkhead(["run", "--vcpus", "0"]).stderr.contains("--vcpus must be between 1 and 64"))
     }
 
-    @Test func missingAndMalformedImages() throws {
+    @Test func missingImages() throws {
         // Without root the jail is refused first (status 69, CLINoKVMTests); --no-jail gets past it.
         let jail = TestHost.isRoot ? [] : ["--no-jail"]
         let missing = try bulkhead(["run", "/nonexistent/guest.elf"] + jail)
         #expect(missing.status == 65)
         #expect(missing.stderr.contains("cannot read guest image /nonexistent/guest.elf"))
+    }
+
+    /// The image is parsed where the VM runs (the worker, which needs /dev/kvm: the launcher
+    /// opens that first, and without it says so, 69), on every path.
+    @Test(.requiresKVM) func malformedImages() throws {
         let text = NSTemporaryDirectory() + "bulkhead-not-elf-\(getpid())"
         try "#!/bin/sh\n".write(toFile: text, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: text) }
-        let bad = try bulkhead(["run", text] + jail)
-        #expect(bad.status == 65)
-        #expect(bad.stderr.contains("not an ELF file"))
+        for path in [standalone, ["--no-jail"]] + (TestHost.isRoot ? [[String]()] : []) {
+            let bad = try bulkhead(["run", text] + path)
+            #expect(bad.status == 65, "\(path): \(bad.stderr)")
+            #expect(bad.stderr.contains("not an ELF file"), "\(path): \(bad.stderr)")
+        }
     }
 
     @Test func surfaceMatchesThePinnedFile() throws {

@@ -4,7 +4,7 @@ import TestSupport
 
 /// `bulkhead run --kernel` connects its standard input to the guest's COM1 (issue 10, point 2),
 /// through a pipe the launcher feeds, on every run path: jailed (as root), in an unjailed
-/// worker, and in process.
+/// worker, and in process (`bulkhead-worker --standalone`, which feeds the pipe itself).
 @Suite(.requiresKVM)
 struct ConsoleInputCLITests {
     enum Path: String, CaseIterable { case jailed, worker, inProcess }
@@ -21,8 +21,8 @@ struct ConsoleInputCLITests {
     func options(_ path: Path) -> [String]? {
         switch path {
         case .jailed: return isRoot ? [] : nil
-        case .worker: return ["--no-jail", "--worker"]
-        case .inProcess: return ["--no-jail"]
+        case .worker: return ["--no-jail"]
+        case .inProcess: return standalone
         }
     }
 

@@ -31,7 +31,7 @@ struct HostileWorkerTests {
     func run(_ behaviour: String) throws -> Result {
         let dir = try #require(Self.directory)
         return try bulkhead(["run", "--worker-sha256", Self.digest, "--cmdline", behaviour, guests + "/hello.elf", "--timeout", "20"]
-                            + (getuid() == 0 ? [] : ["--no-jail", "--worker"]), executable: dir + "/bulkhead")
+                            + (getuid() == 0 ? [] : ["--no-jail"]), executable: dir + "/bulkhead")
     }
 
     @Test(.timeLimit(.minutes(1)), arguments: [
@@ -74,7 +74,7 @@ struct HostileWorkerTests {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: dir + "/bulkhead")
         p.arguments = ["run", "--worker-sha256", Self.digest, "--cmdline", "ended-then-lingers", guests + "/hello.elf", "--timeout", "20"]
-            + (getuid() == 0 ? [] : ["--no-jail", "--worker"])
+            + (getuid() == 0 ? [] : ["--no-jail"])
         var env = ProcessInfo.processInfo.environment
         env["BULKHEAD_GUEST_DIR"] = guests
         p.environment = env

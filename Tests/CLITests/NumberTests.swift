@@ -1,11 +1,12 @@
+import GuestInterface
 import Foundation
 import TestSupport
 import Testing
 import VMM
 
-/// The ways `bulkhead run` can run a VM: in process, in an unjailed worker and, as root, in a
-/// jailed one.
-let runPaths: [[String]] = [["--no-jail"], ["--no-jail", "--worker"]] + (isRoot ? [[]] : [])
+/// The ways a VM can run: in process (`bulkhead-worker --standalone`), in an unjailed worker
+/// (`bulkhead run --no-jail`) and, as root, in a jailed one.
+let runPaths: [[String]] = [standalone, ["--no-jail"]] + (isRoot ? [[]] : [])
 
 /// Numbers from the operator: out of range is a usage error (64), in range runs; none may kill
 /// `bulkhead` or its worker with a trap (SIGILL, which `Process` reports as status 4).

@@ -26,8 +26,9 @@ func watchedBulkhead(_ args: [String], prefix: [String] = [], limit: Double = 20
     _ = FileManager.default.createFile(atPath: dir + "/out", contents: nil)
     _ = FileManager.default.createFile(atPath: dir + "/err", contents: nil)
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: prefix.first ?? binary)
-    p.arguments = (prefix.isEmpty ? [] : Array(prefix.dropFirst()) + [binary]) + args
+    let (program, arguments) = resolveRun(args, executable: binary)
+    p.executableURL = URL(fileURLWithPath: prefix.first ?? program)
+    p.arguments = (prefix.isEmpty ? [] : Array(prefix.dropFirst()) + [program]) + arguments
     var env = ProcessInfo.processInfo.environment
     env["BULKHEAD_GUEST_DIR"] = guests
     p.environment = env
@@ -53,8 +54,11 @@ func watchedBulkhead(_ args: [String], prefix: [String] = [], limit: Double = 20
 }
 
 /// The ways a run is made: jailed (as root: the launcher opens the paths, the worker gets the
-/// descriptors) and in process (--no-jail).
-let pathModes: [[String]] = (getuid() == 0 ? [["--worker-sha256", workerDigest]] : []) + [["--no-jail"]]
+/// descriptors), in an unjailed worker (--no-jail: the same), and in process
+/// (`bulkhead-worker --standalone`, which opens them itself).
+let pathModes: [[String]] = (getuid() == 0 ? [["--worker-sha256", workerDigest]] : []) + [["--no-jail"], standalone]
+/// The modes that can attach network and vsock devices (not the standalone one).
+let socketModes = pathModes.filter { $0 != standalone }
 
 /// A fresh directory of mode 0755 under the temporary directory.
 func scratchDirectory(_ name: String) throws -> String {
@@ -151,7 +155,7 @@ struct PathTests {
         let dir = try scratchDirectory("listen")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/vm.sock"
-        for mode in pathModes {
+        for mode in socketModes {
             let r = try watchedBulkhead(["run"] + mode + [guests + "/net-pong.elf", "--net-listen", path, "--timeout", "1"])
             #expect(!r.hung && r.seconds < 10, "\(mode): \(r.seconds) s")
             #expect(r.result.status == 70 && r.result.stderr.contains("no peer connected to \(path) within 1.0 s"), "\(mode): \(r.result.status) \(r.result.stderr)")
@@ -215,7 +219,7 @@ struct CallerPermissionTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         chmod(dir, 0o700)
         let listener = try UnixStream.listen(dir + "/vs_5000")
-        for mode in pathModes {
+        for mode in socketModes {
             let r = try watchedBulkhead(["run"] + mode + [callerGuests + "/vsock-echo.elf", "--vsock", dir + "/vs", "--cmdline", "port=5000", "--timeout", "10"],
                                         prefix: asUser4242)
             #expect(r.result.status != 0 && r.result.stdout.contains("connection refused"), "\(mode): \(r.result.stdout) \(r.result.stderr)")
@@ -231,8 +235,8 @@ struct CallerPermissionTests {
         let dir = try scratchDirectory("owned")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         chown(dir, 4242, 4242)
-        for mode in pathModes {
-            let console = dir + "/console-\(mode.count)"
+        for (index, mode) in pathModes.enumerated() {
+            let console = dir + "/console-\(index)"
             let r = try watchedBulkhead(["run"] + mode + [callerGuests + "/hello.elf", "--console", console], prefix: asUser4242)
             #expect(r.result.status == 0, "\(mode): \(r.result.stderr)")
             let attributes = try FileManager.default.attributesOfItem(atPath: console)

@@ -16,7 +16,7 @@ let workerDigest: String = {
 func startLoopingWorker(timeout: String = "30") throws -> (launcher: Process, stderr: Pipe, worker: Int32?) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: binary)
-    p.arguments = ["run", "--worker", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", timeout]
+    p.arguments = ["run", "--worker-sha256", workerDigest, guests + "/loop.elf", "--timeout", timeout]
     let err = Pipe()
     p.standardError = err
     p.standardOutput = Pipe()
@@ -31,7 +31,7 @@ func startLoopingWorker(timeout: String = "30") throws -> (launcher: Process, st
 
 /// `bulkhead run --worker` with the worker's digest.
 func runWorker(_ args: [String]) throws -> Result {
-    try bulkhead(["run", "--worker", "--worker-sha256", workerDigest] + args)
+    try bulkhead(["run", "--worker-sha256", workerDigest] + args)
 }
 
 /// The processes whose parent is `pid` and whose command name is `name`.
@@ -174,10 +174,10 @@ struct WorkerTests {
     /// Verified exec: a binary whose digest is not the expected one is never run.
     @Test func workerWithTheWrongDigestIsRefused() throws {
         let wrong = String(repeating: "0", count: 64)
-        let r = try bulkhead(["run", "--worker", "--worker-sha256", wrong])
+        let r = try bulkhead(["run", "--worker-sha256", wrong])
         #expect(r.status == 70 && r.stderr.contains("expected \(wrong): refusing to run it"), "\(r.stderr)")
         #expect(!r.stdout.contains("Hello"))
-        let bad = try bulkhead(["run", "--worker", "--worker-sha256", "xyz"])
+        let bad = try bulkhead(["run", "--worker-sha256", "xyz"])
         #expect(bad.status == 70 && bad.stderr.contains("not 64 hex digits"), "\(bad.stderr)")
     }
 

@@ -1,3 +1,4 @@
+import GuestInterface
 import Testing
 @testable import VMM
 

@@ -1,3 +1,4 @@
+import GuestInterface
 import Boot
 import TestSupport
 import Devices

@@ -1,3 +1,4 @@
+@testable import GuestInterface
 import Testing
 import HostOS
 import KVM

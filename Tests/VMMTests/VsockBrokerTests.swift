@@ -1,3 +1,4 @@
+import Supervisor
 import HostOS
 import KVM
 import Testing

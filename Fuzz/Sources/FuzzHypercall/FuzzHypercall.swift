@@ -1,6 +1,6 @@
 import Boot
 import FuzzSupport
-import VMM
+import GuestInterface
 
 // FuzzHypercall: the input is a small guest (where its RAM is, which pages it may touch) and a
 // sequence of hypercalls. The environment is a byte array; the access map is a real

@@ -1,5 +1,6 @@
-import HostOS
-import KVM
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The console's escape sequence on a terminal, as QEMU's: Ctrl-A, then a command key.
 ///
@@ -68,6 +69,31 @@ public struct ConsoleEscape: Equatable, Sendable {
 /// the relay waits for the guest as long as it takes; end of file ends the guest's input.
 public enum ConsoleInputRelay {
     public static let backlogLimit = 64 << 10
+
+    /// This process's standard input relayed for a guest's console; nil when there is none to
+    /// give: a closed standard input, a terminal of which this process is not in the foreground
+    /// (a background job that read it would be stopped by SIGTTIN), or one that cannot be put in
+    /// raw mode (`say` warns). A terminal is put in raw mode and read with the escape keys; a
+    /// pipe or file is passed on byte for byte.
+    public static func standardInput(say: @escaping @Sendable (String) -> Void,
+                                     stop: @escaping @Sendable () -> Void) throws(SystemError) -> FileDescriptor? {
+        guard fcntl(0, F_GETFD) >= 0 else { return nil }
+        let stdin = FileDescriptor(borrowing: 0)
+        var interactive = false
+        if stdin.isTerminal {
+            guard RawTerminal.standardInputIsForegroundTerminal else { return nil }
+            do { try RawTerminal.enter() } catch {
+                say("warning: no console input: the terminal cannot be put in raw mode: \(error)")
+                return nil
+            }
+            interactive = true
+            say("the console reads this terminal: Ctrl-A x stops the VM, Ctrl-A h lists the keys")
+        }
+        do { return try start(source: stdin, interactive: interactive, say: say, stop: stop) } catch {
+            RawTerminal.restore()
+            throw error
+        }
+    }
 
     /// Starts the relay's thread; returns the read end for the VM. `say` prints a line for the
     /// person at the terminal; `stop` runs after Ctrl-A x (the relay has ended then).

@@ -1,22 +1,21 @@
 import Crypto
 import HostOS
-import KVM
+import Jail
 import Seccomp
-import VMM
 import WorkerProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// `bulkhead run --worker`: the VM runs in a `bulkhead-worker` process of its own. This process
+/// `bulkhead run`: the VM runs in a `bulkhead-worker` process of its own. The launcher
 /// opens everything the VM will use (the image, /dev/kvm, the console, disks, network sockets),
 /// starts the worker from the executable next to this one, hands it the configuration and the
 /// descriptors over a SOCK_SEQPACKET socketpair, and reports what the worker says. It trusts
 /// nothing the worker sends: every message is decoded strictly, and a worker that dies or talks
 /// nonsense is reported as such.
-struct Launcher {
+public enum Launcher {
     /// What the launcher concluded.
-    enum Result {
+    public enum Result {
         case ended(VMOutcome, counters: [Counter])
         case refused(String, kind: RefusalKind)
         /// The worker died without reporting an end (a signal, or an exit) or broke the protocol.
@@ -26,11 +25,11 @@ struct Launcher {
     }
 
     /// Why the worker binary was not executed.
-    struct VerificationError: Error, CustomStringConvertible {
-        var description: String
+    public struct VerificationError: Error, CustomStringConvertible {
+        public var description: String
     }
 
-    static var directory: String {
+    public static var directory: String {
         let exe = executablePath() ?? ""
         return exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
     }
@@ -38,7 +37,7 @@ struct Launcher {
     /// The SHA-256 the worker binary must have: `expected` (from --worker-sha256) or the first
     /// word of `bulkhead-worker.sha256` next to this executable (what `make build` and
     /// `make release` write, in `sha256sum` format).
-    static func expectedDigest(_ expected: String?) throws(VerificationError) -> String {
+    public static func expectedDigest(_ expected: String?) throws(VerificationError) -> String {
         var text = expected
         if text == nil, let bytes = try? readFile(directory + "/bulkhead-worker.sha256", limit: 4096) {
             text = String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).first.map(String.init)
@@ -55,7 +54,7 @@ struct Launcher {
     /// Opens the worker binary next to this executable and checks it before anything runs it: a
     /// regular file, writable by nobody but its owner, owned by root or by us, whose SHA-256 is
     /// `digest`. The descriptor returned is the one that was checked, and the one executed.
-    static func verifiedWorker(digest: String) throws(VerificationError) -> FileDescriptor {
+    public static func verifiedWorker(digest: String) throws(VerificationError) -> FileDescriptor {
         let path = directory + "/bulkhead-worker"
         let fd: FileDescriptor
         let status: FileStatus
@@ -84,10 +83,10 @@ struct Launcher {
     /// How long after the VM's own timeout the launcher waits for the worker's report before it
     /// kills the worker: a worker that stops answering (only a compromised or stopped one would)
     /// cannot keep the launcher, or its VM, alive for ever.
-    static let reportMarginMilliseconds = 2000
+    public static let reportMarginMilliseconds = 2000
 
     /// When the worker was started (CLOCK_MONOTONIC), for --report-timing.
-    nonisolated(unsafe) static var spawnNanoseconds: UInt64 = 0
+    public nonisolated(unsafe) static var spawnNanoseconds: UInt64 = 0
 
     /// Runs `configuration` with `descriptors` (in the order its indexes name them) in a worker
     /// started from `executable` (see `verifiedWorker`). With `jail` (root only), the worker
@@ -98,9 +97,10 @@ struct Launcher {
     /// finished tearing its VM down (12-20 ms with the in-kernel irqchip) and before the jail is
     /// taken down: the caller can tell the user at once (issue 9).
     /// A signal of `stop` kills the worker and ends the run with `.stopped`.
-    static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
+    public static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
                     jail: JailSetup? = nil, stop: EventFD? = nil,
-                    onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in }) throws(SystemError) -> Result {
+                    onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in },
+                    warn: (String) -> Void = { _ in }) throws(SystemError) -> Result {
         // Made now: once this thread's children start in the worker's PID namespace, it can
         // create no thread (clone fails with EINVAL), and its children would die with the worker.
         let forker = jail != nil ? try? CleanupForker() : nil
@@ -132,7 +132,7 @@ struct Launcher {
             if case .workerFailed(let why, let status) = result, status == 128 + SIGKILL, let kills = jail.cgroup.oomKills(), kills > 0 {
                 result = .workerFailed("the worker was killed by the kernel's OOM killer: the VM reached its memory limit of \(jail.limits.memoryBytes >> 20) MiB (\(why))", status: status)
             }
-            for problem in jail.teardown() { printError("warning: jail teardown: \(problem)") }
+            for problem in jail.teardown() { warn("jail teardown: \(problem)") }
         }
         return result
     }
@@ -256,7 +256,7 @@ struct Launcher {
         let end = (try? child.wait()).map { "\($0)" } ?? "unknown"
         switch try? child.wait() {
         case .signaled(let sig, _)?: return .workerFailed("the worker was killed (\(end)) before the VM ended", status: 128 + sig)
-        default: return .workerFailed("the worker ended (\(end)) without reporting how the VM ended", status: Status.internalError)
+        default: return .workerFailed("the worker ended (\(end)) without reporting how the VM ended", status: RunEnd.internalError)
         }
     }
 
@@ -264,7 +264,7 @@ struct Launcher {
     static func failed(_ child: ChildProcess, _ why: String) -> Result {
         try? child.signal(9)
         _ = try? child.wait()
-        return .workerFailed(why, status: Status.internalError)
+        return .workerFailed(why, status: RunEnd.internalError)
     }
 }
 

@@ -1,5 +1,4 @@
 import HostOS
-import KVM
 
 /// Finds the guest programs that ship with Bulkhead (built from `Guest/` by `Guest/build.sh`).
 ///

@@ -1,8 +1,4 @@
 import HostOS
-import Jail
-import KVM
-import VMM
-import WorkerProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,25 +14,25 @@ import Glibc
 ///   - the jail directory `/run/bulkhead/jails/N` (empty on the host: the worker's root is a
 ///     tmpfs mounted over it in the worker's own mount namespace),
 ///   - the cgroup `bulkhead-N` below the launcher's own cgroup in each hierarchy.
-struct JailSetup {
-    static let stateDirectory = "/run/bulkhead"
-    static let jailsDirectory = stateDirectory + "/jails"
-    static let uidBase: UInt32 = 1_900_000_000
-    static let slots = 4096
+public struct JailSetup: Sendable {
+    public static let stateDirectory = "/run/bulkhead"
+    public static let jailsDirectory = stateDirectory + "/jails"
+    public static let uidBase: UInt32 = 1_900_000_000
+    public static let slots = 4096
 
-    struct Failed: Error, CustomStringConvertible {
-        var description: String
+    public struct Failed: Error, CustomStringConvertible {
+        public var description: String
     }
 
-    let slot: Int
-    let lock: LockFile
-    let root: String
-    let cgroup: CgroupPlan
-    let limits: CgroupLimits
-    var uid: UInt32 { Self.uidBase + UInt32(slot) }
+    public let slot: Int
+    public let lock: LockFile
+    public let root: String
+    public let cgroup: CgroupPlan
+    public let limits: CgroupLimits
+    public var uid: UInt32 { Self.uidBase + UInt32(slot) }
 
     /// Takes a free slot and makes its directory and cgroup.
-    static func prepare(limits: CgroupLimits) throws(Failed) -> JailSetup {
+    public static func prepare(limits: CgroupLimits) throws(Failed) -> JailSetup {
         for dir in [stateDirectory, jailsDirectory] where !isDirectory(dir) {
             do { try makeDirectory(dir, mode: 0o711) } catch {
                 if error.errno != EEXIST { throw Failed(description: "cannot make \(dir): \(error)") }
@@ -88,7 +84,7 @@ struct JailSetup {
     /// Cleans up after launchers that died without tearing their jail down (a worker dies with
     /// its launcher, but a SIGKILLed launcher cannot remove the worker's cgroup and directory):
     /// every slot whose lock file nobody holds. Costs a few system calls per stale slot.
-    static func sweep(layout: CgroupLayout, v2Controllers: [String]) {
+    public static func sweep(layout: CgroupLayout, v2Controllers: [String]) {
         guard let names = try? listDirectory(jailsDirectory) else { return }
         for name in names where name.hasSuffix(".lock") {
             guard let slot = Int(name.dropLast(5)), (0..<slots).contains(slot),
@@ -108,20 +104,15 @@ struct JailSetup {
     /// grace period: 6-25 ms on these hosts, for the worker's move. Started at the launcher's
     /// beginning, that wait overlaps the verification of the worker binary and the set-up, and
     /// the worker's own move is then quick (docs/benchmarks.md).
-    static func warmUpCgroupMoves() {
+    public static func warmUpCgroupMoves() {
         guard let layout = try? CgroupLayout.current(), let dir = layout.v1["pids"] ?? layout.v1["cpu"] ?? layout.unified else { return }
         let pid = getpid()
         _ = try? OSThread.spawn { try? writeControlFile(dir + "/cgroup.procs", String(pid)) }
     }
 
-    /// The settings the worker applies to itself.
-    func settings(seccomp: VMConfiguration.Jail.Seccomp, probe: VMConfiguration.Jail.Probe) -> VMConfiguration.Jail {
-        VMConfiguration.Jail(uid: uid, gid: uid, root: root, processLimit: limits.processes, seccomp: seccomp, probe: probe)
-    }
-
     /// Removes the cgroup, the directory and the slot's lock. The worker must have been reaped.
     /// Returns what could not be removed.
-    func teardown() -> [String] {
+    public func teardown() -> [String] {
         var problems = cgroup.remove().map { $0.description }
         do { try removeDirectory(root) } catch { if error.errno != ENOENT { problems.append(error.description) } }
         lock.release()

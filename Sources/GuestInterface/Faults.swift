@@ -12,6 +12,12 @@ public struct FaultReport: Equatable, Sendable, CustomStringConvertible {
     /// A stack guard page was hit.
     public var guardPageHit: Bool = false
 
+    public init(vcpu: Int, vector: Int, errorCode: UInt64? = nil, rip: UInt64, rsp: UInt64, address: UInt64? = nil,
+                guardPageHit: Bool = false) {
+        self.vcpu = vcpu; self.vector = vector; self.errorCode = errorCode
+        self.rip = rip; self.rsp = rsp; self.address = address; self.guardPageHit = guardPageHit
+    }
+
     public static func name(of vector: Int) -> String {
         switch vector {
         case 0: return "divide error (#DE)"

@@ -1,0 +1,76 @@
+import ArgumentParser
+import GuestInterface
+import HostOS
+import Jail
+import Supervisor
+import WorkerProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Run {
+    /// Runs the VM in a bulkhead-worker process, jailed or not, and ends this process with the
+    /// VM's status (RunEnd, the one table of outcomes).
+    func launch(jailed: Bool) throws {
+        let launcherStart = monotonicNanoseconds()
+        // Verified exec: the binary is checked (owner, mode, SHA-256) before anything else is
+        // opened, and the checked descriptor is the one executed.
+        let executable: FileDescriptor
+        do { executable = try Launcher.verifiedWorker(digest: try Launcher.expectedDigest(workerSHA256)) } catch {
+            printError(error.description)
+            throw ExitCode(RunEnd.internalError)
+        }
+        var plan = try plan()
+        var jail: JailSetup?
+        if jailed {
+            // The worker's threads: main, control, device, one per vCPU, and room to spare.
+            let cgroupLimits = CgroupLimits(memoryBytes: UInt64(memoryLimit ?? Int(memory) + 64) << 20, processes: UInt32(vcpus + 8),
+                                            cpuQuotaMicroseconds: UInt64(vcpus + 1) * CgroupLimits.cpuPeriodMicroseconds)
+            do { jail = try JailSetup.prepare(limits: cgroupLimits) } catch {
+                printError("\(error)")
+                throw ExitCode(RunEnd.unavailable)
+            }
+            let probe: VMConfiguration.Jail.Probe = jailProbe == "probes" ? .probes : jailProbe == "violation" ? .probesThenViolation : .none
+            plan.configuration.jail = jail?.settings(seccomp: seccompLog ? .log : .enforce, probe: probe)
+        }
+        var endStatus: Int32?
+        let result: Launcher.Result
+        do {
+            result = try Launcher.run(plan.configuration, descriptors: plan.descriptors, executable: executable, jail: jail,
+                                      stop: plan.stopRequest,
+                                      onEnded: { endStatus = reportEnd($0, $1, launcherStart: launcherStart) },
+                                      warn: { printError("warning: " + $0) })
+        } catch {
+            for problem in jail?.teardown() ?? [] { printError("warning: jail teardown: \(problem)") }
+            printError("cannot start the worker: \(error)")
+            throw ExitCode(RunEnd.internalError)
+        }
+        switch result {
+        case .refused(let why, let kind):
+            printError("the worker refused the VM: \(why)")
+            throw ExitCode(RunEnd.status(kind))
+        case .workerFailed(let why, let status):
+            printError(why)
+            throw ExitCode(status)
+        case .ended(let outcome, let counters):
+            let code = endStatus ?? reportEnd(outcome, counters, launcherStart: launcherStart)
+            if code != 0 { throw ExitCode(code) }
+        case .stopped:
+            printError("the VM was stopped from its console (Ctrl-A x)")
+        }
+    }
+
+    /// Prints how the VM ended (as soon as the worker says so, before its teardown: issue 9)
+    /// and returns the exit status.
+    func reportEnd(_ outcome: VMOutcome, _ counters: [Counter], launcherStart: UInt64) -> Int32 {
+        if reportTiming {
+            // The worker's own start, and its VM's first hypercall (same clock as ours).
+            var line = "timing: launcher-start-ns \(launcherStart) spawn-ns \(Launcher.spawnNanoseconds)"
+            for c in counters where c.name.hasPrefix("timing.") { line += " \(c.name.dropFirst(7)) \(c.value)" }
+            try? FileDescriptor.standardError.writeAll(Array((line + "\n").utf8))
+        }
+        let features = hiddenFeatures.isEmpty ? nil : CPUIDPolicy.Feature.allCases.map(\.rawValue)
+        for line in RunEnd.lines(outcome, counters, statistics: stats, cpuidFeatureNames: features) { printError(line) }
+        return RunEnd.status(outcome)
+    }
+}
