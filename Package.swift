@@ -47,13 +47,16 @@ let package = Package(
         .target(name: "HostOS", dependencies: ["CLinux"]),
         .target(name: "Jail", dependencies: ["HostOS", "CLinux"]),
         .target(name: "KVM", dependencies: ["HostOS", "CKVM", "CLinux"]),
-        .target(name: "Boot"),
-        .target(name: "Virtio"),
-        .target(name: "Devices", dependencies: ["Virtio"]),
+        // The guest ABI's numbers, the one copy: Guest/build.sh compiles the same file into every
+        // Embedded Swift guest (pure, no dependencies, constants only).
+        .target(name: "GuestABI"),
+        .target(name: "Boot", dependencies: ["GuestABI"]),
+        .target(name: "Virtio", dependencies: ["GuestABI"]),
+        .target(name: "Devices", dependencies: ["Virtio", "GuestABI"]),
         .target(name: "WorkerProtocol"),
         // What a guest sees of the VMM: the hypercall ABI and dispatcher, fault reports, the CPUID
         // policy and the attack-surface registry (pure).
-        .target(name: "GuestInterface", dependencies: ["Boot"]),
+        .target(name: "GuestInterface", dependencies: ["GuestABI", "Boot"]),
         // Seccomp allowlists: policy text -> classic BPF, and a BPF interpreter (pure).
         .target(name: "Seccomp"),
         // The worker's policy files, embedded in the binary with C23 #embed (data only).
@@ -80,8 +83,8 @@ let package = Package(
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "Jail", "CLinux", "TestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS", "TestSupport"]),
         .testTarget(name: "BootTests", dependencies: ["Boot"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestABI"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestABI"]),
         // Shared by the test targets: the requiresKVM / requiresRoot traits, tiny guest images
         // (never part of a product).
         .target(name: "TestSupport", dependencies: ["VMM", "KVM"], path: "Tests/TestSupport"),

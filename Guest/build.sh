@@ -3,7 +3,8 @@
 #
 #   Guest/build.sh [OUTDIR]        default OUTDIR: <repo>/.build/guests
 #
-# Each program is one Embedded Swift module (Guest/SDK/*.swift + the program's *.swift),
+# Each program is one Embedded Swift module (Guest/SDK/*.swift, Sources/GuestABI/GuestABI.swift
+# and the program's *.swift),
 # plus Guest/SDK/entry.S and the program's own *.S files, linked with the toolchain's
 # ld.lld against Guest/linker.ld. Up-to-date programs are skipped. Every ELF is then
 # checked: PT_LOAD segments page-aligned at or above 0x400000, none both W and X, entry
@@ -51,7 +52,8 @@ LD_FLAGS=(
     --orphan-handling=error --no-undefined --fatal-warnings
 )
 
-SDK_SWIFT=("$GUEST_DIR"/SDK/*.swift)
+# The SDK, and the ABI's numbers in the one file the host compiles too (module GuestABI).
+SDK_SWIFT=("$GUEST_DIR"/SDK/*.swift "$REPO_ROOT/Sources/GuestABI/GuestABI.swift")
 SDK_ASM=("$GUEST_DIR"/SDK/*.S)
 
 # Every input shared by all programs; a change to any rebuilds everything.

@@ -12,7 +12,7 @@ public enum Console {
         guard let base = bytes.baseAddress else { return 0 }
         var done = 0
         while done < bytes.count {
-            let chunk = min(bytes.count - done, Hypercall.maxConsoleWrite)
+            let chunk = min(bytes.count - done, Int(Hypercall.maxConsoleWrite))
             let raw = Hypercall.consoleWrite(UInt64(UInt(bitPattern: base + done)), UInt64(chunk))
             if raw < 0 { return raw }
             if raw == 0 { break }

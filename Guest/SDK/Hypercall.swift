@@ -8,26 +8,14 @@
 @_silgen_name("bh_hypercall")
 func _bh_hypercall(_ nr: UInt64, _ a0: UInt64, _ a1: UInt64, _ a2: UInt64, _ a3: UInt64) -> Int64
 
-/// The hypercall page address fixed by ABI version 1 (also in the boot-info block).
-public let hypercallPageAddress: UInt64 = 0xc000_0000
+/// The hypercall page address fixed by ABI version 1 (also in the boot-info block). The numbers
+/// of the ABI (call numbers, error codes, limits) are GuestABI's: Sources/GuestABI/GuestABI.swift,
+/// which Guest/build.sh compiles into every guest and the host compiles into the VMM.
+public let hypercallPageAddress: UInt64 = GuestABI.hypercallPage
 
-/// Hypercall numbers, ABI version 1.
-public enum Hypercall: UInt64 {
-    case version = 0
-    case consoleWrite = 1
-    case exit = 2
-    case wait = 3
-    case time = 4
-    case random = 5
-
+extension Hypercall {
     /// The interface version this SDK was written against.
-    public static let abiVersion: Int64 = 1
-    /// Longest `console_write` the VMM accepts in one call.
-    public static let maxConsoleWrite = 4096
-    /// Longest `random` the VMM accepts in one call.
-    public static let maxRandom = 256
-    /// Longest `wait` the VMM accepts, in nanoseconds.
-    public static let maxWaitNanoseconds: UInt64 = 10_000_000_000
+    public static var abiVersion: Int64 { Int64(interfaceVersion) }
 
     /// Performs this hypercall and returns the raw result (`>= 0` success, `< 0` = `-error`).
     @inline(__always)
@@ -43,14 +31,9 @@ public enum Hypercall: UInt64 {
 }
 
 /// The errors a hypercall can return (the result is `-rawValue`).
-public enum HypercallError: Int64, Error {
-    case unknownCall = 1
-    case badAddress = 2
-    case badLength = 3
-    case badArgument = 4
-
+extension HypercallError: Error {
     /// The raw (negative) value the VMM puts in rax for this error.
-    public var result: Int64 { -rawValue }
+    public var result: Int64 { -Int64(rawValue) }
 
     public var name: StaticString {
         switch self {
@@ -72,7 +55,7 @@ public enum HypercallResult: Equatable {
     public init(_ raw: Int64) {
         if raw >= 0 {
             self = .success(UInt64(raw))
-        } else if raw != Int64.min, let error = HypercallError(rawValue: -raw) {
+        } else if raw != Int64.min, let error = HypercallError(rawValue: UInt64(-raw)) {
             self = .failure(error)
         } else {
             self = .unknownError(raw)
@@ -128,7 +111,7 @@ public func random(into buffer: UnsafeMutableRawBufferPointer) throws(HypercallE
     guard let base = buffer.baseAddress else { return }
     var done = 0
     while done < buffer.count {
-        let chunk = min(buffer.count - done, Hypercall.maxRandom)
+        let chunk = min(buffer.count - done, Int(Hypercall.maxRandom))
         let raw = Hypercall.random(UInt64(UInt(bitPattern: base + done)), UInt64(chunk))
         let written = try HypercallResult(raw).get()
         if written == 0 { throw HypercallError.badLength }

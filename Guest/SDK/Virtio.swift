@@ -24,14 +24,9 @@ import Synchronization
 
 // MARK: - Device list (boot information)
 
-/// virtio device types (virtio 1.2 §5), as they appear in the boot-info device list.
-public enum VirtioDeviceType: UInt32 {
-    case network = 1
-    case block = 2
-    case console = 3
-    case entropy = 4
-    case vsock = 19
-}
+// The device types (VirtioDeviceType), feature bits (VirtioFeature), status bits (VirtioStatus),
+// register offsets (VirtioMMIORegister) and descriptor flags (VirtioDescriptorFlag) are
+// GuestABI's: Sources/GuestABI/GuestABI.swift, compiled into every guest and into the host.
 
 /// One device-list entry of the boot-information block (24 bytes:
 /// `kind u32, irq u32, base u64, size u64`).
@@ -171,57 +166,12 @@ public enum VirtioError: Error, Equatable {
 
 // MARK: - Transport
 
-/// Feature bits every device type shares (virtio 1.2 §6).
-public enum VirtioFeature {
-    public static let indirectDescriptors: UInt64 = 1 << 28
-    public static let eventIndex: UInt64 = 1 << 29
-    public static let version1: UInt64 = 1 << 32
-    public static let accessPlatform: UInt64 = 1 << 33
-    public static let ringPacked: UInt64 = 1 << 34
-}
-
-/// Device status bits (virtio 1.2 §2.1).
-public enum VirtioStatus {
-    public static let acknowledge: UInt32 = 1
-    public static let driver: UInt32 = 2
-    public static let driverOK: UInt32 = 4
-    public static let featuresOK: UInt32 = 8
-    public static let deviceNeedsReset: UInt32 = 64
-    public static let failed: UInt32 = 128
-}
-
 /// The driver side of one virtio-mmio version 2 register window (virtio 1.2 §4.2).
 public struct VirtioMMIO {
     /// Register offsets (§4.2.2).
-    public enum Register {
-        public static let magicValue = 0x000
-        public static let version = 0x004
-        public static let deviceID = 0x008
-        public static let vendorID = 0x00c
-        public static let deviceFeatures = 0x010
-        public static let deviceFeaturesSel = 0x014
-        public static let driverFeatures = 0x020
-        public static let driverFeaturesSel = 0x024
-        public static let queueSel = 0x030
-        public static let queueNumMax = 0x034
-        public static let queueNum = 0x038
-        public static let queueReady = 0x044
-        public static let queueNotify = 0x050
-        public static let interruptStatus = 0x060
-        public static let interruptACK = 0x064
-        public static let status = 0x070
-        public static let queueDescLow = 0x080
-        public static let queueDescHigh = 0x084
-        public static let queueDriverLow = 0x090
-        public static let queueDriverHigh = 0x094
-        public static let queueDeviceLow = 0x0a0
-        public static let queueDeviceHigh = 0x0a4
-        public static let queueReset = 0x0c0
-        public static let configGeneration = 0x0fc
-        public static let config = 0x100
-    }
+    public typealias Register = VirtioMMIORegister
 
-    public static let magic: UInt32 = 0x7472_6976  // "virt"
+    public static let magic = VirtioMMIORegister.magic  // "virt"
 
     /// Base address of the register window.
     public let base: UInt64
@@ -477,9 +427,9 @@ public struct VirtqUsedElement: Equatable {
 /// arrays, so a chain is reclaimed correctly even if its table entries were overwritten.
 public struct VirtQueue {
     /// Descriptor flags (§2.7.5).
-    public static let flagNext: UInt16 = 1
-    public static let flagWrite: UInt16 = 2
-    public static let flagIndirect: UInt16 = 4
+    public static let flagNext = VirtioDescriptorFlag.next
+    public static let flagWrite = VirtioDescriptorFlag.write
+    public static let flagIndirect = VirtioDescriptorFlag.indirect
 
     /// Spin iterations (`pause`) before the first `wait` back-off.
     public static let spinIterations = 16384

@@ -9,25 +9,19 @@
 // by the device as malformed (`VirtioError.requestRejected`).
 
 public struct VirtioBlock {
-    public static let sectorSize = 512
+    // The numbers the device uses too: GuestABI's BlockABI.
+    public static let sectorSize = BlockABI.sectorSize
     /// Length of the GET_ID answer (§5.2.6: 20 bytes, NUL-padded if shorter).
-    public static let idLength = 20
+    public static let idLength = BlockABI.idLength
 
     /// Request types (§5.2.6).
-    public enum RequestType {
-        public static let read: UInt32 = 0        // VIRTIO_BLK_T_IN
-        public static let write: UInt32 = 1       // VIRTIO_BLK_T_OUT
-        public static let flush: UInt32 = 4
-        public static let getID: UInt32 = 8
-        public static let discard: UInt32 = 11
-        public static let writeZeroes: UInt32 = 13
-    }
+    public typealias RequestType = BlockABI.RequestType
 
     /// Status byte values (§5.2.6).
     public enum Status {
-        public static let ok: UInt8 = 0
-        public static let ioError: UInt8 = 1
-        public static let unsupported: UInt8 = 2
+        public static let ok = BlockABI.Status.ok
+        public static let ioError = BlockABI.Status.ioError
+        public static let unsupported = BlockABI.Status.unsupported
         /// What the driver presets: the device did not write a status.
         public static let notWritten: UInt8 = 0xff
     }

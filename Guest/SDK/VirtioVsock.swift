@@ -83,7 +83,7 @@ public struct VsockHeader: Equatable {
     public var bufAlloc: UInt32 = 0
     public var fwdCnt: UInt32 = 0
 
-    public static let size = 44
+    public static let size = VsockABI.headerSize
 
     public init() {}
 
@@ -303,29 +303,22 @@ struct VsockSlot {
 }
 
 public final class VirtioVsock {
-    public static let hostCID: UInt64 = 2
-    public static let typeStream: UInt16 = 1
-    public enum Op {
-        public static let request: UInt16 = 1
-        public static let response: UInt16 = 2
-        public static let rst: UInt16 = 3
-        public static let shutdown: UInt16 = 4
-        public static let rw: UInt16 = 5
-        public static let creditUpdate: UInt16 = 6
-        public static let creditRequest: UInt16 = 7
-    }
+    // The numbers the device uses too: GuestABI's VsockABI.
+    public static let hostCID = VsockABI.hostCID
+    public static let typeStream = VsockABI.typeStream
+    public typealias Op = VsockABI.Op
     /// SHUTDOWN flags: the sender will receive no more / send no more.
-    public static let shutdownReceive: UInt32 = 1
-    public static let shutdownSend: UInt32 = 2
-    public static let shutdownBoth: UInt32 = 3
+    public static let shutdownReceive = VsockABI.shutdownReceive
+    public static let shutdownSend = VsockABI.shutdownSend
+    public static let shutdownBoth = VsockABI.shutdownReceive | VsockABI.shutdownSend
     /// `struct virtio_vsock_event` id.
     public static let eventTransportReset: UInt32 = 0
 
-    public static let receiveQueueIndex: UInt32 = 0
-    public static let transmitQueueIndex: UInt32 = 1
-    public static let eventQueueIndex: UInt32 = 2
+    public static let receiveQueueIndex = UInt32(VsockABI.receiveQueue)
+    public static let transmitQueueIndex = UInt32(VsockABI.transmitQueue)
+    public static let eventQueueIndex = UInt32(VsockABI.eventQueue)
     /// The largest payload a packet may carry (what Bulkhead's device accepts).
-    public static let maxPayload = 64 * 1024
+    public static let maxPayload = VsockABI.maxPayload
     static let eventBufferSize = 8
     static let maxStrayResets = 16
 

@@ -1,3 +1,5 @@
+import GuestABI
+
 /// The fixed guest-physical layout of a Bulkhead guest program (docs/guest-abi.md).
 public enum GuestLayout {
     public static let pageSize: UInt64 = 4096
@@ -24,8 +26,8 @@ public enum GuestLayout {
     public static let stackSize: UInt64 = 64 * 1024
     public static let guardSize: UInt64 = 4096
     public static let mmioHole: UInt64 = 0xC000_0000
-    public static let hypercallPage: UInt64 = 0xC000_0000
-    public static let faultPage: UInt64 = 0xC000_1000
+    public static let hypercallPage = GuestABI.hypercallPage
+    public static let faultPage = GuestABI.faultReportPage
     public static let maxMemory: UInt64 = mmioHole
     /// Virtio-mmio windows, one page each from here (docs/guest-abi.md, "Devices").
     public static let deviceWindows: UInt64 = 0xD000_0000

@@ -1,20 +1,9 @@
+@_exported import GuestABI
 import Boot
 
-/// Hypercall numbers of interface version 1 (docs/guest-abi.md). Every case is registered in the
-/// attack-surface registry.
-public enum Hypercall: UInt64, CaseIterable, Sendable {
-    case version = 0
-    case consoleWrite = 1
-    case exit = 2
-    case wait = 3
-    case time = 4
-    case random = 5
-
-    public static let interfaceVersion: UInt64 = 1
-    public static let maxConsoleWrite: UInt64 = 4096
-    public static let maxRandom: UInt64 = 256
-    public static let maxWaitNanoseconds: UInt64 = 10_000_000_000
-
+/// The hypercall numbers, error codes and limits are GuestABI's (Sources/GuestABI/GuestABI.swift,
+/// compiled into the guest SDK too). Every hypercall is registered in the attack-surface registry.
+extension Hypercall {
     public var name: String {
         switch self {
         case .version: return "version"
@@ -27,13 +16,7 @@ public enum Hypercall: UInt64, CaseIterable, Sendable {
     }
 }
 
-/// Errors a hypercall returns to the guest, as `-rawValue` in `rax`.
-public enum HypercallError: UInt64, CaseIterable, Sendable {
-    case unknownCall = 1
-    case badAddress = 2
-    case badLength = 3
-    case badArgument = 4
-
+extension HypercallError {
     /// The two's-complement negative value the guest sees.
     public var returnValue: UInt64 { 0 &- rawValue }
 }

@@ -268,8 +268,8 @@ final class DeviceBus: Sendable {
             if !backlogged.isEmpty, timeout != 0 { timeout = timeout < 0 ? 1 : min(timeout, 1) }
             var polledInputs: [(device: Int, fd: Int32)] = []
             for (di, m) in inputModels where !starved.contains(di) && inputDeferred[di] == nil {
-                let fds = devices[di].device.withLock { _ in m.inputDescriptors }
-                for fd in fds { polledInputs.append((di, fd)) }
+                let handles = devices[di].device.withLock { _ in m.inputHandles }
+                for h in handles { polledInputs.append((di, h.hostDescriptor)) }
             }
             let fds = [stop.fd.rawValue] + bells.map { $0.fd.fd.rawValue } + polledInputs.map(\.fd)
                 + (mailbox.map { [$0.bell.fd.rawValue] } ?? [])

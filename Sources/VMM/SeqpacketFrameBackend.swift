@@ -58,7 +58,7 @@ public final class SeqpacketFrameBackend: FrameBackend {
     /// Reused for every receive: one allocation, not one per frame.
     private var buffer = [UInt8](repeating: 0, count: SeqpacketFrameBackend.receiveCapacity)
 
-    public var descriptor: Int32 { fd.rawValue }
+    public var waitHandle: WaitHandle? { WaitHandle(hostDescriptor: fd.rawValue) }
 
     /// Takes a connected SOCK_SEQPACKET socket and makes it non-blocking.
     public init(fd: FileDescriptor) throws(SeqpacketFrameBackendError) {

@@ -95,5 +95,5 @@ public final class UnixVsockHost: VsockHost {
         sockets[id] = nil  // FileDescriptor closes on release
     }
 
-    public func descriptor(_ id: UInt64) -> Int32 { sockets[id]?.rawValue ?? -1 }
+    public func waitHandle(_ id: UInt64) -> WaitHandle? { sockets[id].map { WaitHandle(hostDescriptor: $0.rawValue) } }
 }

@@ -1,3 +1,5 @@
+import GuestABI
+
 /// The virtio-mmio transport, version 2 (virtio 1.2 §4.2), as a pure state machine.
 ///
 /// The VMM hands it every guest access to the device's MMIO window; it answers reads and returns
@@ -5,7 +7,8 @@
 /// guest memory itself. Every register write is validated against the spec's rules; a write the
 /// spec forbids is ignored and counted, and the state stays valid.
 public struct MMIOTransport: Equatable, Sendable {
-    /// Register offsets (§4.2.2).
+    /// Register offsets (§4.2.2). The decoder's own enum (raw values must be literals); each
+    /// offset a guest driver uses is pinned to GuestABI's `VirtioMMIORegister` by TransportTests.
     public enum Register: UInt64 {
         case magic = 0x000, version = 0x004, deviceID = 0x008, vendorID = 0x00c
         case deviceFeatures = 0x010, deviceFeaturesSel = 0x014
@@ -18,10 +21,10 @@ public struct MMIOTransport: Equatable, Sendable {
         case queueReset = 0x0c0, configGeneration = 0x0fc
     }
 
-    public static let magicValue: UInt32 = 0x7472_6976 // "virt"
+    public static let magicValue: UInt32 = VirtioMMIORegister.magic // "virt"
     public static let vendor: UInt32 = 0x4b48_4842      // "BHHK"
-    public static let configOffset: UInt64 = 0x100
-    public static let windowSize: UInt64 = 0x1000
+    public static let configOffset = UInt64(VirtioMMIORegister.config)
+    public static let windowSize = UInt64(VirtioMMIORegister.windowSize)
 
     /// Interrupt status bits (§4.2.2).
     public static let interruptUsedBuffer: UInt32 = 1

@@ -89,3 +89,46 @@ import Testing
         #expect(rate > 0.99 * Double(1 << 20) && rate < 1.02 * Double(1 << 20) + 6554)
     }
 }
+
+/// The one admission routine every device uses: a request the buckets cannot cover is refused
+/// and the queue deferred until they will; a new pass clears the deferral; refunds never exceed
+/// the bucket; no number, however large, traps.
+@Suite struct QueueLimiterTests {
+    @Test func admissionDefersAndANewPassClears() {
+        let limit = QueueLimiter(RateLimiter(operations: TokenBucket(capacity: 2, ratePerSecond: 2, now: 0)))
+        limit.start(at: 0)
+        #expect(limit.admit(bytes: 1) && limit.admit(bytes: 1))
+        #expect(!limit.admit(bytes: 1))
+        #expect(limit.deferredFor == 500_000_000)
+        limit.advance(to: 100)
+        #expect(limit.deferredFor == 500_000_000)       // the time moves; the deferral stands
+        limit.start(at: 500_000_000)
+        #expect(limit.deferredFor == nil)
+        #expect(limit.admit(bytes: 1) && !limit.admit(bytes: 1))
+    }
+
+    @Test func refundsGiveBackWhatWasNotUsed() {
+        let limit = QueueLimiter(RateLimiter(bytes: TokenBucket(capacity: 100, ratePerSecond: 100, now: 0)))
+        limit.start(at: 0)
+        #expect(limit.admit(bytes: 100))
+        #expect(!limit.admit(bytes: 1))
+        limit.refund(bytes: 60, operation: false)
+        #expect(limit.admit(bytes: 60) && !limit.admit(bytes: 1))
+        limit.refund(bytes: UInt64.max, operation: true)   // never above a full bucket
+        #expect(limit.limiter.bytes?.tokens == 100)
+    }
+
+    @Test func hostileSizesAndClocksNeverTrap() {
+        let limit = QueueLimiter(RateLimiter(operations: TokenBucket(capacity: UInt64.max, ratePerSecond: UInt64.max, now: 0),
+                                             bytes: TokenBucket(capacity: 1, ratePerSecond: 1, now: UInt64.max)))
+        for now in [0, 1, UInt64.max / 2, UInt64.max] {
+            limit.start(at: now)
+            for bytes in [0, 1, UInt64.max] {
+                if !limit.admit(bytes: bytes) {
+                    #expect((limit.deferredFor ?? 0) >= 1 && (limit.deferredFor ?? 0) <= TokenBucket.maxDelayNanoseconds)
+                }
+                limit.refund(bytes: bytes, operation: true)
+            }
+        }
+    }
+}

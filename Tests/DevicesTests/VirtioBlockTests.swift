@@ -1,3 +1,4 @@
+import GuestABI
 import Testing
 import Virtio
 @testable import Devices
@@ -625,4 +626,11 @@ private struct SplitMix64 {
         z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
         return z ^ (z >> 31)
     }
+}
+
+/// The status byte's enum needs literal raw values; the guest SDK's come from GuestABI.
+@Test func blockStatusBytesAgreeWithTheGuestABI() {
+    #expect(BlockStatus.ok.rawValue == BlockABI.Status.ok)
+    #expect(BlockStatus.ioError.rawValue == BlockABI.Status.ioError)
+    #expect(BlockStatus.unsupported.rawValue == BlockABI.Status.unsupported)
 }

@@ -316,7 +316,7 @@ private let receivedHeader = netHeader(numBuffers: 1)
         #expect(backend.sent == [frames[0]])
         #expect(d.takeUsed(1).map(\.id) == [0])
         #expect(net.transmitBlocked && net.counters.transmitBlocked == 1)
-        #expect(net.blockedTransmitDescriptors.isEmpty)             // memory back end: no fd
+        #expect(net.blockedTransmitHandles.isEmpty)                 // memory back end: nothing to wait on
         #expect(backend.sendCalls == 2)                             // tried once, did not spin
 
         // Still blocked: the same chain is offered again, nothing is lost or reordered.
@@ -558,25 +558,25 @@ private let receivedHeader = netHeader(numBuffers: 1)
         #expect(backend.inbound.isEmpty && net.counters[.rxTooShort] == UInt64(VirtioNet.maxFramesPerPass + 44))
     }
 
-    @Test func inputDescriptors() throws {
+    @Test func inputHandles() throws {
         let (net, backend) = try device()
-        #expect(net.inputDescriptors.isEmpty)                       // an in-memory link has none
+        #expect(net.inputHandles.isEmpty)                           // an in-memory link has none
         final class FDBackend: FrameBackend {
-            var descriptor: Int32 { 7 }
+            var waitHandle: WaitHandle? { WaitHandle(hostDescriptor: 7) }
             var isClosed = false
             func send(_ frame: [UInt8]) -> FrameSendResult { .wouldBlock }
             func receive() -> [UInt8]? { nil }
         }
         let fdBackend = FDBackend()
         let net2 = try VirtioNet(backend: fdBackend, mac: deviceMAC)
-        #expect(net2.inputDescriptors == [7])
+        #expect(net2.inputHandles == [WaitHandle(hostDescriptor: 7)])
         fdBackend.isClosed = true
-        #expect(net2.inputDescriptors.isEmpty)                      // a hung-up link is not polled
+        #expect(net2.inputHandles.isEmpty)                          // a hung-up link is not polled
         var d = NetDriver(net2)
         d.initialise()
         d.transmit(frame(60))
         _ = d.notify(1)
-        #expect(net2.blockedTransmitDescriptors == [7])
+        #expect(net2.blockedTransmitHandles == [WaitHandle(hostDescriptor: 7)])
         _ = backend
     }
 

@@ -58,9 +58,9 @@ private struct VsockDriver {
     mutating func send(_ h: VsockHeader, _ payload: [UInt8] = []) { sendRaw(h.bytes + payload) }
 
     /// Posts `count` RX buffers, lets the device fill them, returns the packets written.
-    mutating func receive(buffers count: Int = 4, size: Int = 4096) -> [(VsockHeader, [UInt8])] {
+    mutating func receive(buffers count: Int = 4, size: Int = 4096, limits: [QueueLimiter?] = []) -> [(VsockHeader, [UInt8])] {
         for _ in 0..<count { _ = add(0, [UInt8](repeating: 0xee, count: size), write: true) }
-        _ = try! vsock.receive(queues: &queues, ram: ram)
+        _ = try! vsock.receive(queues: &queues, ram: ram, limits: limits)
         var out: [(VsockHeader, [UInt8])] = []
         let used = queues[0]!.usedRing
         while usedSeen[0] != (ram.u16(at: used + 2) ?? 0) {
@@ -354,14 +354,15 @@ private typealias Op = VirtioVsock.Op
         d.send(pkt(Op.request))
         _ = d.receive()
         let id = d.host.connections.keys.first!
-        let box = ThrottleBox(QueueThrottle(limiter: RateLimiter(operations: TokenBucket(capacity: 2, ratePerSecond: 2, now: 0))))
+        let limit = QueueLimiter(RateLimiter(operations: TokenBucket(capacity: 2, ratePerSecond: 2, now: 0)))
         for i in 0..<3 { _ = d.add(1, pkt(Op.rw, len: 1).bytes + [UInt8(i)], write: false) }
-        QueueThrottling.$current.withValue(box) { _ = try? d.vsock.process(queue: 1, &d.queues[1]!, ram: d.ram) }
+        limit.start(at: 0)
+        _ = try? d.vsock.process(queue: 1, &d.queues[1]!, ram: d.ram, limit: limit)
         #expect(d.host.connections[id]!.received == [0, 1])
-        #expect(box.value.deferredFor == 500_000_000)
-        box.value.now = 1_000_000_000
-        QueueThrottling.$current.withValue(box) { _ = try? d.vsock.process(queue: 1, &d.queues[1]!, ram: d.ram) }
-        #expect(d.host.connections[id]!.received == [0, 1, 2] && box.value.deferredFor == nil)
+        #expect(limit.deferredFor == 500_000_000)
+        limit.start(at: 1_000_000_000)
+        _ = try? d.vsock.process(queue: 1, &d.queues[1]!, ram: d.ram, limit: limit)
+        #expect(d.host.connections[id]!.received == [0, 1, 2] && limit.deferredFor == nil)
     }
 
     /// Host data to the guest under a bytes limit: a packet's worth at a time, the rest waits in
@@ -371,16 +372,16 @@ private typealias Op = VirtioVsock.Op
         d.send(pkt(Op.request))
         _ = d.receive()
         let id = d.host.connections.keys.first!
-        let box = ThrottleBox(QueueThrottle(limiter: RateLimiter(bytes: TokenBucket(capacity: 4096, ratePerSecond: 4096, now: 0))))
+        let limit = QueueLimiter(RateLimiter(bytes: TokenBucket(capacity: 4096, ratePerSecond: 4096, now: 0)))
         func receive(at now: UInt64) -> [(VsockHeader, [UInt8])] {
-            box.value.now = now
-            return QueueThrottling.$current.withValue(box) { d.receive(buffers: 1, size: 44 + 4096) }
+            limit.start(at: now)
+            return d.receive(buffers: 1, size: 44 + 4096, limits: [limit, nil, nil])
         }
         for _ in 0..<5 { #expect(receive(at: 0).isEmpty) }     // nothing to send: no tokens spent
         d.host.deliver([UInt8](repeating: 7, count: 10_000), to: id)
         let first = receive(at: 0)
         #expect(first.map(\.0.op) == [Op.rw] && first[0].1.count <= 4096)   // one packet's worth
-        #expect(box.value.deferredFor != nil)
+        #expect(limit.deferredFor != nil)
         #expect(receive(at: 500_000_000).isEmpty)             // half the bucket back: not enough
         let second = receive(at: 1_000_000_000)
         let third = receive(at: 2_000_000_000)

@@ -18,7 +18,7 @@ private func bytes(_ count: Int, seed: Int = 1) -> [UInt8] {
         let (a, b) = try SeqpacketFrameBackend.pair()
         #expect(a.fd.isNonBlocking && b.fd.isNonBlocking)
         #expect(a.fd.isSeqpacketSocket)
-        #expect(a.descriptor == a.fd.rawValue && a.descriptor != b.descriptor)
+        #expect(a.waitHandle?.hostDescriptor == a.fd.rawValue && a.waitHandle != b.waitHandle)
         #expect(b.receive() == nil)                                  // nothing yet: no blocking
         let frames = [bytes(14), bytes(60, seed: 2), bytes(1514, seed: 3), bytes(1, seed: 4), bytes(9018, seed: 5)]
         for f in frames { #expect(a.send(f) == .sent) }
@@ -100,7 +100,7 @@ private func bytes(_ count: Int, seed: Int = 1) -> [UInt8] {
         #expect(b.send(bytes(60)) == .failed)
         // The device stops asking for the socket to be polled.
         let net = try VirtioNet(backend: b, mac: [2, 0, 0, 0, 0, 1])
-        #expect(net.inputDescriptors.isEmpty)
+        #expect(net.inputHandles.isEmpty)
     }
 
     @Test func sendingToAClosedPeerFails() throws {
@@ -133,7 +133,7 @@ private func bytes(_ count: Int, seed: Int = 1) -> [UInt8] {
         let (la, lb) = try SeqpacketFrameBackend.pair()
         let macA: [UInt8] = [2, 0, 0, 0, 0, 0xa], macB: [UInt8] = [2, 0, 0, 0, 0, 0xb]
         let netA = try VirtioNet(backend: la, mac: macA), netB = try VirtioNet(backend: lb, mac: macB)
-        #expect(netB.inputDescriptors == [lb.descriptor])
+        #expect(netB.inputHandles == [lb.waitHandle])
 
         let ram = ArrayRAM(base: 0, size: 0x1_0000)
         // Transmit queue of A at 0x1000/0x2000/0x3000, receive queue of B at 0x4000/0x5000/0x6000.
@@ -153,10 +153,10 @@ private func bytes(_ count: Int, seed: Int = 1) -> [UInt8] {
         descriptor(0x4000, 0x9000, 1526, Virtio.DescriptorFlag.write)
         _ = ram.store(UInt16(0), at: 0x5004); _ = ram.store(UInt16(1), at: 0x5002)
 
-        #expect(waitReadable([lb.descriptor], timeoutMilliseconds: 0) == [])   // nothing yet
+        #expect(waitReadable([lb.fd.rawValue], timeoutMilliseconds: 0) == [])   // nothing yet
         #expect(try netA.process(queue: 1, &tx, ram: ram))
         #expect(netA.counters.framesSent == 1)
-        #expect(waitReadable([lb.descriptor], timeoutMilliseconds: 1000) == [true])
+        #expect(waitReadable([lb.fd.rawValue], timeoutMilliseconds: 1000) == [true])
         var queues: [SplitQueue?] = [rx, nil]
         let r = try netB.receive(queues: &queues, ram: ram)
         #expect(r == ReceiveResult(used: true, needsBuffers: false))

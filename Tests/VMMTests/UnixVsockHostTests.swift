@@ -24,7 +24,7 @@ struct UnixVsockHostTests {
         while out.count < count && spins < 2000 {
             switch host.receive(id, max: 4096) {
             case .data(let b): out += b
-            case .empty: spins += 1; _ = waitReadable([host.descriptor(id)], timeoutMilliseconds: 5)
+            case .empty: spins += 1; _ = waitReadable([host.waitHandle(id)?.hostDescriptor ?? -1], timeoutMilliseconds: 5)
             case .closed, .reset: return out
             }
         }
@@ -49,7 +49,7 @@ struct UnixVsockHostTests {
         #expect(try peer.writeStream([1, 2][...]) == 2)
         #expect(drain(host, id, count: 2) == [1, 2])
         host.close(id)
-        #expect(host.openCount == 0 && host.descriptor(id) == -1)
+        #expect(host.openCount == 0 && host.waitHandle(id) == nil)
     }
 
     /// The host program closes with bytes from the guest still unread: a reset, not an end of

@@ -60,7 +60,7 @@ final class RecordingRAM: GuestRAM {
 
 /// A link that records what it was given and hands out a list of frames.
 final class FuzzLink: FrameBackend {
-    let descriptor: Int32 = -1
+    let waitHandle: WaitHandle? = nil
     var inbound: [[UInt8]] = []
     var sent: [[UInt8]] = []
     var capacity: Int?

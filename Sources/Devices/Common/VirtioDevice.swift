@@ -15,13 +15,19 @@ public protocol VirtioDeviceModel: AnyObject {
     func configWrite(offset: Int, bytes: [UInt8])
     /// Drop all state: the driver reset the device.
     func reset()
-    /// Serve every available chain of queue `index`. Returns true if any chain was used.
-    /// Throws only for ring-level corruption, after which the device needs a reset.
-    func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool
+    /// Serve every available chain of queue `index`, admitting each through `limit`, the queue's
+    /// rate limit (nil: none). Returns true if any chain was used. Throws only for ring-level
+    /// corruption, after which the device needs a reset.
+    func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM, limit: QueueLimiter?) throws(VirtqueueError) -> Bool
 }
 
 extension VirtioDeviceModel {
     public func configWrite(offset: Int, bytes: [UInt8]) {}
+
+    /// Serves queue `index` without a rate limit.
+    public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
+        try process(queue: index, &queue, ram: ram, limit: nil)
+    }
 }
 
 /// A complete virtio-mmio device: the transport's register state machine, the driver's queues
@@ -35,14 +41,15 @@ public final class VirtioMMIODevice {
     /// Chains refused (broken) and ring errors seen: a hostile driver is visible here.
     public private(set) var ringErrors: UInt64 = 0
 
-    /// Per-queue rate limits (nil: unlimited). Each queue gets its own buckets.
+    /// Per-queue rate limits (nil: unlimited). Each queue gets its own buckets, handed to the
+    /// model with every call that may serve the queue.
     public let rateLimit: RateLimiter?
-    private var throttles: [ThrottleBox?]
+    private let limiters: [QueueLimiter?]
 
     public init(model: VirtioDeviceModel, rateLimit: RateLimiter? = nil) {
         self.model = model
         self.rateLimit = rateLimit
-        self.throttles = model.queueSizes.map { _ in rateLimit.map { ThrottleBox(QueueThrottle(limiter: $0)) } }
+        self.limiters = model.queueSizes.map { _ in rateLimit.map(QueueLimiter.init) }
         let offered = model.features | Virtio.Feature.indirectDescriptors | Virtio.Feature.eventIndex
         transport = MMIOTransport(deviceID: model.deviceType.rawValue, features: offered,
                                   queueSizes: model.queueSizes, config: model.config)
@@ -110,8 +117,8 @@ public final class VirtioMMIODevice {
 
     /// Nanoseconds until queue `index`, deferred by its rate limit, should be served again.
     public func deferral(queue index: Int) -> UInt64? {
-        guard throttles.indices.contains(index) else { return nil }
-        return throttles[index]?.value.deferredFor
+        guard limiters.indices.contains(index) else { return nil }
+        return limiters[index]?.deferredFor
     }
 
     /// The driver rang queue `index`'s doorbell (from an ioeventfd, or a QueueNotify exit), or a
@@ -119,12 +126,10 @@ public final class VirtioMMIODevice {
     /// Returns true when the driver should be interrupted.
     public func notify(queue index: Int, ram: GuestRAM, now: UInt64 = 0) -> Bool {
         guard transport.running, queues.indices.contains(index), var q = queues[index] else { return false }
-        let throttle = throttles[index]
-        throttle?.value.now = now
+        let limit = limiters[index]
+        limit?.start(at: now)
         do {
-            let used = try QueueThrottling.$current.withValue(throttle) { () throws(VirtqueueError) -> Bool in
-                try model.process(queue: index, &q, ram: ram)
-            }
+            let used = try model.process(queue: index, &q, ram: ram, limit: limit)
             let wanted = used && q.shouldNotify(ram)
             queues[index] = q
             guard wanted else { return false }
@@ -140,43 +145,17 @@ public final class VirtioMMIODevice {
     }
 }
 
-/// The rate limiting of one queue: its buckets, the time of the current processing pass (set by
-/// the VMM before it asks the model to serve the queue), and how long the queue must wait when
-/// the buckets ran dry.
-public struct QueueThrottle: Equatable, Sendable {
-    public var limiter: RateLimiter
-    public var now: UInt64 = 0
-    /// Set when a chain was deferred: nanoseconds until it can be served.
-    public var deferredFor: UInt64?
-
-    public init(limiter: RateLimiter) { self.limiter = limiter }
-}
-
-/// The throttle of the queue being served. Models do not see it; `serveAll` consults it.
-public enum QueueThrottling {
-    @TaskLocal public static var current: ThrottleBox?
-}
-
-/// The throttle of one queue, shared between the device and `serveAll`.
-public final class ThrottleBox: @unchecked Sendable {
-    // Sendable: used by one device thread at a time, under the device's own lock.
-    public var value: QueueThrottle
-    public init(_ value: QueueThrottle) { self.value = value }
-}
-
 extension SplitQueue {
     /// Pops every available chain and hands it to `handle`, which returns the number of bytes it
     /// wrote into the chain. Broken chains are returned to the driver with nothing written.
     /// Returns whether anything was used.
     ///
-    /// Under a rate limit (`QueueThrottling.current`), a chain whose operation or bytes (readable
-    /// plus writable length) the buckets cannot cover yet is put back in the queue, and the
-    /// throttle records how long to wait: the guest is slowed, its requests are not failed.
-    public mutating func serveAll(ram: GuestRAM, onBroken: (VirtqueueError) -> Void = { _ in },
+    /// Under a rate limit (`limit`), a chain whose operation or bytes (readable plus writable
+    /// length) the buckets cannot cover yet is put back in the queue, and the limiter records how
+    /// long to wait: the guest is slowed, its requests are not failed.
+    public mutating func serveAll(ram: GuestRAM, limit: QueueLimiter? = nil, onBroken: (VirtqueueError) -> Void = { _ in },
                                   _ handle: (DescriptorChain) -> UInt32) throws(VirtqueueError) -> Bool {
         var used = false
-        let throttle = QueueThrottling.current
-        throttle?.value.deferredFor = nil
         // At most one queue's worth per call, so a driver that keeps publishing cannot starve
         // the other queues and devices.
         for _ in 0..<Int(size) {
@@ -184,14 +163,9 @@ extension SplitQueue {
             let written: UInt32
             switch next.result {
             case .success(let chain):
-                if let t = throttle {
-                    let bytes = chain.readableLength + chain.writableLength
-                    let now = t.value.now
-                    if !t.value.limiter.admit(bytes: bytes, now: now) {
-                        t.value.deferredFor = max(1, t.value.limiter.delay(bytes: bytes, now: now))
-                        undoPop()
-                        return used
-                    }
+                if let limit, !limit.admit(bytes: chain.readableLength + chain.writableLength) {
+                    undoPop()
+                    return used
                 }
                 written = handle(chain)
             case .failure(let e): onBroken(e); written = 0
@@ -216,11 +190,13 @@ public struct ReceiveResult: Equatable, Sendable {
 /// A device model whose back end produces input on its own (network frames, stream data). The VMM
 /// polls `inputDescriptors` on the device thread and calls `receive` when one is readable.
 public protocol VirtioBackendInput: VirtioDeviceModel {
-    /// Descriptors whose readability means input for the guest (sockets the VMM was given).
-    var inputDescriptors: [Int32] { get }
+    /// What is readable when there is input for the guest (the back ends' sockets).
+    var inputHandles: [WaitHandle] { get }
     /// Moves ready input into the guest's receive queue(s) (`queues[i]` is nil while queue i is
-    /// not ready). Throws only for ring-level corruption, as `process` does.
-    func receive(queues: inout [SplitQueue?], ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult
+    /// not ready), admitting it through `limits[inputQueue]` (`limits[i]` is queue i's rate
+    /// limit, nil: none; empty: no limits at all). Throws only for ring-level corruption, as
+    /// `process` does.
+    func receive(queues: inout [SplitQueue?], ram: GuestRAM, limits: [QueueLimiter?]) throws(VirtqueueError) -> ReceiveResult
     /// Output is backed up in the device; see the default below.
     var hasOutputBacklog: Bool { get }
     /// The queue input goes to: its rate limit (if any) applies to `receive`.
@@ -232,6 +208,16 @@ extension VirtioBackendInput {
     /// `receive` again soon, which retries, since no doorbell or readable descriptor may come.
     public var hasOutputBacklog: Bool { false }
     public var inputQueue: Int { 0 }
+
+    /// Moves ready input without rate limits.
+    public func receive(queues: inout [SplitQueue?], ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult {
+        try receive(queues: &queues, ram: ram, limits: [])
+    }
+}
+
+extension Array where Element == QueueLimiter? {
+    /// Queue `index`'s limiter, or nil (none, or no such queue).
+    public func limit(_ index: Int) -> QueueLimiter? { indices.contains(index) ? self[index] : nil }
 }
 
 extension VirtioMMIODevice {
@@ -247,18 +233,16 @@ extension VirtioMMIODevice {
     /// and `inputDeferral` says for how long; `now` is monotonic nanoseconds.
     public func backendInput(ram: GuestRAM, now: UInt64 = 0) -> (interrupt: Bool, needsBuffers: Bool) {
         guard let input = model as? VirtioBackendInput else { return (false, false) }
-        let throttle = throttles.indices.contains(input.inputQueue) ? throttles[input.inputQueue] : nil
-        throttle?.value.deferredFor = nil
-        throttle?.value.now = now
+        // The input queue's pass starts now; the other queues' limiters (a device may resume
+        // output from here) just learn the time.
+        for (i, l) in limiters.enumerated() { if i == input.inputQueue { l?.start(at: now) } else { l?.advance(to: now) } }
         // Before DRIVER_OK (or after a reset) there is nowhere to put input: stop polling until the
         // driver rings a doorbell, or a waiting frame would keep the device thread spinning.
         guard transport.running else { return (false, true) }
         var qs = queues
         let before = queues.map { $0?.nextUsed }
         do {
-            let r = try QueueThrottling.$current.withValue(throttle) { () throws(VirtqueueError) -> ReceiveResult in
-                try input.receive(queues: &qs, ram: ram)
-            }
+            let r = try input.receive(queues: &qs, ram: ram, limits: limiters)
             var interrupt = false
             for i in qs.indices {
                 // Only queues that gained used entries can want an interrupt.

@@ -103,3 +103,42 @@ public struct RateLimiter: Equatable, Sendable {
         max(operations?.delay(for: 1, now: now) ?? 0, bytes?.delay(for: byteCount, now: now) ?? 0)
     }
 }
+
+/// The rate limit of one queue, which the device passes to its model with every call that may
+/// serve the queue: the buckets, the time of the current pass, and how long the queue must wait
+/// when the buckets ran dry. `admit` is the one admission routine every device uses.
+///
+/// Not thread-safe: used by one device thread at a time, under the device's own lock.
+public final class QueueLimiter: @unchecked Sendable {
+    public private(set) var limiter: RateLimiter
+    /// Monotonic nanoseconds of the current pass.
+    public private(set) var now: UInt64 = 0
+    /// Set when a request was held back: nanoseconds until it can go.
+    public private(set) var deferredFor: UInt64?
+
+    public init(_ limiter: RateLimiter) { self.limiter = limiter }
+
+    /// A pass over the queue begins at `now`: no request is held back yet.
+    public func start(at now: UInt64) {
+        self.now = now
+        deferredFor = nil
+    }
+
+    /// The time moves on without a new pass (a deferral already recorded stands).
+    public func advance(to now: UInt64) { self.now = now }
+
+    /// Whether a request of `bytes` bytes (and one operation) may go now; if so its tokens are
+    /// taken, if not the queue is deferred until the buckets will cover it. The caller leaves
+    /// the request where it was (in the ring, or in the back end) and stops the pass.
+    public func admit(bytes: UInt64) -> Bool {
+        if limiter.admit(bytes: bytes, now: now) { return true }
+        deferredFor = max(1, limiter.delay(bytes: bytes, now: now))
+        return false
+    }
+
+    /// Gives back tokens `admit` took for work that turned out smaller (`bytes` not used) or did
+    /// not happen at all (`operation`).
+    public func refund(bytes: UInt64, operation: Bool) {
+        limiter.refund(bytes: bytes, operation: operation)
+    }
+}

@@ -20,8 +20,8 @@ public final class VirtioRNG: VirtioDeviceModel {
 
     public func reset() {}
 
-    public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
-        try queue.serveAll(ram: ram, onBroken: { _ in self.brokenChains += 1 }) { chain in
+    public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM, limit: QueueLimiter?) throws(VirtqueueError) -> Bool {
+        try queue.serveAll(ram: ram, limit: limit, onBroken: { _ in self.brokenChains += 1 }) { chain in
             let n = Int(min(chain.writableLength, UInt64(Self.maxRequest)))
             guard n > 0, let bytes = source(n), bytes.count == n,
                   let written = try? chain.scatter(bytes, to: ram) else { return 0 }

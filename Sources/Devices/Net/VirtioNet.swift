@@ -1,149 +1,5 @@
 import Virtio
 
-/// What a `FrameBackend` did with one frame.
-public enum FrameSendResult: Equatable, Sendable {
-    /// The frame is on its way.
-    case sent
-    /// The back end cannot take it now (its buffer is full); the same frame can be offered again
-    /// once `descriptor` is writable.
-    case wouldBlock
-    /// The back end refused it for good (the peer is gone, the frame is too large for the link):
-    /// the frame is dropped.
-    case failed
-}
-
-/// What virtio-net needs of a link: whole Ethernet frames (without the virtio header) in and out,
-/// never blocking. The device validates every frame before `send` (size, source MAC), so a back
-/// end sees only frames the guest was allowed to send.
-public protocol FrameBackend: AnyObject {
-    /// A descriptor that is readable when `receive` has a frame (and writable when `send` would
-    /// take one), for the VMM's poll loop; -1 when there is none (in-memory back ends).
-    var descriptor: Int32 { get }
-    /// Offers one frame to the link. Never blocks.
-    func send(_ frame: [UInt8]) -> FrameSendResult
-    /// The next frame from the link, or nil when none is ready. Never blocks.
-    func receive() -> [UInt8]?
-    /// The link is gone for good (the peer closed): no frame will ever arrive. The device stops
-    /// asking the VMM to poll `descriptor` (a hung-up socket is readable for ever).
-    var isClosed: Bool { get }
-}
-
-extension FrameBackend {
-    public var isClosed: Bool { false }
-}
-
-/// A link in memory, for tests and fuzzers: frames for the guest wait in `inbound`, frames from
-/// the guest collect in `sent`. `sendCapacity` and `failSends` model a full or broken link.
-public final class MemoryFrameBackend: FrameBackend {
-    public let descriptor: Int32 = -1
-    /// Frames waiting for the guest, oldest first.
-    public private(set) var inbound: [[UInt8]] = []
-    /// Every frame the back end accepted, in order.
-    public private(set) var sent: [[UInt8]] = []
-    /// How many more frames `send` accepts before it answers `wouldBlock` (nil: no limit).
-    public var sendCapacity: Int?
-    /// `send` answers `failed` (nothing is recorded).
-    public var failSends = false
-    /// Calls of `send` and `receive`, whatever they answered.
-    public private(set) var sendCalls = 0
-    public private(set) var receiveCalls = 0
-    public var isClosed = false
-
-    public init() {}
-
-    /// Queues `frame` for the guest.
-    public func deliver(_ frame: [UInt8]) { inbound.append(frame) }
-
-    public func send(_ frame: [UInt8]) -> FrameSendResult {
-        sendCalls += 1
-        if failSends { return .failed }
-        if let c = sendCapacity {
-            guard c > 0 else { return .wouldBlock }
-            sendCapacity = c - 1
-        }
-        sent.append(frame)
-        return .sent
-    }
-
-    public func receive() -> [UInt8]? {
-        receiveCalls += 1
-        guard !inbound.isEmpty else { return nil }
-        return inbound.removeFirst()
-    }
-}
-
-/// Why virtio-net dropped a frame (or a chain). Each is counted in `NetCounters.drops`.
-public enum NetDrop: String, Error, Hashable, Sendable, CaseIterable, CustomStringConvertible {
-    // Transmit (guest to link).
-    /// Fewer than 12 device-readable bytes: no complete `virtio_net_hdr`.
-    case txShortHeader
-    /// The header asks for an offload that was not offered: VIRTIO_NET_HDR_F_NEEDS_CSUM without
-    /// VIRTIO_NET_F_CSUM, or a `gso_type` other than NONE without any HOST_TSO/UFO/USO (§5.1.6.2.1).
-    case txOffload
-    /// The frame is shorter than an Ethernet header (14 bytes).
-    case txTooShort
-    /// The frame is longer than `mtu` + 14 (+ 4 with an 802.1Q tag).
-    case txTooLong
-    /// The frame's source MAC is not the device's: spoofing (see `VirtioNet`).
-    case txSpoofedSource
-    /// The back end refused the frame for good.
-    case txBackendFailed
-    // Receive (link to guest).
-    /// A frame from the link shorter than an Ethernet header.
-    case rxTooShort
-    /// A frame from the link longer than `mtu` + 14 (+ 4 with an 802.1Q tag): the guest must not
-    /// be handed it (§5.1.4.1, VIRTIO_NET_F_MTU).
-    case rxTooLong
-    /// The receive chain's device-writable bytes cannot hold the header and the frame.
-    case rxChainTooSmall
-    /// The driver reset the device while a frame waited for a receive buffer.
-    case rxReset
-    // Either direction.
-    /// The virtqueue refused the chain (loop, bad index, buffer outside RAM...); on receive the
-    /// frame that would have gone into it is dropped too.
-    case brokenChain
-    /// Copying to or from a chain's buffers failed (memory the device may not write).
-    case memory
-
-    public var description: String {
-        switch self {
-        case .txShortHeader: return "transmit chain shorter than the 12-byte virtio_net_hdr"
-        case .txOffload: return "transmit header asks for a checksum or segmentation offload that was not offered (§5.1.6.2.1)"
-        case .txTooShort: return "transmitted frame shorter than an Ethernet header"
-        case .txTooLong: return "transmitted frame longer than the MTU allows"
-        case .txSpoofedSource: return "transmitted frame's source MAC is not the device's"
-        case .txBackendFailed: return "the link refused a transmitted frame"
-        case .rxTooShort: return "received frame shorter than an Ethernet header"
-        case .rxTooLong: return "received frame longer than the MTU allows"
-        case .rxChainTooSmall: return "receive buffer too small for the header and the frame"
-        case .rxReset: return "a frame waiting for a receive buffer was dropped by a device reset"
-        case .brokenChain: return "broken descriptor chain"
-        case .memory: return "copying to or from guest memory failed"
-        }
-    }
-}
-
-/// What the device has done, for metrics. Counters only grow (a device reset keeps them).
-public struct NetCounters: Equatable, Sendable {
-    /// Frames the back end accepted, and their bytes (Ethernet frame, no virtio header).
-    public var framesSent: UInt64 = 0
-    public var bytesSent: UInt64 = 0
-    /// Frames placed in the guest's receive buffers, and their bytes (no virtio header).
-    public var framesReceived: UInt64 = 0
-    public var bytesReceived: UInt64 = 0
-    /// Times transmission stopped because the back end would block.
-    public var transmitBlocked: UInt64 = 0
-    /// Times a frame had to wait because the guest had posted no receive buffer.
-    public var receiveNoBuffers: UInt64 = 0
-    /// Dropped frames (and refused chains) by reason.
-    public var drops: [NetDrop: UInt64] = [:]
-    /// The most recent drop, for diagnostics.
-    public var lastDrop: NetDrop?
-
-    public var totalDrops: UInt64 { drops.values.reduce(0, +) }
-    public subscript(drop: NetDrop) -> UInt64 { drops[drop] ?? 0 }
-}
-
 /// Why a `VirtioNet` configuration was refused.
 public enum VirtioNetConfigError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A MAC address is 6 bytes.
@@ -272,15 +128,17 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendInput {
         return c
     }
 
-    public var inputDescriptors: [Int32] {
-        backend.descriptor >= 0 && !backend.isClosed ? [backend.descriptor] : []
+    public var inputHandles: [WaitHandle] {
+        guard let h = backend.waitHandle, !backend.isClosed else { return [] }
+        return [h]
     }
 
-    /// Descriptors to poll for writability: while transmission is blocked, the VMM waits for the
-    /// back end to become writable and then notifies `transmitQueue` again (the guest may not
-    /// ring: its queue can be full, or with event index it has already told the device).
-    public var blockedTransmitDescriptors: [Int32] {
-        transmitBlocked && backend.descriptor >= 0 ? [backend.descriptor] : []
+    /// What to poll for writability: while transmission is blocked, the VMM waits for the back
+    /// end to become writable and then notifies `transmitQueue` again (the guest may not ring:
+    /// its queue can be full, or with event index it has already told the device).
+    public var blockedTransmitHandles: [WaitHandle] {
+        guard transmitBlocked, let h = backend.waitHandle else { return [] }
+        return [h]
     }
 
     public func reset() {
@@ -289,25 +147,25 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendInput {
         transmitBlocked = false
     }
 
-    public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
+    public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM, limit: QueueLimiter?) throws(VirtqueueError) -> Bool {
         switch index {
         case Self.receiveQueue:
             // New receive buffers: a held frame (and whatever else the link has) can go in.
-            return try fill(&queue, ram: ram).used
+            return try fill(&queue, ram: ram, limit: limit).used
         case Self.transmitQueue:
-            return try transmitAll(&queue, ram: ram)
+            return try transmitAll(&queue, ram: ram, limit: limit)
         default:
             return false
         }
     }
 
-    public func receive(queues: inout [SplitQueue?], ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult {
+    public func receive(queues: inout [SplitQueue?], ram: GuestRAM, limits: [QueueLimiter?]) throws(VirtqueueError) -> ReceiveResult {
         guard queues.indices.contains(Self.receiveQueue), var rx = queues[Self.receiveQueue] else {
             // No receive queue yet: hold one frame and wait for the driver's first doorbell.
             if pendingFrame == nil { pendingFrame = nextFrame(budget: Self.maxFramesPerPass) }
             return ReceiveResult(used: false, needsBuffers: pendingFrame != nil)
         }
-        let r = try fill(&rx, ram: ram)
+        let r = try fill(&rx, ram: ram, limit: limits.limit(Self.receiveQueue))
         queues[Self.receiveQueue] = rx
         return r
     }
@@ -317,10 +175,8 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendInput {
     /// Serves the transmit queue: at most one queue's worth of chains, each a frame to validate
     /// and send. Stops, leaving the chain in the queue, when the back end would block or the rate
     /// limit says wait.
-    func transmitAll(_ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
+    func transmitAll(_ queue: inout SplitQueue, ram: GuestRAM, limit: QueueLimiter? = nil) throws(VirtqueueError) -> Bool {
         transmitBlocked = false
-        let throttle = QueueThrottling.current
-        throttle?.value.deferredFor = nil
         var used = false
         for _ in 0..<Int(queue.size) {
             guard let next = try queue.pop(from: ram) else { break }
@@ -328,15 +184,10 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendInput {
             case .failure:
                 record(.brokenChain)
             case .success(let chain):
-                if let t = throttle {
-                    // As `serveAll`: a chain the buckets cannot cover yet waits in the queue.
-                    let bytes = chain.readableLength + chain.writableLength
-                    let now = t.value.now
-                    if !t.value.limiter.admit(bytes: bytes, now: now) {
-                        t.value.deferredFor = max(1, t.value.limiter.delay(bytes: bytes, now: now))
-                        queue.undoPop()
-                        return used
-                    }
+                // As `serveAll`: a chain the buckets cannot cover yet waits in the queue.
+                if let limit, !limit.admit(bytes: chain.readableLength + chain.writableLength) {
+                    queue.undoPop()
+                    return used
                 }
                 if transmit(chain, ram: ram) == .wouldBlock {
                     // Back pressure reaches the guest: the chain stays available, its queue
@@ -443,7 +294,7 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendInput {
 
     /// Moves frames (the held one first) into receive chains, one chain per frame, until the link
     /// has no more, `maxFramesPerPass` frames were read, or the guest has no buffer left.
-    func fill(_ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult {
+    func fill(_ queue: inout SplitQueue, ram: GuestRAM, limit: QueueLimiter? = nil) throws(VirtqueueError) -> ReceiveResult {
         var used = false
         var read = 0
         while true {
@@ -463,16 +314,12 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendInput {
                 counters.receiveNoBuffers += 1
                 return ReceiveResult(used: used, needsBuffers: true)
             }
-            if let t = QueueThrottling.current {
-                // A receive rate limit: the frame waits in the device, and the chain in the queue
-                // (the socket is not read meanwhile, so the peer's sends back up), until the
-                // buckets cover it. Charged once, when it goes.
-                let now = t.value.now
-                if !t.value.limiter.admit(bytes: UInt64(frame.count), now: now) {
-                    t.value.deferredFor = max(1, t.value.limiter.delay(bytes: UInt64(frame.count), now: now))
-                    queue.undoPop()
-                    return ReceiveResult(used: used, needsBuffers: false)
-                }
+            // A receive rate limit: the frame waits in the device, and the chain in the queue (the
+            // socket is not read meanwhile, so the peer's sends back up), until the buckets cover
+            // it. Charged once, when it goes.
+            if let limit, !limit.admit(bytes: UInt64(frame.count)) {
+                queue.undoPop()
+                return ReceiveResult(used: used, needsBuffers: false)
             }
             // This chain takes this frame, delivered or not: one chain per frame bounds the work.
             pendingFrame = nil
@@ -523,5 +370,3 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendInput {
         mac.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined(separator: ":")
     }
 }
-
-private func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }

@@ -1,216 +1,5 @@
+import GuestABI
 import Virtio
-
-/// What a `VsockHost` had for one connection.
-public enum VsockHostRead: Equatable, Sendable {
-    /// Bytes for the guest (never more than asked for, never empty).
-    case data([UInt8])
-    /// Nothing now; try again when the connection's descriptor is readable.
-    case empty
-    /// The host side closed: no more data will come.
-    case closed
-    /// The host side reset the connection (data may have been lost): the guest gets RST.
-    case reset
-}
-
-/// The host side of virtio-vsock: where guest-initiated stream connections to the host (CID 2)
-/// go. The device validates every packet before it calls the host, so a host sees only
-/// connections and bytes the guest was allowed to make. Never blocks.
-public protocol VsockHost: AnyObject {
-    /// Opens a connection for a guest connecting to host port `port` (Firecracker maps this to
-    /// the Unix socket "PATH_PORT"). Returns a connection id, or nil when nothing listens there.
-    func connect(port: UInt32) -> UInt64?
-    /// Offers bytes to connection `id`; returns how many it accepted now (0...bytes.count), or
-    /// nil when the host end is gone for good (the device then resets the connection).
-    func send(_ id: UInt64, _ bytes: [UInt8]) -> Int?
-    /// Reads at most `max` (> 0) bytes from connection `id`.
-    func receive(_ id: UInt64, max: Int) -> VsockHostRead
-    /// The guest will send nothing more on connection `id`, and everything it sent was accepted:
-    /// the host end sees end-of-stream (a half close; data may still flow to the guest).
-    func finishSending(_ id: UInt64)
-    /// Closes connection `id` (the guest reset or shut it down). The id is not used again.
-    func close(_ id: UInt64)
-    /// A descriptor readable when connection `id` has data, for the VMM's poll loop; -1 if none.
-    func descriptor(_ id: UInt64) -> Int32
-}
-
-extension VsockHost {
-    public func descriptor(_ id: UInt64) -> Int32 { -1 }
-}
-
-/// A host in memory, for tests and fuzzers: `listening` ports accept, bytes from the guest
-/// collect per connection, bytes for the guest wait in `inbound`.
-public final class MemoryVsockHost: VsockHost {
-    public struct Connection: Equatable, Sendable {
-        public var port: UInt32
-        /// Everything the host accepted from the guest, in order.
-        public var received: [UInt8] = []
-        /// Bytes waiting for the guest.
-        public var inbound: [UInt8] = []
-        /// The host side is closing: after `inbound` drains, reads answer `.closed`.
-        public var hostClosed = false
-        /// Closed by the device.
-        public var closed = false
-        /// The device said the guest will send no more (`finishSending`).
-        public var guestFinished = false
-        /// Sends fail as if the host end were gone.
-        public var broken = false
-        /// Reads report a reset.
-        public var reset = false
-        /// How many more bytes `send` accepts (nil: no limit).
-        public var sendCapacity: Int?
-    }
-
-    public var listening: Set<UInt32> = []
-    public private(set) var connections: [UInt64: Connection] = [:]
-    public private(set) var nextID: UInt64 = 1
-    /// The capacity new connections start with (nil: no limit).
-    public var defaultSendCapacity: Int?
-
-    public init(listening: Set<UInt32> = []) { self.listening = listening }
-
-    /// Connections not closed by the device.
-    public var openCount: Int { connections.values.filter { !$0.closed }.count }
-    /// All bytes every connection accepted.
-    public var totalReceived: Int { connections.values.reduce(0) { $0 + $1.received.count } }
-
-    public func connect(port: UInt32) -> UInt64? {
-        guard listening.contains(port) else { return nil }
-        let id = nextID
-        nextID += 1
-        connections[id] = Connection(port: port, sendCapacity: defaultSendCapacity)
-        return id
-    }
-
-    public func send(_ id: UInt64, _ bytes: [UInt8]) -> Int? {
-        guard var c = connections[id], !c.closed, !c.guestFinished else { return 0 }
-        if c.broken { return nil }
-        let n = min(bytes.count, c.sendCapacity ?? .max)
-        c.received += bytes.prefix(n)
-        if let cap = c.sendCapacity { c.sendCapacity = cap - n }
-        connections[id] = c
-        return n
-    }
-
-    public func receive(_ id: UInt64, max: Int) -> VsockHostRead {
-        guard var c = connections[id], !c.closed else { return .closed }
-        if c.reset { return .reset }
-        if c.inbound.isEmpty { return c.hostClosed ? .closed : .empty }
-        let n = min(max, c.inbound.count)
-        let out = Array(c.inbound.prefix(n))
-        c.inbound.removeFirst(n)
-        connections[id] = c
-        return .data(out)
-    }
-
-    public func close(_ id: UInt64) { connections[id]?.closed = true }
-
-    public func finishSending(_ id: UInt64) { connections[id]?.guestFinished = true }
-
-    /// Queues bytes for the guest on connection `id`.
-    public func deliver(_ bytes: [UInt8], to id: UInt64) { connections[id]?.inbound += bytes }
-    /// The host closes connection `id` (after its queued bytes).
-    public func hangUp(_ id: UInt64) { connections[id]?.hostClosed = true }
-    /// Lets connection `id` accept `n` more bytes.
-    public func setSendCapacity(_ n: Int?, for id: UInt64) { connections[id]?.sendCapacity = n }
-    /// The host resets connection `id`: reads report it.
-    public func resetConnection(_ id: UInt64) { connections[id]?.reset = true }
-    /// Makes every later send on connection `id` fail (a host peer that went away).
-    public func breakConnection(_ id: UInt64) { connections[id]?.broken = true }
-}
-
-/// `struct virtio_vsock_hdr` (virtio 1.2 §5.10.6): 44 bytes, little-endian.
-public struct VsockHeader: Equatable, Sendable {
-    public var srcCID: UInt64
-    public var dstCID: UInt64
-    public var srcPort: UInt32
-    public var dstPort: UInt32
-    public var len: UInt32
-    public var type: UInt16
-    public var op: UInt16
-    public var flags: UInt32
-    public var bufAlloc: UInt32
-    public var fwdCnt: UInt32
-
-    public static let size = 44
-
-    public init(srcCID: UInt64, dstCID: UInt64, srcPort: UInt32, dstPort: UInt32, len: UInt32 = 0,
-                type: UInt16 = VirtioVsock.typeStream, op: UInt16, flags: UInt32 = 0,
-                bufAlloc: UInt32 = 0, fwdCnt: UInt32 = 0) {
-        self.srcCID = srcCID; self.dstCID = dstCID; self.srcPort = srcPort; self.dstPort = dstPort
-        self.len = len; self.type = type; self.op = op; self.flags = flags
-        self.bufAlloc = bufAlloc; self.fwdCnt = fwdCnt
-    }
-
-    /// Decodes the first 44 bytes of `b` (nil when shorter).
-    public init?(_ b: [UInt8]) {
-        guard b.count >= Self.size else { return nil }
-        func u(_ o: Int, _ n: Int) -> UInt64 { (0..<n).reduce(0) { $0 | UInt64(b[o + $1]) << (8 * UInt64($1)) } }
-        srcCID = u(0, 8); dstCID = u(8, 8)
-        srcPort = UInt32(u(16, 4)); dstPort = UInt32(u(20, 4)); len = UInt32(u(24, 4))
-        type = UInt16(u(28, 2)); op = UInt16(u(30, 2))
-        flags = UInt32(u(32, 4)); bufAlloc = UInt32(u(36, 4)); fwdCnt = UInt32(u(40, 4))
-    }
-
-    public var bytes: [UInt8] {
-        func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
-        return le(srcCID, 8) + le(dstCID, 8) + le(UInt64(srcPort), 4) + le(UInt64(dstPort), 4) + le(UInt64(len), 4)
-            + le(UInt64(type), 2) + le(UInt64(op), 2) + le(UInt64(flags), 4) + le(UInt64(bufAlloc), 4) + le(UInt64(fwdCnt), 4)
-    }
-}
-
-/// Why virtio-vsock refused a packet (or a chain). Each is counted in `VsockCounters.drops`.
-public enum VsockDrop: String, Error, Hashable, Sendable, CaseIterable, CustomStringConvertible {
-    /// Fewer than 44 device-readable bytes: no complete header. Dropped, no reply.
-    case shortHeader
-    /// `src_cid` is not the guest's CID: spoofing. Dropped, no reply (the address is forged).
-    case spoofedSource
-    /// `dst_cid` is not the host (2). Answered with RST.
-    case wrongDestination
-    /// `type` is not STREAM. Answered with RST.
-    case badType
-    /// `len` exceeds the payload bytes present, or 64 KiB. Answered with RST.
-    case badLength
-    /// An op the device does not know (or one the guest may not send). Answered with RST.
-    case unknownOp
-    /// A packet (RW, SHUTDOWN, CREDIT_*) for a connection that does not exist. Answered with RST
-    /// (except RST itself).
-    case noConnection
-    /// RW data beyond the credit the device advertised, or after the guest's SHUTDOWN(SEND).
-    /// The connection is reset.
-    case creditOverrun
-    /// REQUEST while the connection table is full. Answered with RST.
-    case tableFull
-    /// REQUEST to a port where nothing listens. Answered with RST.
-    case connectRefused
-    /// REQUEST for a connection that already exists: both are reset.
-    case duplicateRequest
-    /// A receive chain whose writable bytes cannot hold a header: the packet meant for it is lost.
-    case rxChainTooSmall
-    /// The host end of a connection went away (a send failed for good, or the host reset the
-    /// connection): the guest gets RST, never an orderly end, since data may have been lost.
-    case hostGone
-    /// The virtqueue refused the chain.
-    case brokenChain
-    /// Copying to or from guest memory failed.
-    case memory
-
-    public var description: String { rawValue }
-}
-
-/// What the device has done, for metrics. Counters only grow.
-public struct VsockCounters: Equatable, Sendable {
-    public var packetsFromGuest: UInt64 = 0
-    public var packetsToGuest: UInt64 = 0
-    /// Payload bytes the host accepted, and payload bytes delivered to the guest.
-    public var bytesToHost: UInt64 = 0
-    public var bytesToGuest: UInt64 = 0
-    public var connectionsOpened: UInt64 = 0
-    public var drops: [VsockDrop: UInt64] = [:]
-    public var lastDrop: VsockDrop?
-
-    public var totalDrops: UInt64 { drops.values.reduce(0, +) }
-    public subscript(drop: VsockDrop) -> UInt64 { drops[drop] ?? 0 }
-}
 
 /// Why a `VirtioVsock` configuration was refused.
 public enum VirtioVsockConfigError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -247,26 +36,19 @@ public enum VirtioVsockConfigError: Error, Equatable, Sendable, CustomStringConv
 ///   processing stops, leaving chains in the queue, until receive drains them.
 /// - Work per call: at most a queue's worth of chains per queue.
 public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
-    public static let hostCID: UInt64 = 2
-    public static let typeStream: UInt16 = 1
-    public enum Op {
-        public static let request: UInt16 = 1
-        public static let response: UInt16 = 2
-        public static let rst: UInt16 = 3
-        public static let shutdown: UInt16 = 4
-        public static let rw: UInt16 = 5
-        public static let creditUpdate: UInt16 = 6
-        public static let creditRequest: UInt16 = 7
-    }
+    // The numbers a guest driver uses too: GuestABI's VsockABI.
+    public static let hostCID = VsockABI.hostCID
+    public static let typeStream = VsockABI.typeStream
+    public typealias Op = VsockABI.Op
     /// VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE / _SEND.
-    public static let shutdownReceive: UInt32 = 1
-    public static let shutdownSend: UInt32 = 2
+    public static let shutdownReceive = VsockABI.shutdownReceive
+    public static let shutdownSend = VsockABI.shutdownSend
 
-    public static let receiveQueue = 0
-    public static let transmitQueue = 1
-    public static let eventQueue = 2
+    public static let receiveQueue = VsockABI.receiveQueue
+    public static let transmitQueue = VsockABI.transmitQueue
+    public static let eventQueue = VsockABI.eventQueue
     public static let queueSize: UInt16 = 256
-    public static let maxPayload = 64 * 1024
+    public static let maxPayload = VsockABI.maxPayload
     public static let maxConnections = 64
     public static let maxControl = 2 * maxConnections + 32
 
@@ -311,9 +93,6 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
     struct Control { var key: Key, op: UInt16, flags: UInt32 = 0 }
 
     private(set) var connections: [Connection] = []
-    /// The transmit queue's rate limit (the throttle `process` was last called under), kept so
-    /// that TX resumed from the receive side is limited too.
-    private var txThrottle: ThrottleBox?
     private(set) var control: [Control] = []
     /// TX stopped because `control` is full.
     public private(set) var transmitBlocked = false
@@ -336,12 +115,11 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
     /// Guest data waits for a host socket that was full: retry soon (`receive` flushes).
     public var hasOutputBacklog: Bool { bufferedToHost > 0 }
 
-    /// Descriptors of connections that can take data for the guest now.
-    public var inputDescriptors: [Int32] {
+    /// What to wait on for connections that can take data for the guest now.
+    public var inputHandles: [WaitHandle] {
         connections.compactMap { c in
             guard !c.hostClosed, !c.guestShutReceive, c.peerFree > 0 else { return nil }
-            let d = host.descriptor(c.id)
-            return d >= 0 ? d : nil
+            return host.waitHandle(c.id)
         }
     }
 
@@ -352,30 +130,31 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
         transmitBlocked = false
     }
 
-    public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> Bool {
+    public func process(queue index: Int, _ queue: inout SplitQueue, ram: GuestRAM, limit: QueueLimiter?) throws(VirtqueueError) -> Bool {
         switch index {
-        case Self.receiveQueue: return try fill(&queue, ram: ram).used
-        case Self.transmitQueue:
-            txThrottle = QueueThrottling.current
-            return try transmitAll(&queue, ram: ram, throttle: txThrottle)
+        case Self.receiveQueue: return try fill(&queue, ram: ram, limit: limit).used
+        case Self.transmitQueue: return try transmitAll(&queue, ram: ram, limit: limit)
         default: return false
         }
     }
 
-    public func receive(queues: inout [SplitQueue?], ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult {
+    public func receive(queues: inout [SplitQueue?], ram: GuestRAM, limits: [QueueLimiter?]) throws(VirtqueueError) -> ReceiveResult {
+        let rxLimit = limits.limit(Self.receiveQueue)
         flushAll()
         guard queues.indices.contains(Self.receiveQueue), var rx = queues[Self.receiveQueue] else {
             return ReceiveResult(used: false, needsBuffers: !control.isEmpty)
         }
-        var r = try fill(&rx, ram: ram)
+        var r = try fill(&rx, ram: ram, limit: rxLimit)
         queues[Self.receiveQueue] = rx
         // Control packets drained: TX that stopped for them can go on.
         if transmitBlocked, control.count < Self.maxControl,
            queues.indices.contains(Self.transmitQueue), var tx = queues[Self.transmitQueue] {
-            if let t = txThrottle, let now = QueueThrottling.current?.value.now { t.value.now = now }
-            let txUsed = try transmitAll(&tx, ram: ram, throttle: txThrottle)
+            // TX resumed from here is limited by the transmit queue's own limiter.
+            let txLimit = limits.limit(Self.transmitQueue)
+            txLimit?.start(at: txLimit?.now ?? 0)
+            let txUsed = try transmitAll(&tx, ram: ram, limit: txLimit)
             queues[Self.transmitQueue] = tx
-            let r2 = try fill(&rx, ram: ram)
+            let r2 = try fill(&rx, ram: ram, limit: rxLimit)
             queues[Self.receiveQueue] = rx
             r = ReceiveResult(used: r.used || r2.used || txUsed, needsBuffers: r2.needsBuffers)
         }
@@ -385,10 +164,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
     // MARK: Transmit
 
     /// Under a rate limit, a chain the buckets cannot cover (its readable bytes, one operation)
-    /// waits in the queue and `throttle` records for how long: the guest is slowed, not failed.
-    func transmitAll(_ queue: inout SplitQueue, ram: GuestRAM, throttle: ThrottleBox? = nil) throws(VirtqueueError) -> Bool {
+    /// waits in the queue and `limit` records for how long: the guest is slowed, not failed.
+    func transmitAll(_ queue: inout SplitQueue, ram: GuestRAM, limit: QueueLimiter? = nil) throws(VirtqueueError) -> Bool {
         transmitBlocked = false
-        throttle?.value.deferredFor = nil
         var used = false
         for _ in 0..<Int(queue.size) {
             // Each packet queues at most one control packet: stop while they back up.
@@ -397,13 +175,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
             switch next.result {
             case .failure: record(.brokenChain)
             case .success(let chain):
-                if let t = throttle {
-                    let bytes = chain.readableLength, now = t.value.now
-                    if !t.value.limiter.admit(bytes: bytes, now: now) {
-                        t.value.deferredFor = max(1, t.value.limiter.delay(bytes: bytes, now: now))
-                        queue.undoPop()
-                        return used
-                    }
+                if let limit, !limit.admit(bytes: chain.readableLength) {
+                    queue.undoPop()
+                    return used
                 }
                 transmit(chain, ram: ram)
             }
@@ -541,7 +315,7 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
 
     /// Fills receive chains: control packets first, then credit updates, then host data
     /// (round robin, within the guest's credit). At most a queue's worth of chains.
-    func fill(_ queue: inout SplitQueue, ram: GuestRAM) throws(VirtqueueError) -> ReceiveResult {
+    func fill(_ queue: inout SplitQueue, ram: GuestRAM, limit: QueueLimiter? = nil) throws(VirtqueueError) -> ReceiveResult {
         var used = false
         for _ in 0..<Int(queue.size) {
             guard let next = try queue.pop(from: ram) else {
@@ -558,7 +332,7 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
                     break
                 }
                 let room = Int(min(chain.writableLength - UInt64(VsockHeader.size), UInt64(Self.maxPayload)))
-                guard let (h, payload) = takePacket(room: room) else {
+                guard let (h, payload) = takePacket(room: room, limit: limit) else {
                     // Nothing for the guest: the chain stays available.
                     queue.undoPop()
                     return ReceiveResult(used: used, needsBuffers: false)
@@ -584,7 +358,7 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
     }
 
     /// The next packet for a chain with `room` payload bytes, or nil when there is none.
-    private func takePacket(room: Int) -> (VsockHeader, [UInt8])? {
+    private func takePacket(room: Int, limit: QueueLimiter?) -> (VsockHeader, [UInt8])? {
         if !control.isEmpty {
             let k = control.removeFirst()
             let i = connections.firstIndex { $0.key == k.key }
@@ -604,22 +378,18 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
             guard !c.hostClosed, !c.guestShutReceive else { continue }
             var want = min(room, c.peerFree)
             guard want > 0 else { continue }
-            if let t = QueueThrottling.current {
+            if let limit {
                 // A receive rate limit: host data waits in the host socket (its sender is slowed by
                 // the socket filling) until the buckets cover a packet. Charged for the packet's
                 // room up front; what the host did not have is given back below.
                 want = min(want, 4096)
-                let now = t.value.now
-                if !t.value.limiter.admit(bytes: UInt64(want), now: now) {
-                    t.value.deferredFor = max(1, t.value.limiter.delay(bytes: UInt64(want), now: now))
-                    return nil
-                }
+                guard limit.admit(bytes: UInt64(want)) else { return nil }
             }
             let read = host.receive(c.id, max: want)
-            if let t = QueueThrottling.current {
+            if let limit {
                 var delivered = 0
                 if case .data(let b) = read { delivered = min(b.count, want) }
-                t.value.limiter.refund(bytes: UInt64(want - delivered), operation: delivered == 0)
+                limit.refund(bytes: UInt64(want - delivered), operation: delivered == 0)
             }
             switch read {
             case .empty:
