@@ -35,6 +35,8 @@ let package = Package(
         .library(name: "BulkheadVMM", targets: ["VMM"]),
         .library(name: "BulkheadWorkerProtocol", targets: ["WorkerProtocol"]),
         .library(name: "BulkheadGuestInterface", targets: ["GuestInterface"]),
+        // The shared test support, for Fuzz/ (never part of a release).
+        .library(name: "BulkheadTestSupport", targets: ["TestSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -80,23 +82,32 @@ let package = Package(
                          linkerSettings: hardening),
         // The module rules of docs/architecture.md, read from the package graph (no root, no KVM).
         .testTarget(name: "ArchitectureTests"),
+        // Unit test targets: they need neither root nor /dev/kvm, and cannot reach the
+        // requiresKVM / requiresRoot traits (HostTestSupport: ArchitectureTests checks it).
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "Jail", "CLinux", "TestSupport"]),
-        .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS", "TestSupport"]),
-        .testTarget(name: "BootTests", dependencies: ["Boot"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestABI"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestABI"]),
-        // Shared by the test targets: the requiresKVM / requiresRoot traits, tiny guest images
-        // (never part of a product).
-        .target(name: "TestSupport", dependencies: ["VMM", "KVM"], path: "Tests/TestSupport"),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS"]),
+        .testTarget(name: "BootTests", dependencies: ["Boot", "TestSupport"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestABI", "TestSupport"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestABI", "TestSupport"]),
+        // Shared by the tests and the fuzzers (pure: no KVM, no root): the driver side of a virtqueue,
+        // the in-memory back ends, the seeded generator, the page-table walker, the image builders.
+        .target(name: "TestSupport", dependencies: ["Boot", "Virtio", "Devices", "GuestABI"], path: "Tests/TestSupport"),
+        // For the integration targets only: the requiresKVM / requiresRoot traits and tiny kernels
+        // (re-exports TestSupport).
+        .target(name: "HostTestSupport", dependencies: ["TestSupport", "VMM", "KVM"], path: "Tests/HostTestSupport"),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "HostOS", "Jail", "Devices", "GuestInterface", "Supervisor", "TestSupport"]),
+        // Integration test targets: IntegrationTests (in-process suites that need /dev/kvm or root:
+        // guest runs, vCPU kicks, cgroups, credentials) and CLITests (the built executables).
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "HostOS", "Jail", "Devices", "Boot", "GuestInterface",
+                                                             "HostTestSupport"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
-        .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "HostOS", "KVM", "CKVM", "CLinux"]),
+        .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "HostOS", "KVM", "CKVM", "CLinux", "TestSupport"]),
         // A worker that misbehaves on purpose, for the launcher's tests (never installed).
         .executableTarget(name: "bulkhead-fake-worker", dependencies: ["HostOS", "Jail", "WorkerProtocol"], path: "Tests/FakeWorker"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         // VMM too: NumberTests compares `--hide-cpu-feature`'s warning with the CPUID probe run here.
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "HostOS", "Jail", "VMM", "GuestInterface", "TestSupport",
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "HostOS", "Jail", "VMM", "GuestInterface", "HostTestSupport",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]

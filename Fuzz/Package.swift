@@ -29,8 +29,11 @@ let package = Package(
         .package(path: ".."),
     ],
     targets: [
+        // The fuzzers' own input helpers, over the main package's shared test support (the
+        // in-memory back ends, the seeded generator, the page-table walker, the image builders).
         .target(name: "FuzzSupport", dependencies: [.product(name: "BulkheadBoot", package: mainPackage),
-                                                    .product(name: "BulkheadVirtio", package: mainPackage)]),
+                                                    .product(name: "BulkheadVirtio", package: mainPackage),
+                                                    .product(name: "BulkheadTestSupport", package: mainPackage)]),
         fuzzTarget("FuzzELF", ["BulkheadBoot"]),
         fuzzTarget("FuzzHypercall", ["BulkheadBoot", "BulkheadGuestInterface"]),
         fuzzTarget("FuzzSerial", ["BulkheadDevices"]),

@@ -117,7 +117,14 @@ enum Architecture {
              modules: ["bulkheadd", "bulkhead-switch", "bulkhead-witness"], forbidden: guestMemory),
         Rule(why: "the launcher starts and watches workers and never maps guest memory", modules: ["Supervisor", "bulkhead"],
              forbidden: ["KVM", "VMM", "CKVM", "Devices", "Virtio"]),
+        Rule(why: "the shared test support is pure, so that the fuzzers and the unit tests can use it", modules: ["TestSupport"],
+             forbidden: ["HostOS", "Jail", "KVM", "VMM", "CLinux", "CKVM", "HostTestSupport", "Glibc", "Foundation"]),
     ]
+
+    /// The test targets that may need /dev/kvm or root: the only ones that reach the
+    /// requiresKVM / requiresRoot traits (HostTestSupport). Every other test target is a unit
+    /// target, which runs anywhere.
+    static let integrationTargets: Set<String> = ["IntegrationTests", "CLITests"]
 
     static var packageRoot: URL {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -135,6 +142,23 @@ enum Architecture {
         for rule in Architecture.rules {
             let v = rule.violations(in: graph)
             #expect(v.isEmpty, "\(v.joined(separator: "\n"))")
+        }
+    }
+
+    /// Unit test targets reach neither the traits that mark a test as needing /dev/kvm or root
+    /// nor anything that does; no product reaches test support at all.
+    @Test func unitTargetsNeedNeitherKVMNorRoot() throws {
+        let graph = try PackageGraph.load(root: Architecture.packageRoot)
+        let tests = graph.targets.values.filter { $0.type == "test" }
+        #expect(Set(tests.map(\.name)).isSuperset(of: Architecture.integrationTargets))
+        #expect(tests.count > Architecture.integrationTargets.count + 5, "too few test targets read: \(tests.map(\.name))")
+        for t in tests where !Architecture.integrationTargets.contains(t.name) {
+            #expect(!graph.closure(of: t.name).contains("HostTestSupport") && !t.imports.contains("HostTestSupport"),
+                    "unit test target \(t.name) reaches HostTestSupport (the requiresKVM / requiresRoot traits)")
+        }
+        for (name, t) in graph.targets where t.type != "test" && !["TestSupport", "HostTestSupport"].contains(name) && !t.path.hasPrefix("Tests/") {
+            let reached = graph.closure(of: name).intersection(["TestSupport", "HostTestSupport"])
+            #expect(reached.isEmpty, "\(name) depends on \(reached.sorted())")
         }
     }
 

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import TestSupport
+import HostTestSupport
 
 /// `bulkhead run --kernel` connects its standard input to the guest's COM1 (issue 10, point 2),
 /// through a pipe the launcher feeds, on every run path: jailed (as root), in an unjailed

@@ -1,5 +1,5 @@
 import Foundation
-import TestSupport
+import HostTestSupport
 import HostOS
 import KVM
 import Testing

@@ -1,6 +1,6 @@
 import GuestInterface
 import Foundation
-import TestSupport
+import HostTestSupport
 import Testing
 import VMM
 

@@ -1,5 +1,5 @@
 import Foundation
-import TestSupport
+import HostTestSupport
 import Testing
 
 /// `bulkhead-worker --standalone`: its own small command line (hostile input gets a usage error,

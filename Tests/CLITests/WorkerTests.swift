@@ -1,5 +1,5 @@
 import Crypto
-import TestSupport
+import HostTestSupport
 import Foundation
 import HostOS
 import KVM

@@ -1,3 +1,4 @@
+import TestSupport
 import GuestABI
 import Testing
 import Virtio
@@ -615,18 +616,6 @@ private func disk(_ sectors: Int = 64, fill: UInt8 = 0x11, readOnly: Bool = fals
     }
 }
 
-/// A small deterministic generator (SplitMix64), so failures reproduce.
-private struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 /// The status byte's enum needs literal raw values; the guest SDK's come from GuestABI.
 @Test func blockStatusBytesAgreeWithTheGuestABI() {

@@ -1,3 +1,4 @@
+import TestSupport
 import Seccomp
 import Testing
 
@@ -18,17 +19,6 @@ func reference(_ policy: SeccompPolicy, _ data: SeccompData, default fallback: D
     return fallback.action
 }
 
-/// A fixed-seed generator, so that failures repeat.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 /// The compiler, judged by the interpreter against the policy's meaning.
 struct CompilerTests {
@@ -176,7 +166,7 @@ struct CompilerTests {
 
     /// Random policies and random calls: the compiled program and the policy's meaning agree.
     @Test func randomPoliciesAgreeWithTheirMeaning() throws {
-        var rng = SplitMix(state: 2024)
+        var rng = SplitMix64(seed: 2024)
         let names = ["read", "write", "mmap", "futex", "clone", "kill", "socket", "prctl", "madvise", "tgkill", "ioctl", "openat"]
         for round in 0..<60 {
             var lines: [String] = []

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// The guest ABI's numbers have one copy, Sources/GuestABI/GuestABI.swift, compiled into the host

@@ -1,14 +1,9 @@
 @testable import GuestInterface
+import TestSupport
 import Testing
 import HostOS
 import KVM
 @testable import VMM
-
-let repositoryRoot: String = {
-    var path = #filePath
-    for _ in 0..<3 { if let i = path.lastIndex(of: "/") { path = String(path[..<i]) } }
-    return path
-}()
 
 @Suite struct SurfaceTests {
     /// The pinned file changes only together with the code: CI fails otherwise.

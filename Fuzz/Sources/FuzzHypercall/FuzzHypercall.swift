@@ -22,8 +22,8 @@ let memoryBases: [UInt64] = [0, 0x20_0000, 0x4000_0000, 0xffff_ffff_fff0_0000]
 /// internal to Boot); its regions are replaced for every input.
 let templatePlan: BootPlan = {
     let code: [UInt8] = [0xf4]  // hlt
-    let elf = makeELF(entry: GuestLayout.programStart,
-                      segments: [ELFSegmentSpec(address: GuestLayout.programStart, memorySize: 4096, contents: code, flags: 5)])
+    let elf = ELFBuilder.executable(entry: GuestLayout.programStart,
+                                    segments: [(address: GuestLayout.programStart, memorySize: 4096, contents: code, flags: 5)])
     do { return try ProgramLoader.plan(image: elf, config: BootConfiguration()) } catch {
         fatalError("template plan: \(error)")
     }

@@ -30,17 +30,6 @@ public struct FuzzInput {
     }
 }
 
-/// `precondition` with a message built only on failure; a violated invariant crashes the fuzzer,
-/// which records the input.
-@inline(__always)
-public func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
-                  file: StaticString = #fileID, line: UInt = #line) {
-    if !condition() {
-        fatalError("fuzz invariant violated: \(message())", file: file, line: line)
-    }
-}
-
-public func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
 #if canImport(Glibc)
 import Glibc

@@ -1,33 +1,35 @@
-@testable import Boot
+import Boot
 
 /// Builds small bzImages for tests, valid by default (protocol 2.15, relocatable, 64-bit entry,
 /// loaded at 16 MiB), with knobs to break each field the parser checks.
-struct BzImageBuilder {
-    var setupSects: UInt8 = 4
+public struct BzImageBuilder {
+    public var setupSects: UInt8 = 4
     /// How many setup sectors the file really has (defaults to what setup_sects says).
-    var layoutSects: Int? = nil
-    var bootFlag: UInt16 = 0xaa55
-    var magic: UInt32 = 0x5372_6448
-    var version: UInt16 = 0x020f
-    var jumpByte: UInt8 = 0x6a // header ends at 0x26c, like Linux 6.x
-    var loadFlags: UInt8 = 0x01
-    var xloadFlags: UInt16 = 0x03
-    var kernelAlignment: UInt32 = 0x20_0000
-    var relocatable: UInt8 = 1
-    var prefAddress: UInt64 = 0x100_0000
-    var initSize: UInt32 = 0x40_0000
-    var cmdlineSize: UInt32 = 0x7ff
-    var initrdAddrMax: UInt32 = 0x7fff_ffff
-    var setupData: UInt64 = 0
-    var hardwareSubarch: UInt32 = 0
+    public var layoutSects: Int? = nil
+    public var bootFlag: UInt16 = 0xaa55
+    public var magic: UInt32 = 0x5372_6448
+    public var version: UInt16 = 0x020f
+    public var jumpByte: UInt8 = 0x6a // header ends at 0x26c, like Linux 6.x
+    public var loadFlags: UInt8 = 0x01
+    public var xloadFlags: UInt16 = 0x03
+    public var kernelAlignment: UInt32 = 0x20_0000
+    public var relocatable: UInt8 = 1
+    public var prefAddress: UInt64 = 0x100_0000
+    public var initSize: UInt32 = 0x40_0000
+    public var cmdlineSize: UInt32 = 0x7ff
+    public var initrdAddrMax: UInt32 = 0x7fff_ffff
+    public var setupData: UInt64 = 0
+    public var hardwareSubarch: UInt32 = 0
     /// The protected-mode kernel; `startup_64` at 0x200.
-    var payload: [UInt8] = BzImageBuilder.defaultPayload
+    public var payload: [UInt8] = BzImageBuilder.defaultPayload
 
-    static let defaultPayload: [UInt8] = (0..<0x600).map { i in i == 0x200 ? 0xf4 : UInt8(truncatingIfNeeded: i * 7 + 1) }
+    public init() {}
 
-    var setupSize: Int { ((layoutSects ?? (setupSects == 0 ? 4 : Int(setupSects))) + 1) * 512 }
+    public static let defaultPayload: [UInt8] = (0..<0x600).map { i in i == 0x200 ? 0xf4 : UInt8(truncatingIfNeeded: i * 7 + 1) }
 
-    func build() -> [UInt8] {
+    public var setupSize: Int { ((layoutSects ?? (setupSects == 0 ? 4 : Int(setupSects))) + 1) * 512 }
+
+    public func build() -> [UInt8] {
         var w = ByteWriter(size: setupSize + payload.count)
         w.put(setupSects, at: 0x1f1)
         w.put(UInt32(0x7f00), at: 0x1f4)           // syssize: not used
@@ -56,54 +58,63 @@ struct BzImageBuilder {
 /// Builds small `vmlinux` ELF files: two PT_LOAD segments linked at the kernel's high virtual
 /// addresses and loaded at 16 MiB physical, optionally a PVH note (in a PT_NOTE segment or only
 /// in an SHT_NOTE section).
-struct VmlinuxBuilder {
-    struct Seg {
-        var type: UInt32 = 1
-        var flags: UInt32
-        var vaddr: UInt64
-        var paddr: UInt64
-        var data: [UInt8]
-        var memsz: UInt64? = nil
-        var offset: UInt64? = nil
-        var align: UInt64 = 0x1000
+public struct VmlinuxBuilder {
+    public struct Seg {
+        public var type: UInt32
+        public var flags: UInt32
+        public var vaddr: UInt64
+        public var paddr: UInt64
+        public var data: [UInt8]
+        public var memsz: UInt64?
+        public var offset: UInt64?
+        public var align: UInt64
+        public init(type: UInt32 = 1, flags: UInt32, vaddr: UInt64, paddr: UInt64, data: [UInt8], memsz: UInt64? = nil,
+                    offset: UInt64? = nil, align: UInt64 = 0x1000) {
+            self.type = type; self.flags = flags; self.vaddr = vaddr; self.paddr = paddr; self.data = data
+            self.memsz = memsz; self.offset = offset; self.align = align
+        }
     }
-    struct Note {
-        var name: [UInt8] = Array("Xen".utf8) + [0]
-        var type: UInt32 = 18
-        var desc: [UInt8]
+    public struct Note {
+        public var name: [UInt8]
+        public var type: UInt32
+        public var desc: [UInt8]
         /// Override of the header's descsz (to declare more than is there).
-        var descsz: UInt32? = nil
+        public var descsz: UInt32?
+        public init(name: [UInt8] = Array("Xen".utf8) + [0], type: UInt32 = 18, desc: [UInt8], descsz: UInt32? = nil) {
+            self.name = name; self.type = type; self.desc = desc; self.descsz = descsz
+        }
     }
-    enum NotePlacement { case segment, section, none }
+    public init() {}
+    public enum NotePlacement { case segment, section, none }
 
-    var ident: [UInt8] = [0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]
-    var type: UInt16 = 2
-    var machine: UInt16 = 62
-    var entry: UInt64 = 0x100_0000
-    var segments: [Seg] = [
+    public var ident: [UInt8] = [0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]
+    public var type: UInt16 = 2
+    public var machine: UInt16 = 62
+    public var entry: UInt64 = 0x100_0000
+    public var segments: [Seg] = [
         Seg(flags: 5, vaddr: 0xffff_ffff_8100_0000, paddr: 0x100_0000,
             data: [0xf4] + (1..<0x100).map { UInt8(truncatingIfNeeded: $0) }),
         Seg(flags: 6, vaddr: 0xffff_ffff_8120_0000, paddr: 0x120_0000, data: [1, 2, 3, 4], memsz: 0x3000),
     ]
-    var notes: [Note] = []
-    var placement: NotePlacement = .segment
-    var noteAlign: UInt64 = 4
+    public var notes: [Note] = []
+    public var placement: NotePlacement = .segment
+    public var noteAlign: UInt64 = 4
     /// Added to the note area's file offset (to misalign it).
-    var noteOffsetSkew: UInt64 = 0
+    public var noteOffsetSkew: UInt64 = 0
     /// Override of the note area's size (to cut it short).
-    var noteSizeOverride: UInt64? = nil
+    public var noteSizeOverride: UInt64? = nil
 
-    static func pvhNote(_ entry: UInt32) -> Note {
+    public static func pvhNote(_ entry: UInt32) -> Note {
         var w = ByteWriter(size: 4); w.put(entry, at: 0)
         return Note(desc: w.bytes)
     }
 
-    static func pvhNote64(_ entry: UInt64) -> Note {
+    public static func pvhNote64(_ entry: UInt64) -> Note {
         var w = ByteWriter(size: 8); w.put(entry, at: 0)
         return Note(desc: w.bytes)
     }
 
-    func noteBytes() -> [UInt8] {
+    public func noteBytes() -> [UInt8] {
         func pad(_ n: Int) -> Int { let p = noteAlign == 8 ? 8 : 4; return (n + p - 1) / p * p }
         var out: [UInt8] = []
         for n in notes {
@@ -119,7 +130,7 @@ struct VmlinuxBuilder {
         return out
     }
 
-    func build() -> [UInt8] {
+    public func build() -> [UInt8] {
         let notesData = noteBytes()
         let hasNoteSegment = placement == .segment && !notes.isEmpty
         let phnum = segments.count + (hasNoteSegment ? 1 : 0)

@@ -1,6 +1,6 @@
 import GuestInterface
 import Boot
-import TestSupport
+import HostTestSupport
 import Devices
 import HostOS
 import KVM

@@ -1,5 +1,5 @@
 import Synchronization
-import TestSupport
+import HostTestSupport
 import Testing
 import HostOS
 @testable import KVM

@@ -1,5 +1,5 @@
 import HostOS
-import TestSupport
+import HostTestSupport
 import KVM
 import Synchronization
 import Testing

@@ -1,5 +1,5 @@
 import HostOS
-import TestSupport
+import HostTestSupport
 import KVM
 import Testing
 @testable import VMM

@@ -1,5 +1,5 @@
 import Testing
-import TestSupport
+import HostTestSupport
 import HostOS
 @testable import KVM
 
