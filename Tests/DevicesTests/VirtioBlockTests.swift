@@ -4,16 +4,10 @@ import Testing
 import Virtio
 @testable import Devices
 
-/// The driver side of virtio-blk's request queue over an `ArrayRAM`, for tests: lays out the
-/// rings, builds chains from readable and writable parts, and reads back what the device wrote.
-/// (Test targets cannot share code, so this is a block-specific cousin of VirtioTests' MockDriver.)
+/// The driver side of virtio-blk's request queue (TestSupport's `DriverQueue`): builds chains
+/// from readable and writable parts, and reads back what the device wrote.
 private struct BlockDriver {
-    enum Part {
-        /// A device-readable buffer holding these bytes.
-        case readable([UInt8])
-        /// A device-writable buffer of this many bytes (filled with 0xEE beforehand).
-        case writable(Int)
-    }
+    typealias Part = DriverQueue.Part
 
     /// What came back for one request.
     struct Outcome {
@@ -25,74 +19,39 @@ private struct BlockDriver {
         var data: [UInt8] { Array(writable.dropLast()) }
     }
 
-    static let sentinel: UInt8 = 0xee
-    let ram: ArrayRAM
+    static let sentinel = DriverQueue.sentinel
+    var driver: DriverQueue
     var queue: SplitQueue
-    var availIdx: UInt16 = 0
-    var usedSeen: UInt16 = 0
-    var nextDescriptor: UInt16 = 0
-    let dataBase: UInt64 = 0x4000
-    var cursor: UInt64 = 0x4000
+    var arena: BufferArena
+    var ram: ArrayRAM { driver.ram }
+    var usedSeen: UInt16 {
+        get { driver.usedSeen }
+        set { driver.usedSeen = newValue }
+    }
 
     init(ramSize: Int = 0x10_0000, size: UInt16 = VirtioBlock.queueSize) {
-        ram = ArrayRAM(base: 0, size: ramSize)
         precondition(size <= 256, "the rings below are laid out for at most 256 entries")
-        queue = SplitQueue(size: size, descriptorTable: 0x1000, availRing: 0x2000, usedRing: 0x3000)
+        driver = DriverQueue(ram: ArrayRAM(base: 0, size: ramSize), size: size, descriptorTable: 0x1000, availRing: 0x2000, usedRing: 0x3000)
+        queue = driver.splitQueue()
+        arena = BufferArena(start: 0x4000, end: UInt64(ramSize))
     }
 
     func setDescriptor(_ i: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) {
-        var b: [UInt8] = []
-        for s in stride(from: 0, to: 64, by: 8) { b.append(UInt8(truncatingIfNeeded: address >> UInt64(s))) }
-        for s in stride(from: 0, to: 32, by: 8) { b.append(UInt8(truncatingIfNeeded: length >> UInt32(s))) }
-        b += [UInt8(flags & 0xff), UInt8(flags >> 8), UInt8(next & 0xff), UInt8(next >> 8)]
-        _ = ram.copyIn(b, at: queue.descriptorTable + 16 * UInt64(i))
+        driver.setDescriptor(i, address: address, length: length, flags: flags, next: next)
     }
 
-    mutating func publish(_ head: UInt16) {
-        _ = ram.store(head, at: queue.availRing + 4 + 2 * UInt64(availIdx % queue.size))
-        availIdx &+= 1
-        _ = ram.store(availIdx, at: queue.availRing + 2)
-    }
+    mutating func publish(_ head: UInt16) { driver.publish(head) }
 
-    mutating func allocate(_ length: Int) -> UInt64 {
-        let end = UInt64(ram.bytes.count)
-        if cursor + UInt64(length) > end { cursor = dataBase }
-        precondition(cursor + UInt64(length) <= end, "test RAM too small for a \(length)-byte buffer")
-        defer { cursor = (cursor + UInt64(length) + 15) & ~15 }
-        return cursor
-    }
+    mutating func allocate(_ length: Int) -> UInt64 { arena.allocate(length) }
 
     /// Lays out a chain and publishes it. Returns its head and buffers.
-    mutating func submit(_ parts: [Part]) -> (head: UInt16, buffers: [(GuestBuffer, writable: Bool)]) {
-        let head = nextDescriptor
-        var buffers: [(GuestBuffer, writable: Bool)] = []
-        for (i, part) in parts.enumerated() {
-            let index = nextDescriptor
-            nextDescriptor = (nextDescriptor + 1) % queue.size
-            let bytes: [UInt8]
-            var flags: UInt16 = 0
-            switch part {
-            case .readable(let b): bytes = b
-            case .writable(let n): bytes = [UInt8](repeating: Self.sentinel, count: n); flags |= Virtio.DescriptorFlag.write
-            }
-            let address = allocate(bytes.count)
-            _ = ram.copyIn(bytes, at: address)
-            if i < parts.count - 1 { flags |= Virtio.DescriptorFlag.next }
-            setDescriptor(index, address: address, length: UInt32(bytes.count), flags: flags, next: nextDescriptor)
-            buffers.append((GuestBuffer(address: address, length: UInt32(bytes.count)), flags & Virtio.DescriptorFlag.write != 0))
-        }
-        publish(head)
-        return (head, buffers)
+    mutating func submit(_ parts: [Part]) -> (head: UInt16, buffers: [(buffer: GuestBuffer, writable: Bool)]) {
+        driver.submit(parts, arena: &arena)
     }
 
-    var usedIndex: UInt16 { ram.u16(at: queue.usedRing + 2) ?? 0xdead }
+    var usedIndex: UInt16 { driver.usedIndex }
 
-    func usedElement(_ i: UInt16) -> (id: UInt32, length: UInt32) {
-        let e = queue.usedRing + 4 + 8 * UInt64(i % queue.size)
-        let b = ram.copyOut(at: e, count: 8) ?? []
-        func u32(_ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(b[o + $1]) << (8 * UInt32($1)) } }
-        return (u32(0), u32(4))
-    }
+    func usedElement(_ i: UInt16) -> (id: UInt32, length: UInt32) { driver.usedElement(i) }
 
     /// Submits one chain, lets the device serve the queue, and returns what came back.
     mutating func send(_ device: VirtioBlock, _ parts: [Part]) throws -> Outcome {

@@ -1,13 +1,14 @@
+import TestSupport
 import Testing
 import Virtio
 @testable import Devices
 
 /// Drives a VirtioMMIODevice the way a guest driver does, over an ArrayRAM.
 struct Driver {
-    let ram = ArrayRAM(base: 0, size: 0x2_0000)
     let device: VirtioMMIODevice
-    var availIdx: UInt16 = 0
-    let size: UInt16 = 8
+    var queue = DriverQueue(ram: ArrayRAM(base: 0, size: 0x2_0000), size: 8, descriptorTable: 0x1000, availRing: 0x2000, usedRing: 0x3000)
+    var ram: ArrayRAM { queue.ram }
+    var size: UInt16 { queue.size }
 
     init(_ model: VirtioDeviceModel, rateLimit: RateLimiter? = nil) {
         device = VirtioMMIODevice(model: model, rateLimit: rateLimit)
@@ -31,24 +32,13 @@ struct Driver {
     }
 
     func descriptor(_ i: UInt16, _ address: UInt64, _ length: UInt32, _ flags: UInt16, next: UInt16 = 0) {
-        var b: [UInt8] = []
-        for s in stride(from: 0, to: 64, by: 8) { b.append(UInt8(truncatingIfNeeded: address >> UInt64(s))) }
-        for s in stride(from: 0, to: 32, by: 8) { b.append(UInt8(truncatingIfNeeded: length >> UInt32(s))) }
-        b += [UInt8(flags & 0xff), UInt8(flags >> 8), UInt8(next & 0xff), UInt8(next >> 8)]
-        _ = ram.copyIn(b, at: 0x1000 + 16 * UInt64(i))
+        queue.setDescriptor(i, address: address, length: length, flags: flags, next: next)
     }
 
-    mutating func publish(_ head: UInt16) {
-        _ = ram.copyIn([UInt8(head & 0xff), UInt8(head >> 8)], at: 0x2004 + 2 * UInt64(availIdx % size))
-        availIdx &+= 1
-        _ = ram.copyIn([UInt8(availIdx & 0xff), UInt8(availIdx >> 8)], at: 0x2002)
-    }
+    mutating func publish(_ head: UInt16) { queue.publish(head) }
 
-    var usedIdx: UInt16 { UInt16(ram.bytes[0x3002]) | UInt16(ram.bytes[0x3003]) << 8 }
-    func usedLength(_ slot: Int) -> UInt32 {
-        let o = 0x3004 + 8 * slot + 4
-        return UInt32(ram.bytes[o]) | UInt32(ram.bytes[o + 1]) << 8 | UInt32(ram.bytes[o + 2]) << 16 | UInt32(ram.bytes[o + 3]) << 24
-    }
+    var usedIdx: UInt16 { queue.usedIndex }
+    func usedLength(_ slot: Int) -> UInt32 { queue.usedElement(UInt16(truncatingIfNeeded: slot)).length }
 }
 
 @Suite struct VirtioRNGTests {
@@ -103,7 +93,7 @@ struct Driver {
         #expect(d.device.ringErrors == 1)
         // Reset and re-initialise: the device works again.
         _ = d.ram.copyIn([0, 0], at: 0x2002)
-        d.availIdx = 0
+        d.queue.restart()
         d.initialise()
         #expect(d.r(.status) == 15)
         d.descriptor(0, 0x8000, 4, Virtio.DescriptorFlag.write)

@@ -3,9 +3,9 @@ import Testing
 import Virtio
 @testable import Devices
 
-/// The driver side of a virtio-net device over an `ArrayRAM`: brings the device up through its
-/// MMIO registers with both queues, builds transmit chains from readable parts and receive chains
-/// from writable sizes, and reads back the used rings.
+/// The driver side of a virtio-net device (two TestSupport `DriverQueue`s): brings the device up
+/// through its MMIO registers with both queues, builds transmit chains from readable parts and
+/// receive chains from writable sizes, and reads back the used rings.
 private struct NetDriver {
     struct Layout {
         var desc: UInt64, avail: UInt64, used: UInt64
@@ -14,18 +14,18 @@ private struct NetDriver {
     static let size: UInt16 = 16
     static let layouts = [Layout(desc: 0x1000, avail: 0x2000, used: 0x3000),   // 0: receiveq
                           Layout(desc: 0x4000, avail: 0x5000, used: 0x6000)]   // 1: transmitq
-    static let sentinel: UInt8 = 0xee
+    static let sentinel = DriverQueue.sentinel
     static let dataBase: UInt64 = 0x8000
 
     let ram = ArrayRAM(base: 0, size: 0x4_0000)
     let device: VirtioMMIODevice
-    var availIdx: [UInt16] = [0, 0]
-    var nextDescriptor: [UInt16] = [0, 0]
-    var usedSeen: [UInt16] = [0, 0]
-    var cursor = NetDriver.dataBase
+    var queues: [DriverQueue]
+    var arena = BufferArena(start: NetDriver.dataBase, end: 0x4_0000)
 
     init(_ net: VirtioNet, rateLimit: RateLimiter? = nil) {
         device = VirtioMMIODevice(model: net, rateLimit: rateLimit)
+        let memory = ram
+        queues = Self.layouts.map { DriverQueue(ram: memory, size: Self.size, descriptorTable: $0.desc, availRing: $0.avail, usedRing: $0.used) }
     }
 
     @discardableResult
@@ -51,46 +51,19 @@ private struct NetDriver {
     }
 
     func setDescriptor(_ q: Int, _ i: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) {
-        var b: [UInt8] = []
-        for s in stride(from: 0, to: 64, by: 8) { b.append(UInt8(truncatingIfNeeded: address >> UInt64(s))) }
-        for s in stride(from: 0, to: 32, by: 8) { b.append(UInt8(truncatingIfNeeded: length >> UInt32(s))) }
-        b += [UInt8(flags & 0xff), UInt8(flags >> 8), UInt8(next & 0xff), UInt8(next >> 8)]
-        _ = ram.copyIn(b, at: Self.layouts[q].desc + 16 * UInt64(i))
+        queues[q].setDescriptor(i, address: address, length: length, flags: flags, next: next)
     }
 
-    mutating func publish(_ q: Int, _ head: UInt16) {
-        let l = Self.layouts[q]
-        _ = ram.store(head, at: l.avail + 4 + 2 * UInt64(availIdx[q] % Self.size))
-        availIdx[q] &+= 1
-        _ = ram.store(availIdx[q], at: l.avail + 2)
-    }
+    mutating func publish(_ q: Int, _ head: UInt16) { queues[q].publish(head) }
 
-    mutating func allocate(_ length: Int) -> UInt64 {
-        let end = UInt64(ram.bytes.count)
-        if cursor + UInt64(length) > end { cursor = Self.dataBase }
-        defer { cursor = (cursor + UInt64(length) + 15) & ~15 }
-        return cursor
-    }
+    mutating func allocate(_ length: Int) -> UInt64 { arena.allocate(length) }
 
     /// Lays out a chain on queue `q` (readable parts, then writable ones) and publishes it.
     @discardableResult
     mutating func submit(_ q: Int, readable: [[UInt8]] = [], writable: [Int] = []) -> (head: UInt16, writable: [GuestBuffer]) {
-        let head = nextDescriptor[q]
-        let parts: [(bytes: [UInt8], write: Bool)] = readable.map { ($0, false) }
-            + writable.map { ([UInt8](repeating: Self.sentinel, count: $0), true) }
-        var buffers: [GuestBuffer] = []
-        for (i, part) in parts.enumerated() {
-            let index = nextDescriptor[q]
-            nextDescriptor[q] = (nextDescriptor[q] + 1) % Self.size
-            let address = allocate(part.bytes.count)
-            _ = ram.copyIn(part.bytes, at: address)
-            var flags: UInt16 = part.write ? Virtio.DescriptorFlag.write : 0
-            if i < parts.count - 1 { flags |= Virtio.DescriptorFlag.next }
-            setDescriptor(q, index, address: address, length: UInt32(part.bytes.count), flags: flags, next: nextDescriptor[q])
-            if part.write { buffers.append(GuestBuffer(address: address, length: UInt32(part.bytes.count))) }
-        }
-        publish(q, head)
-        return (head, buffers)
+        let parts = readable.map { DriverQueue.Part.readable($0) } + writable.map { DriverQueue.Part.writable($0) }
+        let (head, buffers) = queues[q].submit(parts, arena: &arena)
+        return (head, buffers.filter(\.writable).map(\.buffer))
     }
 
     /// A transmit chain: the header and the frame, cut into `splits` readable buffers.
@@ -104,25 +77,13 @@ private struct NetDriver {
         return submit(1, readable: parts).head
     }
 
-    func usedIndex(_ q: Int) -> UInt16 { ram.u16(at: Self.layouts[q].used + 2) ?? 0xdead }
+    func usedIndex(_ q: Int) -> UInt16 { queues[q].usedIndex }
 
     /// The used elements the device added to queue `q` since the last call.
-    mutating func takeUsed(_ q: Int) -> [(id: UInt32, length: UInt32)] {
-        var out: [(UInt32, UInt32)] = []
-        while usedSeen[q] != usedIndex(q) {
-            let e = Self.layouts[q].used + 4 + 8 * UInt64(usedSeen[q] % Self.size)
-            let b = ram.copyOut(at: e, count: 8) ?? []
-            func u32(_ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(b[o + $1]) << (8 * UInt32($1)) } }
-            out.append((u32(0), u32(4)))
-            usedSeen[q] &+= 1
-        }
-        return out
-    }
+    mutating func takeUsed(_ q: Int) -> [(id: UInt32, length: UInt32)] { queues[q].takeUsed() }
 
     /// The bytes of a receive chain's buffers, in order.
-    func contents(_ buffers: [GuestBuffer]) -> [UInt8] {
-        buffers.flatMap { ram.copyOut(at: $0.address, count: Int($0.length)) ?? [] }
-    }
+    func contents(_ buffers: [GuestBuffer]) -> [UInt8] { queues[0].contents(buffers) }
 
     func notify(_ q: Int) -> Bool { device.notify(queue: q, ram: ram) }
     func input() -> (interrupt: Bool, needsBuffers: Bool) { device.backendInput(ram: ram) }
@@ -352,7 +313,7 @@ private let receivedHeader = netHeader(numBuffers: 1)
         d.publish(1, 0)
         d.setDescriptor(1, 1, address: 0x3_fff0, length: 64, flags: 0)                              // past RAM
         d.publish(1, 1)
-        d.nextDescriptor[1] = 2
+        d.queues[1].nextDescriptor = 2
         let ok = frame(60)
         d.transmit(ok)
         _ = d.notify(1)
@@ -512,7 +473,7 @@ private let receivedHeader = netHeader(numBuffers: 1)
         d.initialise()
         d.setDescriptor(0, 0, address: 0x3_fff0, length: 2048, flags: Virtio.DescriptorFlag.write) // past RAM
         d.publish(0, 0)
-        d.nextDescriptor[0] = 1
+        d.queues[0].nextDescriptor = 1
         let ok = d.submit(0, writable: [2048])
         backend.deliver(frame(60, src: peerMAC, seed: 1))
         backend.deliver(frame(61, src: peerMAC, seed: 2))
@@ -620,7 +581,7 @@ private let receivedHeader = netHeader(numBuffers: 1)
                 }
                 _ = d.notify(Int(rng.next() % 2))
                 _ = d.input()
-                if rng.next() % 50 == 0 { d.w(.status, 0); d.initialise(); d.availIdx = [0, 0]; d.usedSeen = [0, 0] }
+                if rng.next() % 50 == 0 { d.w(.status, 0); d.initialise(); d.queues[0].restart(); d.queues[1].restart() }
             }
             for f in backend.sent {
                 #expect(f.count >= 14 && f.count <= Int(net.mtu) + 18)

@@ -12,42 +12,28 @@ private struct VsockDriver {
     let host: MemoryVsockHost
     let vsock: VirtioVsock
     var queues: [SplitQueue?]
-    var availIdx: [UInt16] = [0, 0]
-    var nextDesc: [UInt16] = [0, 0]
-    var usedSeen: [UInt16] = [0, 0]
-    var cursor: UInt64 = 0x10000
+    var drivers: [DriverQueue] = []
+    var arena = BufferArena(start: 0x10000, end: 0xf_0000)
     var rxBuffers: [UInt16: GuestBuffer] = [:]
 
     init(listening: Set<UInt32> = [1234], bufferSize: UInt32 = 64 * 1024) {
         host = MemoryVsockHost(listening: listening)
         vsock = try! VirtioVsock(guestCID: Self.guestCID, host: host, bufferSize: bufferSize)
-        var qs: [SplitQueue?] = []
         for q in 0..<3 {
             let base = UInt64(q) * 0x3000
-            let desc: UInt64 = 0x1000 + base, avail: UInt64 = 0x2000 + base, used: UInt64 = 0x3000 + base
-            qs.append(SplitQueue(size: Self.size, descriptorTable: desc, availRing: avail, usedRing: used))
+            drivers.append(DriverQueue(ram: ram, size: Self.size, descriptorTable: 0x1000 + base, availRing: 0x2000 + base, usedRing: 0x3000 + base))
         }
-        queues = qs
+        queues = drivers.map { $0.splitQueue() }
     }
 
     mutating func add(_ q: Int, _ bytes: [UInt8], write: Bool) -> UInt16 {
-        let i = nextDesc[q]
-        nextDesc[q] = (i + 1) % Self.size
-        let addr = cursor
-        cursor += UInt64((bytes.count + 15) & ~15) + 16
-        if cursor > 0xf_0000 { cursor = 0x10000 }
-        _ = ram.copyIn(bytes, at: addr)
-        let l = queues[q]!
-        var d: [UInt8] = []
-        for s in stride(from: 0, to: 64, by: 8) { d.append(UInt8(truncatingIfNeeded: addr >> UInt64(s))) }
-        for s in stride(from: 0, to: 32, by: 8) { d.append(UInt8(truncatingIfNeeded: UInt32(bytes.count) >> UInt32(s))) }
-        d += [write ? 2 : 0, 0, 0, 0]
-        _ = ram.copyIn(d, at: l.descriptorTable + 16 * UInt64(i))
-        _ = ram.store(i, at: l.availRing + 4 + 2 * UInt64(availIdx[q] % Self.size))
-        availIdx[q] &+= 1
-        _ = ram.store(availIdx[q], at: l.availRing + 2)
-        if write { rxBuffers[i] = GuestBuffer(address: addr, length: UInt32(bytes.count)) }
-        return i
+        let (head, buffers) = drivers[q].submit([write ? .writable(bytes.count) : .readable(bytes)], arena: &arena)
+        guard let buffer = buffers.first?.buffer else { return head }
+        if write {
+            _ = ram.copyIn(bytes, at: buffer.address)
+            rxBuffers[head] = buffer
+        }
+        return head
     }
 
     /// Sends raw bytes as one TX chain.
@@ -63,13 +49,9 @@ private struct VsockDriver {
         for _ in 0..<count { _ = add(0, [UInt8](repeating: 0xee, count: size), write: true) }
         _ = try! vsock.receive(queues: &queues, ram: ram, limits: limits)
         var out: [(VsockHeader, [UInt8])] = []
-        let used = queues[0]!.usedRing
-        while usedSeen[0] != (ram.u16(at: used + 2) ?? 0) {
-            let e = used + 4 + 8 * UInt64(usedSeen[0] % Self.size)
-            let id = UInt16(ram.u16(at: e) ?? 0)
-            let len = Int(ram.u16(at: e + 4) ?? 0)
-            usedSeen[0] &+= 1
-            guard len >= 44, let b = rxBuffers[id], let bytes = ram.copyOut(at: b.address, count: len) else { continue }
+        for (id, length) in drivers[0].takeUsed() {
+            guard length >= 44, let b = rxBuffers[UInt16(truncatingIfNeeded: id)],
+                  let bytes = ram.copyOut(at: b.address, count: Int(length)) else { continue }
             out.append((VsockHeader(bytes)!, Array(bytes[44...])))
         }
         // Unused buffers stay posted: forget the driver's count so later calls re-post fresh ones.

@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 import Devices
 import HostOS
@@ -137,21 +138,13 @@ private func bytes(_ count: Int, seed: Int = 1) -> [UInt8] {
 
         let ram = ArrayRAM(base: 0, size: 0x1_0000)
         // Transmit queue of A at 0x1000/0x2000/0x3000, receive queue of B at 0x4000/0x5000/0x6000.
-        var tx = SplitQueue(size: 4, descriptorTable: 0x1000, availRing: 0x2000, usedRing: 0x3000)
-        var rx = SplitQueue(size: 4, descriptorTable: 0x4000, availRing: 0x5000, usedRing: 0x6000)
-        func descriptor(_ table: UInt64, _ address: UInt64, _ length: UInt32, _ flags: UInt16) {
-            var b: [UInt8] = []
-            for s in stride(from: 0, to: 64, by: 8) { b.append(UInt8(truncatingIfNeeded: address >> UInt64(s))) }
-            for s in stride(from: 0, to: 32, by: 8) { b.append(UInt8(truncatingIfNeeded: length >> UInt32(s))) }
-            b += [UInt8(flags & 0xff), UInt8(flags >> 8), 0, 0]
-            _ = ram.copyIn(b, at: table)
-        }
+        var txDriver = DriverQueue(ram: ram, size: 4, descriptorTable: 0x1000, availRing: 0x2000, usedRing: 0x3000)
+        var rxDriver = DriverQueue(ram: ram, size: 4, descriptorTable: 0x4000, availRing: 0x5000, usedRing: 0x6000)
+        var tx = txDriver.splitQueue(), rx = rxDriver.splitQueue()
+        var arena = BufferArena(start: 0x8000, end: 0x1_0000)
         let frame = [2, 0, 0, 0, 0, 0xb] + macA + [0x08, 0x00] + bytes(46)
-        _ = ram.copyIn([UInt8](repeating: 0, count: 12) + frame, at: 0x8000)
-        descriptor(0x1000, 0x8000, UInt32(12 + frame.count), 0)
-        _ = ram.store(UInt16(0), at: 0x2004); _ = ram.store(UInt16(1), at: 0x2002)
-        descriptor(0x4000, 0x9000, 1526, Virtio.DescriptorFlag.write)
-        _ = ram.store(UInt16(0), at: 0x5004); _ = ram.store(UInt16(1), at: 0x5002)
+        _ = txDriver.submit([.readable([UInt8](repeating: 0, count: 12) + frame)], arena: &arena)
+        let receiveBuffer = rxDriver.submit([.writable(1526)], arena: &arena).buffers[0].buffer
 
         #expect(waitReadable([lb.fd.rawValue], timeoutMilliseconds: 0) == [])   // nothing yet
         #expect(try netA.process(queue: 1, &tx, ram: ram))
@@ -161,9 +154,9 @@ private func bytes(_ count: Int, seed: Int = 1) -> [UInt8] {
         let r = try netB.receive(queues: &queues, ram: ram)
         #expect(r == ReceiveResult(used: true, needsBuffers: false))
         rx = queues[0]!
-        #expect(ram.u16(at: 0x6002) == 1)
-        #expect(ram.copyOut(at: 0x6008, count: 1) == [UInt8(12 + frame.count)])
-        #expect(ram.copyOut(at: 0x9000, count: 12 + frame.count) == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] + frame)
+        let used = rxDriver.takeUsed()
+        #expect(used.count == 1 && used.first?.length == UInt32(12 + frame.count))
+        #expect(ram.copyOut(at: receiveBuffer.address, count: 12 + frame.count) == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] + frame)
         #expect(netB.counters.framesReceived == 1)
         _ = rx
     }

@@ -1,33 +1,25 @@
+import TestSupport
 import Testing
 @testable import Virtio
 
-/// The driver side of a split queue over an `ArrayRAM`, for tests (in the manner of rust-vmm's
-/// virtio-queue mock): lays out the rings and publishes chains.
+/// A driver (TestSupport's `DriverQueue`) and the device's view of the same rings.
 struct MockDriver {
-    let ram: ArrayRAM
+    var driver: DriverQueue
     var queue: SplitQueue
-    var availIdx: UInt16 = 0
+    var ram: ArrayRAM { driver.ram }
+    var availIdx: UInt16 { driver.availIndex }
     let dataBase: UInt64 = 0x8000
 
     init(size: UInt16 = 8, indirect: Bool = false, eventIndex: Bool = false) {
-        ram = ArrayRAM(base: 0, size: 0x2_0000)
-        queue = SplitQueue(size: size, descriptorTable: 0x1000, availRing: 0x2000, usedRing: 0x3000,
-                           indirectAllowed: indirect, eventIndex: eventIndex)
+        driver = DriverQueue(ram: ArrayRAM(base: 0, size: 0x2_0000), size: size, descriptorTable: 0x1000, availRing: 0x2000, usedRing: 0x3000)
+        queue = driver.splitQueue(indirect: indirect, eventIndex: eventIndex)
     }
 
     func setDescriptor(_ i: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0, table: UInt64? = nil) {
-        var b: [UInt8] = []
-        for s in stride(from: 0, to: 64, by: 8) { b.append(UInt8(truncatingIfNeeded: address >> UInt64(s))) }
-        for s in stride(from: 0, to: 32, by: 8) { b.append(UInt8(truncatingIfNeeded: length >> UInt32(s))) }
-        b += [UInt8(flags & 0xff), UInt8(flags >> 8), UInt8(next & 0xff), UInt8(next >> 8)]
-        _ = ram.copyIn(b, at: (table ?? queue.descriptorTable) + 16 * UInt64(i))
+        driver.setDescriptor(i, address: address, length: length, flags: flags, next: next, table: table)
     }
 
-    mutating func publish(_ head: UInt16) {
-        _ = ram.store(head, at: queue.availRing + 4 + 2 * UInt64(availIdx % queue.size))
-        availIdx &+= 1
-        _ = ram.store(availIdx, at: queue.availRing + 2)
-    }
+    mutating func publish(_ head: UInt16) { driver.publish(head) }
 
     func u16(_ a: UInt64) -> UInt16 { ram.u16(at: a) ?? 0xdead }
     func u32(_ a: UInt64) -> UInt32 { UInt32(u16(a)) | UInt32(u16(a + 2)) << 16 }
