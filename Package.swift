@@ -42,11 +42,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         // SHA-256 of the worker binary before the launcher executes it (issue 4, verified exec).
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        // The host-OS layer's descriptors, errno values and retrying calls where it covers them.
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         .target(name: "CLinux"),
         .target(name: "CKVM"),
-        .target(name: "HostOS", dependencies: ["CLinux"]),
+        .target(name: "HostOS", dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "Jail", dependencies: ["HostOS", "CLinux"]),
         .target(name: "KVM", dependencies: ["HostOS", "CKVM", "CLinux"]),
         // The guest ABI's numbers, the one copy: Guest/build.sh compiles the same file into every

@@ -1,4 +1,5 @@
 import CLinux
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,9 +30,9 @@ public struct FileStatus: Equatable, Sendable {
 extension FileDescriptor {
     /// Opens an existing `path` for reading and writing (close-on-exec; never creates it).
     public static func open(readWrite path: String) throws(SystemError) -> FileDescriptor {
-        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
-        return FileDescriptor(owning: fd)
+        FileDescriptor(owning: try SystemCall.system("open \(path)") {
+            try SystemPackage.FileDescriptor.open(FilePath(path), .readWrite, options: [.closeOnExec])
+        })
     }
 
     /// `fstat(2)`.
@@ -53,11 +54,11 @@ extension FileDescriptor {
         var out = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
-            let n = try SystemCall.retrying("pread of \(count) bytes at \(offset)") {
-                out.withUnsafeMutableBytes { buf -> Int in
+            let n = try SystemCall.system("pread of \(count) bytes at \(offset)") {
+                try out.withUnsafeMutableBytes { buf throws -> Int in
                     // SAFETY: reads at most buf.count - done bytes into the array's own storage,
                     // starting `done` bytes in; `done < buf.count` here.
-                    pread(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done, start + off_t(done))
+                    try system.read(fromAbsoluteOffset: Int64(start) + Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buf[done...]))
                 }
             }
             if n == 0 { throw SystemError("pread of \(count) bytes at \(offset) (end of file at \(offset + UInt64(done)))", errno: EIO) }
@@ -77,10 +78,10 @@ extension FileDescriptor {
         while offset < size {
             let want = Int(min(UInt64(buffer.count), size - offset))
             let start = try fileOffset(offset, want, "pread")
-            let n = try SystemCall.retrying("pread of \(want) bytes at \(offset)") {
-                buffer.withUnsafeMutableBytes { buf -> Int in
+            let n = try SystemCall.system("pread of \(want) bytes at \(offset)") {
+                try buffer.withUnsafeMutableBytes { buf throws -> Int in
                     // SAFETY: reads at most `want` <= buf.count bytes into the array's own storage.
-                    pread(rawValue, buf.baseAddress, want, start)
+                    try system.read(fromAbsoluteOffset: Int64(start), into: UnsafeMutableRawBufferPointer(rebasing: buf[..<want]))
                 }
             }
             if n == 0 { throw SystemError("pread at \(offset) (end of file before \(size) bytes)", errno: EIO) }
@@ -94,10 +95,10 @@ extension FileDescriptor {
         let start = try fileOffset(offset, bytes.count, "pwrite")
         var done = 0
         while done < bytes.count {
-            let n = try SystemCall.retrying("pwrite of \(bytes.count) bytes at \(offset)") {
-                bytes.withUnsafeBytes { buf -> Int in
+            let n = try SystemCall.system("pwrite of \(bytes.count) bytes at \(offset)") {
+                try bytes.withUnsafeBytes { buf throws -> Int in
                     // SAFETY: writes from the array's own storage, `done` bytes in, within its bounds.
-                    pwrite(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done, start + off_t(done))
+                    try system.write(toAbsoluteOffset: Int64(start) + Int64(done), UnsafeRawBufferPointer(rebasing: buf[done...]))
                 }
             }
             // A zero-byte write of a non-empty buffer makes no progress: report it, do not spin.

@@ -1,4 +1,5 @@
 import CLinux
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -6,16 +7,17 @@ import Glibc
 extension FileDescriptor {
     /// Opens `path` read-only (close-on-exec).
     public static func open(readOnly path: String) throws(SystemError) -> FileDescriptor {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
-        return FileDescriptor(owning: fd)
+        FileDescriptor(owning: try SystemCall.system("open \(path)") {
+            try SystemPackage.FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
+        })
     }
 
     /// Creates or truncates `path` for writing (close-on-exec, mode 0644).
     public static func open(writing path: String) throws(SystemError) -> FileDescriptor {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
-        return FileDescriptor(owning: fd)
+        FileDescriptor(owning: try SystemCall.system("open \(path)") {
+            try SystemPackage.FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate, .closeOnExec],
+                                                  permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        })
     }
 
     /// Reads the whole file, refusing files larger than `limit` bytes.
@@ -23,10 +25,10 @@ extension FileDescriptor {
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
-            let n = try SystemCall.retrying("read") {
-                chunk.withUnsafeMutableBytes { buf -> Int in
+            let n = try SystemCall.system("read") {
+                try chunk.withUnsafeMutableBytes { buf throws -> Int in
                     // SAFETY: reads at most buf.count bytes into the array's own storage.
-                    Glibc.read(rawValue, buf.baseAddress, buf.count)
+                    try system.read(into: buf)
                 }
             }
             if n == 0 { return result }
@@ -39,10 +41,10 @@ extension FileDescriptor {
     public func writeAll(_ bytes: [UInt8]) throws(SystemError) {
         var done = 0
         while done < bytes.count {
-            done += try SystemCall.retrying("write") {
-                bytes.withUnsafeBytes { buf -> Int in
-                    // SAFETY: writes from the array's own storage, within its bounds.
-                    Glibc.write(rawValue, buf.baseAddress?.advanced(by: done), buf.count - done)
+            done += try SystemCall.system("write") {
+                try bytes.withUnsafeBytes { buf throws -> Int in
+                    // SAFETY: writes from the array's own storage, `done` bytes in, within its bounds.
+                    try system.write(UnsafeRawBufferPointer(rebasing: buf[done...]))
                 }
             }
         }
@@ -143,13 +145,10 @@ public func readSymbolicLink(_ path: String) -> String? {
 /// Writes `text` to an existing file (a /proc or /sys file) in one write(2); nil on success,
 /// else why not. Such files take a value whole or not at all.
 public func writeInOneCall(_ path: String, _ text: String) -> String? {
-    let fd = open(path, O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else { return SystemError.message(for: errno) }
-    defer { close(fd) }
-    let bytes = Array(text.utf8)
-    // SAFETY: write reads bytes.count bytes from the array's own storage.
-    let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    return n == bytes.count ? nil : (n < 0 ? SystemError.message(for: errno) : "short write")
+    do { try writeControlFile(path, text) } catch {
+        return error.operation.hasSuffix("(short write)") ? "short write" : SystemError.message(for: error.errno)
+    }
+    return nil
 }
 
 /// Connects a new UDP socket to an IPv4 address and port (no packet is sent): 0 if the kernel

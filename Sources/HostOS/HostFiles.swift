@@ -1,4 +1,5 @@
 import CLinux
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,13 +23,16 @@ public func removeDirectory(_ path: String) throws(SystemError) {
 /// Writes `text` in one write(2) to a file that must exist (a cgroup or /proc control file):
 /// the kernel takes such writes whole, or refuses them with an errno that says why.
 public func writeControlFile(_ path: String, _ text: String) throws(SystemError) {
-    let fd = open(path, O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
-    defer { close(fd) }
+    let fd = try SystemCall.system("open \(path)") {
+        try SystemPackage.FileDescriptor.open(FilePath(path), .writeOnly, options: [.closeOnExec])
+    }
+    defer { try? fd.close() }
     let bytes = Array(text.utf8)
-    // SAFETY: write reads bytes.count bytes from the array's own storage.
-    let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    guard n == bytes.count else { throw SystemError("write \(path)", errno: n < 0 ? errno : EIO) }
+    let n = try SystemCall.system("write \(path)") {
+        // SAFETY: write reads bytes.count bytes from the array's own storage.
+        try bytes.withUnsafeBytes { buf throws -> Int in try fd.write(buf) }
+    }
+    guard n == bytes.count else { throw SystemError("write \(path) (short write)", errno: EIO) }
 }
 
 /// Whether `path` names anything (a file, a directory, a link).
@@ -50,8 +54,10 @@ public final class LockFile: @unchecked Sendable {
 
     /// Nil when another process holds it.
     public static func acquire(_ path: String) throws(SystemError) -> LockFile? {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw SystemError("open \(path)", errno: errno) }
+        let fd = try SystemCall.system("open \(path)") {
+            try SystemPackage.FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .closeOnExec, .noFollow],
+                                                  permissions: .ownerReadWrite).rawValue
+        }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let e = errno
             close(fd)

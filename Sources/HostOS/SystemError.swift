@@ -1,6 +1,12 @@
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
+
+// The host-OS layer is built on apple/swift-system wherever it covers a call: its descriptors'
+// open, read, write, positional I/O and close (each retrying EINTR), `FilePath` and `Errno`.
+// What it lacks is written here by hand on Glibc and CLinux: openat with O_PATH and the checked
+// opens, ioctl, sockets and SCM_RIGHTS, eventfd/signalfd, namespaces, seccomp, flock, fallocate.
 
 /// A failed system call: the operation that failed and the `errno` it set.
 public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -16,10 +22,8 @@ public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
         "\(operation) failed: \(SystemError.message(for: errno)) (errno \(errno))"
     }
 
-    public static func message(for code: Int32) -> String {
-        guard let text = strerror(code) else { return "unknown error" }
-        return String(cString: text)
-    }
+    /// The system's text for `code` (strerror(3), through swift-system's `Errno`).
+    public static func message(for code: Int32) -> String { Errno(rawValue: code).description }
 }
 
 /// An owned file descriptor, closed when the owner goes away.
@@ -31,13 +35,30 @@ public final class FileDescriptor: @unchecked Sendable {
     public init(owning rawValue: Int32) { self.rawValue = rawValue; owned = true }
     /// Wraps a descriptor that someone else closes (standard output, for example).
     public init(borrowing rawValue: Int32) { self.rawValue = rawValue; owned = false }
+    /// Takes ownership of a descriptor swift-system opened.
+    convenience init(owning descriptor: SystemPackage.FileDescriptor) { self.init(owning: descriptor.rawValue) }
 
-    deinit { if owned { close(rawValue) } }
+    /// The same descriptor as swift-system's (not owning: this object still closes it).
+    var system: SystemPackage.FileDescriptor { SystemPackage.FileDescriptor(rawValue: rawValue) }
+
+    deinit { if owned { try? system.close() } }
 }
 
 /// The host-OS layer's one loop around interrupted system calls (EINTR: a signal arrived while
-/// the call waited). Every blocking call goes through it, so none forgets to retry.
+/// the call waited). Every blocking call goes through it, or through swift-system with
+/// `retryOnInterrupt` (`SystemCall.system`), so none forgets to retry.
 public enum SystemCall {
+    /// Runs swift-system calls (which retry EINTR themselves) and turns the `Errno` they throw
+    /// into `SystemError(operation, errno)`.
+    @inline(__always)
+    static func system<R>(_ operation: @autoclosure () -> String, _ body: () throws -> R) throws(SystemError) -> R {
+        do { return try body() } catch let e as Errno {
+            throw SystemError(operation(), errno: e.rawValue)
+        } catch {
+            throw SystemError(operation() + " (\(error))", errno: EIO)
+        }
+    }
+
     /// Calls `call` again while it fails with EINTR; returns its result (>= 0), or throws
     /// `SystemError(operation, errno)` for any other failure.
     @inline(__always)

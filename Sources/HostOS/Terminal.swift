@@ -1,4 +1,5 @@
 import CLinux
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -39,36 +40,39 @@ extension FileDescriptor {
     public func readSome(maxBytes: Int) throws(SystemError) -> ReadResult {
         guard maxBytes > 0 else { return .bytes([]) }
         var chunk = [UInt8](repeating: 0, count: maxBytes)
-        let n = SystemCall.uninterrupted {
-            chunk.withUnsafeMutableBytes { buf -> Int in
+        let n: Int
+        do {
+            n = try chunk.withUnsafeMutableBytes { buf throws -> Int in
                 // SAFETY: reads at most buf.count bytes into the array's own storage.
-                Glibc.read(rawValue, buf.baseAddress, buf.count)
+                try system.read(into: buf)
             }
+        } catch let e as Errno {
+            switch e {
+            case .resourceTemporarilyUnavailable: return .wouldBlock
+            // A terminal whose session ended reads EIO: no more input will come.
+            case .ioError: return .end
+            default: throw SystemError("read", errno: e.rawValue)
+            }
+        } catch {
+            throw SystemError("read (\(error))", errno: EIO)
         }
-        if n > 0 { return .bytes(Array(chunk[0..<n])) }
-        if n == 0 { return .end }
-        switch errno {
-        case EAGAIN: return .wouldBlock
-        // A terminal whose session ended reads EIO: no more input will come.
-        case EIO: return .end
-        case let e: throw SystemError("read", errno: e)
-        }
+        return n > 0 ? .bytes(Array(chunk[0..<n])) : .end
     }
 
     /// One write(2) of as much of `bytes` as fits without waiting on a non-blocking descriptor
     /// (all of it, on a blocking one); returns how many were written (0: the descriptor is full).
     public func writeSome(_ bytes: ArraySlice<UInt8>) throws(SystemError) -> Int {
         guard !bytes.isEmpty else { return 0 }
-        let n = SystemCall.uninterrupted {
-            bytes.withUnsafeBytes { buf -> Int in
+        do {
+            return try bytes.withUnsafeBytes { buf throws -> Int in
                 // SAFETY: writes from the slice's own storage, within its bounds.
-                Glibc.write(rawValue, buf.baseAddress, buf.count)
+                try system.write(buf)
             }
-        }
-        if n >= 0 { return n }
-        switch errno {
-        case EAGAIN: return 0
-        case let e: throw SystemError("write", errno: e)
+        } catch let e as Errno {
+            if e == .resourceTemporarilyUnavailable { return 0 }
+            throw SystemError("write", errno: e.rawValue)
+        } catch {
+            throw SystemError("write (\(error))", errno: EIO)
         }
     }
 
