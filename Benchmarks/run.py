@@ -79,10 +79,11 @@ def run_checked(cmd: list[str], what: str) -> None:
 def build(args: argparse.Namespace) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.no_build:
-        run_checked(["swift", "build", "-c", "release"], "bulkhead (release)")
+        # Only the product measured: test support (which imports Testing) has no static build.
+        run_checked(["swift", "build", "-c", "release", "--product", "bulkhead-worker"], "bulkhead-worker (release)")
         if not args.no_static:
-            run_checked(["swift", "build", "-c", "release", "--static-swift-stdlib",
-                         "--scratch-path", ".build-static"], "bulkhead (release, static Swift stdlib)")
+            run_checked(["swift", "build", "-c", "release", "--static-swift-stdlib", "--product", "bulkhead-worker",
+                         "--scratch-path", ".build-static"], "bulkhead-worker (release, static Swift stdlib)")
     if not BULKHEAD.exists():
         sys.exit(f"run.py: {BULKHEAD} is missing (run without --no-build)")
     run_checked(["bash", "Guest/build.sh"], "guest programs")

@@ -153,7 +153,7 @@ func standaloneSay(_ line: String) {
 }
 
 /// Runs `--standalone` and exits with the VM's status.
-func runStandalone(_ arguments: [String], processStart: UInt64) -> Never {
+func runStandalone(_ arguments: [String]) -> Never {
     ignoreBrokenPipe()
     let options: StandaloneOptions
     do { options = try StandaloneOptions.parse(arguments) } catch {
@@ -230,9 +230,9 @@ func runStandalone(_ arguments: [String], processStart: UInt64) -> Never {
     }
     guard case .ended(let outcome, let counters) = WorkerVM.ended(report, extra: cpuidCounters) else { exit(RunEnd.internalError) }
     if options.reportTiming {
+        // The line the in-process run always printed (Benchmarks/run.py reads exactly this).
         var line = "timing: start-ns \(report.startNanoseconds)"
         if let f = report.firstHypercallNanoseconds { line += " first-hypercall-ns \(f)" }
-        line += " worker-start-ns \(processStart)"
         try? FileDescriptor.standardError.writeAll(Array((line + "\n").utf8))
     }
     let features = options.hiddenFeatures.isEmpty ? nil : CPUIDPolicy.Feature.allCases.map(\.rawValue)

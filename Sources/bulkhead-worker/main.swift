@@ -23,7 +23,7 @@ import Glibc
 let processStart = monotonicNanoseconds()
 let arguments = Array(CommandLine.arguments.dropFirst())
 if arguments.first == "--standalone" {
-    runStandalone(Array(arguments.dropFirst()), processStart: processStart)
+    runStandalone(Array(arguments.dropFirst()))
 }
 if !arguments.isEmpty {
     try? FileDescriptor.standardError.writeAll(Array("bulkhead-worker: started by `bulkhead run` with no arguments, or as `bulkhead-worker --standalone IMAGE [options]` (--standalone --help lists them)\n".utf8))
