@@ -27,7 +27,7 @@ test: guests
 guests:
 	bash Guest/build.sh $(GUESTS)
 
-# The worker's SHA-256 goes next to it: `bulkhead run --worker` runs only a binary with that digest.
+# The worker's SHA-256 goes next to it: `bulkhead run` runs only a binary with that digest.
 build:
 	$(SWIFT) build --product bulkhead
 	$(SWIFT) build --product bulkhead-worker
