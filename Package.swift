@@ -35,6 +35,7 @@ let package = Package(
         .library(name: "BulkheadVMM", targets: ["VMM"]),
         .library(name: "BulkheadWorkerProtocol", targets: ["WorkerProtocol"]),
         .library(name: "BulkheadGuestInterface", targets: ["GuestInterface"]),
+        .library(name: "BulkheadAuditLog", targets: ["AuditLog"]),
         // The shared test support, for Fuzz/ (never part of a release).
         .library(name: "BulkheadTestSupport", targets: ["TestSupport"]),
     ],
@@ -58,6 +59,9 @@ let package = Package(
         .target(name: "Virtio", dependencies: ["GuestABI"]),
         .target(name: "Devices", dependencies: ["Virtio", "GuestABI"]),
         .target(name: "WorkerProtocol"),
+        // The tamper-evident audit log's format (issue 12): record frames, canonical JSON, the
+        // RFC 6962 Merkle tree and its proofs. Pure: no I/O; SHA-256 from swift-crypto.
+        .target(name: "AuditLog", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // What a guest sees of the VMM: the hypercall ABI and dispatcher, fault reports, the CPUID
         // policy and the attack-surface registry (pure).
         .target(name: "GuestInterface", dependencies: ["GuestABI", "Boot"]),
@@ -103,6 +107,7 @@ let package = Package(
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "HostOS", "Jail", "Devices", "Boot", "GuestInterface",
                                                              "HostTestSupport"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
+        .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "TestSupport"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
         .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "HostOS", "KVM", "CKVM", "CLinux", "TestSupport"]),
         // A worker that misbehaves on purpose, for the launcher's tests (never installed).

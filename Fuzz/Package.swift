@@ -45,6 +45,7 @@ let package = Package(
         fuzzTarget("FuzzVirtioNet", ["BulkheadDevices", "BulkheadVirtio"]),
         fuzzTarget("FuzzVsock", ["BulkheadDevices", "BulkheadVirtio"]),
         fuzzTarget("FuzzWorkerProtocol", ["BulkheadWorkerProtocol"]),
+        fuzzTarget("FuzzAuditRecord", ["BulkheadAuditLog"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -104,7 +104,7 @@ struct Rule {
 }
 
 enum Architecture {
-    static let pure = ["GuestABI", "Boot", "Virtio", "Devices", "GuestInterface", "WorkerProtocol", "Seccomp"]
+    static let pure = ["GuestABI", "Boot", "Virtio", "Devices", "GuestInterface", "WorkerProtocol", "Seccomp", "AuditLog"]
     static let hostOS: Set<String> = ["Glibc", "Foundation", "HostOS", "Jail", "KVM", "VMM", "CLinux", "CKVM"]
     static let guestMemory: Set<String> = ["KVM", "VMM", "Devices", "Virtio", "Boot"]
 

@@ -1,0 +1,61 @@
+import AuditLog
+import FuzzSupport
+
+// FuzzAuditRecord: what a verifier reads from a log directory it does not trust — frames, then
+// the canonical JSON of each payload, then the version-1 record — fed arbitrary bytes.
+//
+// Input: the bytes of a segment.
+//
+// Checks: parsing never traps; every whole frame re-encodes to exactly its bytes and its CRC
+// matches; a torn frame is reported only at the end of the bytes; an accepted JSON payload is
+// canonical (encoding it gives back the payload); an accepted record re-encodes to the payload and
+// keeps the invariants of its fields (an intent has no result, an outcome has one); a refusal
+// says why.
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzAuditRecord(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let bytes = FuzzInput(data, size).bytes
+    var at = 0
+    scan: while true {
+        switch Frame.parse(bytes, at: at) {
+        case .end:
+            break scan
+        case .torn(let available):
+            check(available == bytes.count - at && available > 0, "a torn frame before the end (at \(at))")
+            break scan
+        case .damaged(let why):
+            check(!why.isEmpty, "damage without a reason")
+            break scan
+        case .frame(let payload, let next):
+            check(next > at && Array(bytes[at..<next]) == Frame.encode(payload), "frame at \(at) re-encodes differently")
+            check(CRC32C.checksum(payload) == UInt32(bytes[at + 4]) | UInt32(bytes[at + 5]) << 8 | UInt32(bytes[at + 6]) << 16 | UInt32(bytes[at + 7]) << 24,
+                  "a frame accepted with a CRC that does not match")
+            do {
+                let value = try JSONValue.parse(payload)
+                check(value.canonicalBytes == payload, "accepted JSON that is not canonical")
+            } catch {
+                check(!error.reason.isEmpty, "a JSON refusal without a reason")
+            }
+            do {
+                let r = try AuditRecord.parse(payload)
+                check(r.payload == payload, "record \(r.sequence) re-encodes differently")
+                check((r.stage == .intent) == (r.result == nil), "an intent with a result, or an outcome without one")
+                check(r.action.utf8.count <= AuditRecord.maxText && !r.action.isEmpty, "an action out of bounds")
+                trace("record \(r.sequence): \(r.action)")
+            } catch {
+                check(!error.description.isEmpty, "a record refusal without a reason")
+            }
+            at = next
+        }
+    }
+    // The payloads as leaves: hashing never traps and the tree's two computations agree.
+    var frontier = MerkleFrontier()
+    var leaves: [[UInt8]] = []
+    for chunk in stride(from: 0, to: min(bytes.count, 512), by: 16) {
+        let leaf = Merkle.leafHash(Array(bytes[chunk..<min(chunk + 16, bytes.count)]))
+        leaves.append(leaf)
+        frontier.append(leafHash: leaf)
+    }
+    check(frontier.root == Merkle.root(leaves), "the frontier's root differs from the tree's")
+    return 0
+}

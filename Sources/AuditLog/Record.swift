@@ -1,0 +1,135 @@
+/// One audit record (format version 1, docs/audit-log.md): who asked for what, on what, whether
+/// it was allowed and why, and — in a second record of the same operation — how it ended. Its
+/// payload is the canonical JSON of exactly these keys; nothing secret is ever put in one.
+public struct AuditRecord: Equatable, Sendable {
+    public static let formatVersion: Int64 = 1
+    /// The longest string any field may hold, in UTF-8 bytes.
+    public static let maxText = 1024
+
+    /// Who acted.
+    public enum Actor: Equatable, Sendable {
+        /// A local process, by its credentials (SO_PEERCRED, or the launcher's own).
+        case local(uid: UInt32, gid: UInt32, pid: Int32)
+        /// A remote client, by the SHA-256 of its certificate's public key ("sha256:" + 64 hex digits).
+        case certificate(fingerprint: String)
+        /// Bulkhead itself (a VM's own events, start-up, recovery).
+        case system
+    }
+
+    public enum Stage: String, Sendable { case intent, outcome }
+
+    public var sequence: UInt64
+    /// UTC, nanoseconds since 1970.
+    public var timeNanoseconds: Int64
+    /// The host's boot id (/proc/sys/kernel/random/boot_id): tells one boot's records from the next.
+    public var bootID: String
+    public var actor: Actor
+    public var tenant: String?
+    /// What was asked or what happened, dotted: "vm.start", "vm.guest-fault", "log.recovered-torn-tail".
+    public var action: String
+    /// What it was done to: "vm/NAME", "image/SHA256", nil for the host itself.
+    public var target: String?
+    public var allowed: Bool
+    /// Why it was allowed or denied (the grant that matched, or the rule that refused).
+    public var reason: String
+    public var stage: Stage
+    /// Ties an intent to its outcome.
+    public var operation: String
+    /// How it ended (outcome records), nil for an intent.
+    public var result: String?
+
+    public init(sequence: UInt64, timeNanoseconds: Int64, bootID: String, actor: Actor, tenant: String? = nil,
+                action: String, target: String? = nil, allowed: Bool, reason: String, stage: Stage,
+                operation: String, result: String? = nil) {
+        self.sequence = sequence; self.timeNanoseconds = timeNanoseconds; self.bootID = bootID; self.actor = actor
+        self.tenant = tenant; self.action = action; self.target = target; self.allowed = allowed; self.reason = reason
+        self.stage = stage; self.operation = operation; self.result = result
+    }
+
+    public var json: JSONValue {
+        let actorJSON: JSONValue
+        switch actor {
+        case .local(let uid, let gid, let pid):
+            actorJSON = .object(["kind": .string("local"), "uid": .integer(Int64(uid)), "gid": .integer(Int64(gid)), "pid": .integer(Int64(pid))])
+        case .certificate(let f): actorJSON = .object(["kind": .string("certificate"), "fingerprint": .string(f)])
+        case .system: actorJSON = .object(["kind": .string("system")])
+        }
+        func text(_ s: String?) -> JSONValue { s.map(JSONValue.string) ?? .null }
+        return .object([
+            "v": .integer(Self.formatVersion), "seq": .integer(Int64(clamping: sequence)), "time_ns": .integer(timeNanoseconds),
+            "boot_id": .string(bootID), "actor": actorJSON, "tenant": text(tenant), "action": .string(action),
+            "target": text(target), "decision": .object(["allowed": .bool(allowed), "reason": .string(reason)]),
+            "stage": .string(stage.rawValue), "operation": .string(operation), "result": text(result),
+        ])
+    }
+
+    /// The record's payload: what is framed, hashed into the tree and signed over.
+    public var payload: [UInt8] { json.canonicalBytes }
+
+    /// Why a payload is not a version-1 record.
+    public struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Parses a payload: canonical JSON with exactly the version-1 keys and types. Anything else
+    /// (a missing or extra key, a wrong type, an out-of-range number, an over-long string) is an
+    /// error that says which field.
+    public static func parse(_ payload: [UInt8]) throws(ParseError) -> AuditRecord {
+        let value: JSONValue
+        do { value = try JSONValue.parse(payload) } catch { throw ParseError(description: error.description) }
+        guard case .object(let o) = value else { throw ParseError(description: "the payload is not a JSON object") }
+        let keys: Set<String> = ["v", "seq", "time_ns", "boot_id", "actor", "tenant", "action", "target", "decision", "stage", "operation", "result"]
+        guard Set(o.keys) == keys else {
+            let missing = keys.subtracting(o.keys).sorted(), extra = Set(o.keys).subtracting(keys).sorted()
+            throw ParseError(description: "keys: missing \(missing), unexpected \(extra.map { String($0.prefix(40)) })")
+        }
+        func int(_ k: String, _ v: JSONValue?, _ range: ClosedRange<Int64>) throws(ParseError) -> Int64 {
+            guard case .integer(let i)? = v, range.contains(i) else { throw ParseError(description: "\(k) is not an integer in \(range)") }
+            return i
+        }
+        func text(_ k: String, _ v: JSONValue?, optional: Bool = false) throws(ParseError) -> String? {
+            if optional, case .null? = v { return nil }
+            guard case .string(let s)? = v, !s.isEmpty, s.utf8.count <= maxText else {
+                throw ParseError(description: "\(k) is not a string of 1 to \(maxText) bytes\(optional ? " or null" : "")")
+            }
+            return s
+        }
+        guard try int("v", o["v"], 0...Int64.max) == formatVersion else { throw ParseError(description: "v is not \(formatVersion)") }
+        let seq = try int("seq", o["seq"], 0...Int64.max)
+        let time = try int("time_ns", o["time_ns"], 0...Int64.max)
+        guard case .object(let a)? = o["actor"], case .string(let kind)? = a["kind"] else {
+            throw ParseError(description: "actor is not an object with a kind")
+        }
+        let actor: Actor
+        switch kind {
+        case "local":
+            guard Set(a.keys) == ["kind", "uid", "gid", "pid"] else { throw ParseError(description: "a local actor has kind, uid, gid and pid") }
+            actor = .local(uid: UInt32(try int("actor.uid", a["uid"], 0...Int64(UInt32.max))),
+                           gid: UInt32(try int("actor.gid", a["gid"], 0...Int64(UInt32.max))),
+                           pid: Int32(try int("actor.pid", a["pid"], 0...Int64(Int32.max))))
+        case "certificate":
+            guard Set(a.keys) == ["kind", "fingerprint"], let f = try text("actor.fingerprint", a["fingerprint"]),
+                  f.hasPrefix("sha256:"), f.utf8.count == 71, f.dropFirst(7).allSatisfy({ "0123456789abcdef".contains($0) }) else {
+                throw ParseError(description: "a certificate actor has kind and a fingerprint sha256:<64 lowercase hex digits>")
+            }
+            actor = .certificate(fingerprint: f)
+        case "system":
+            guard a.keys.count == 1 else { throw ParseError(description: "a system actor has only its kind") }
+            actor = .system
+        default:
+            throw ParseError(description: "actor kind '\(kind.prefix(40))' is not local, certificate or system")
+        }
+        guard case .object(let d)? = o["decision"], Set(d.keys) == ["allowed", "reason"], case .bool(let allowed)? = d["allowed"] else {
+            throw ParseError(description: "decision is not an object of allowed (a boolean) and reason")
+        }
+        guard case .string(let s)? = o["stage"], let stage = Stage(rawValue: s) else { throw ParseError(description: "stage is not intent or outcome") }
+        let result = try text("result", o["result"], optional: true)
+        if stage == .intent && result != nil { throw ParseError(description: "an intent has no result") }
+        if stage == .outcome && result == nil { throw ParseError(description: "an outcome has a result") }
+        return AuditRecord(sequence: UInt64(seq), timeNanoseconds: time, bootID: try text("boot_id", o["boot_id"]) ?? "",
+                           actor: actor, tenant: try text("tenant", o["tenant"], optional: true),
+                           action: try text("action", o["action"]) ?? "", target: try text("target", o["target"], optional: true),
+                           allowed: allowed, reason: try text("decision.reason", d["reason"]) ?? "", stage: stage,
+                           operation: try text("operation", o["operation"]) ?? "", result: result)
+    }
+}
