@@ -152,7 +152,7 @@ case $end in
 esac
 INIT
 chmod +x "$INNER/init"
-(cd "$INNER" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/inner.cpio.gz"
+(cd "$INNER" && find . | cpio -o -H newc -R 0:0 2>/dev/null | gzip -1) > "$WORK/inner.cpio.gz"
 
 # The outer machine's initramfs: busybox, the kvm modules, bulkhead with its libraries, the inner
 # kernel (as Debian ships it, a bzImage, and the vmlinux inside it) and initramfs, tiny kernels
@@ -356,7 +356,10 @@ echo "outer: done"
 poweroff -f
 INIT
 chmod +x "$OUTER/init"
-(cd "$OUTER" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/outer.cpio.gz"
+# Every file in the outer (and inner) machine is root's, whoever builds the archives: the
+# launcher runs only a worker binary that nobody but root (or the caller) can change, and an
+# ordinary user's build would otherwise copy in a worker owned by that user's uid.
+(cd "$OUTER" && find . | cpio -o -H newc -R 0:0 2>/dev/null | gzip -1) > "$WORK/outer.cpio.gz"
 
 # 1.25 GiB of guest RAM (inner guests of 256 MiB one after another, two of 192 MiB at once) and a 128 MiB translation
 # cache keep QEMU near 0.7 GiB resident. QEMU logs CPU resets (a triple fault among them) to
