@@ -2,7 +2,8 @@ import AuditLog
 import FuzzSupport
 
 // FuzzAuditRecord: what a verifier reads from a log directory it does not trust — frames, then
-// the canonical JSON of each payload, then the version-1 record — fed arbitrary bytes.
+// the canonical JSON of each payload, then the version-1 record, and signed checkpoints — fed
+// arbitrary bytes.
 //
 // Input: the bytes of a segment.
 //
@@ -46,6 +47,16 @@ public func fuzzAuditRecord(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
                 check(!error.description.isEmpty, "a record refusal without a reason")
             }
             at = next
+        }
+    }
+    // The same bytes as a signed checkpoint: parsing never traps; an accepted note has at least
+    // one well-formed signature line and its text parses back from its own format.
+    if let note = try? SignedNote.parse(bytes) {
+        check(!note.signatures.isEmpty && note.signatures.count <= SignedNote.maxSignatures, "a note with \(note.signatures.count) signatures")
+        check(note.text.hasSuffix("\n"), "a note text without its final newline")
+        check(note.verify([]) == .noKnownSigner, "a note verified with no keys")
+        if let c = try? Checkpoint.parse(note.text) {
+            check(c.text == note.text && c.rootHash.count == 32, "a checkpoint that does not re-encode")
         }
     }
     // The payloads as leaves: hashing never traps and the tree's two computations agree.
