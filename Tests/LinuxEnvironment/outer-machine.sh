@@ -261,7 +261,11 @@ run_once() {
     # Only this run's pipeline is waited for: a helper serving the run in the background (vsock)
     # never ends if the guest never came to it.
     job=$!
-    exec 3> /tmp/in
+    # Read-write, so that the open never waits for the reader: a blocking open of the FIFO is
+    # interrupted (EINTR, which this shell does not retry, ending /init) when a child of /init
+    # exits meanwhile, such as a worker of the run before that outlived its launcher by a few ms
+    # while it closed its VM and was reparented here.
+    exec 3<> /tmp/in
     i=0
     while ! grep -q '^inner: type a line' /tmp/out && ! grep -q '^outer: end' /tmp/out && [ $i -lt 1500 ]; do
         sleep 0.2; i=$((i+1))
