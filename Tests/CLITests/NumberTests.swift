@@ -34,7 +34,8 @@ struct NumberTests {
     @Test(arguments: runPaths)
     func rateLimitsAtTheirMaximumRun(path: [String]) throws {
         let max = String(UInt64.max)
-        let image = NSTemporaryDirectory() + "bulkhead-numbers-\(getpid())-\(path.count).img"
+        // One image per run path (the paths' cases run in parallel, each removes its own).
+        let image = NSTemporaryDirectory() + "bulkhead-numbers-\(getpid())-\(path.first?.dropFirst(2) ?? "jailed").img"
         _ = FileManager.default.createFile(atPath: image, contents: Data(count: 1 << 20))
         defer { try? FileManager.default.removeItem(atPath: image) }
         let b = try run(path, [guests + "/blk.elf", "--disk", image, "--disk-ops-limit", max, "--disk-bytes-limit", max, "--timeout", "60"])
