@@ -82,15 +82,14 @@ public enum RunEnd {
     }
 
     /// The lines a run prints to standard error at its end, in order: the CPUID warning (when
-    /// features were hidden, `cpuidFeatureNames` being the guest interface's feature names in
-    /// order, and the probe found some of them still visible), the statistics (--stats), the
-    /// outcome (the table above), and where a timeout stopped the vCPUs.
-    public static func lines(_ outcome: VMOutcome, _ counters: [Counter], statistics: Bool, cpuidFeatureNames: [String]?) -> [String] {
+    /// features were hidden, `hiddenFeatures` turning the ineffective-feature mask into names,
+    /// and the probe found some of them still visible), the statistics (--stats), the outcome
+    /// (the table above), and where a timeout stopped the vCPUs.
+    public static func lines(_ outcome: VMOutcome, _ counters: [Counter], statistics: Bool,
+                             hiddenFeatures: ((UInt64) -> [String])?) -> [String] {
         var lines: [String] = []
-        if let names = cpuidFeatureNames, counter(cpuidEnforcedCounter, in: counters) == 0 {
-            let mask = counter(cpuidIneffectiveCounter, in: counters) ?? 0
-            let seen = names.enumerated().filter { $0.offset < 64 && mask & (1 << UInt64($0.offset)) != 0 }.map(\.element)
-            lines.append(cpuidWarning(seen))
+        if let names = hiddenFeatures, counter(cpuidEnforcedCounter, in: counters) == 0 {
+            lines.append(cpuidWarning(names(counter(cpuidIneffectiveCounter, in: counters) ?? 0)))
         }
         if statistics { lines += statisticsLines(counters) }
         if let message = message(outcome) { lines.append(message) }

@@ -235,8 +235,8 @@ func runStandalone(_ arguments: [String]) -> Never {
         if let f = report.firstHypercallNanoseconds { line += " first-hypercall-ns \(f)" }
         try? FileDescriptor.standardError.writeAll(Array((line + "\n").utf8))
     }
-    let features = options.hiddenFeatures.isEmpty ? nil : CPUIDPolicy.Feature.allCases.map(\.rawValue)
-    for line in RunEnd.lines(outcome, counters, statistics: options.statistics, cpuidFeatureNames: features) { standaloneSay(line) }
+    let features: ((UInt64) -> [String])? = options.hiddenFeatures.isEmpty ? nil : { CPUIDPolicy.features(mask: $0).map(\.rawValue) }
+    for line in RunEnd.lines(outcome, counters, statistics: options.statistics, hiddenFeatures: features) { standaloneSay(line) }
     // The outcome is out; closing the VM (12-20 ms with the in-kernel irqchip) is left to a child
     // that outlives this process, so the exit status follows at once (issue 9). Exit here,
     // holding the report: releasing it in this process would close the VM first.

@@ -69,8 +69,8 @@ extension Run {
             for c in counters where c.name.hasPrefix("timing.") { line += " \(c.name.dropFirst(7)) \(c.value)" }
             try? FileDescriptor.standardError.writeAll(Array((line + "\n").utf8))
         }
-        let features = hiddenFeatures.isEmpty ? nil : CPUIDPolicy.Feature.allCases.map(\.rawValue)
-        for line in RunEnd.lines(outcome, counters, statistics: stats, cpuidFeatureNames: features) { printError(line) }
+        let features: ((UInt64) -> [String])? = hiddenFeatures.isEmpty ? nil : { CPUIDPolicy.features(mask: $0).map(\.rawValue) }
+        for line in RunEnd.lines(outcome, counters, statistics: stats, hiddenFeatures: features) { printError(line) }
         return RunEnd.status(outcome)
     }
 }

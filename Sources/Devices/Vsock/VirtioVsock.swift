@@ -151,7 +151,7 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendInput {
            queues.indices.contains(Self.transmitQueue), var tx = queues[Self.transmitQueue] {
             // TX resumed from here is limited by the transmit queue's own limiter.
             let txLimit = limits.limit(Self.transmitQueue)
-            txLimit?.start(at: txLimit?.now ?? 0)
+            if let txLimit { txLimit.start(at: txLimit.now) }
             let txUsed = try transmitAll(&tx, ram: ram, limit: txLimit)
             queues[Self.transmitQueue] = tx
             let r2 = try fill(&rx, ram: ram, limit: rxLimit)
