@@ -62,6 +62,9 @@ let package = Package(
         // The tamper-evident audit log's format (issue 12): record frames, canonical JSON, the
         // RFC 6962 Merkle tree and its proofs. Pure: no I/O; SHA-256 from swift-crypto.
         .target(name: "AuditLog", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // The audit log's one appender (group commit, fdatasync, crash recovery, the key) and its
+        // directory's reader: AuditLog's format on the host's files. Never maps guest memory.
+        .target(name: "AuditStore", dependencies: ["AuditLog", "HostOS", .product(name: "Crypto", package: "swift-crypto")]),
         // What a guest sees of the VMM: the hypercall ABI and dispatcher, fault reports, the CPUID
         // policy and the attack-surface registry (pure).
         .target(name: "GuestInterface", dependencies: ["GuestABI", "Boot"]),
@@ -78,7 +81,7 @@ let package = Package(
         // The command line over Supervisor: it links neither KVM nor VMM (ArchitectureTests).
         .executableTarget(
             name: "bulkhead",
-            dependencies: ["Supervisor", "HostOS", "Jail", "WorkerProtocol", "GuestInterface", "Boot",
+            dependencies: ["Supervisor", "HostOS", "Jail", "WorkerProtocol", "GuestInterface", "Boot", "AuditLog", "AuditStore",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             linkerSettings: hardening
         ),
@@ -107,11 +110,13 @@ let package = Package(
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "HostOS", "Jail", "Devices", "Boot", "GuestInterface",
                                                              "HostTestSupport"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
-        .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "TestSupport"]),
+        .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "AuditStore", "HostOS", "TestSupport"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
         .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "HostOS", "KVM", "CKVM", "CLinux", "TestSupport"]),
         // A worker that misbehaves on purpose, for the launcher's tests (never installed).
         .executableTarget(name: "bulkhead-fake-worker", dependencies: ["HostOS", "Jail", "WorkerProtocol"], path: "Tests/FakeWorker"),
+        // Drives the audit log's appender from N threads, for the crash test and the benchmark (never installed).
+        .executableTarget(name: "bulkhead-audit-writer", dependencies: ["AuditLog", "AuditStore", "HostOS"], path: "Tests/AuditWriter"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         // VMM too: NumberTests compares `--hide-cpu-feature`'s warning with the CPUID probe run here.
         .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "HostOS", "Jail", "VMM", "GuestInterface", "HostTestSupport",

@@ -8,7 +8,7 @@ public enum Frame {
     public static let maxPayload = 1 << 20
 
     public static func encode(_ payload: [UInt8]) -> [UInt8] {
-        precondition(payload.count <= maxPayload, "an audit record larger than \(maxPayload) bytes")
+        precondition(!payload.isEmpty && payload.count <= maxPayload, "an audit record larger than \(maxPayload) bytes")
         var out: [UInt8] = []
         out.reserveCapacity(headerSize + payload.count)
         appendLE(UInt32(payload.count), to: &out)
@@ -26,7 +26,8 @@ public enum Frame {
         /// Fewer bytes than a header, or than the header's length says: the tail of an append that
         /// was cut off (a crash), or a file cut short.
         case torn(available: Int)
-        /// A whole frame whose CRC does not match its payload, or a length over `maxPayload`.
+        /// A whole frame whose CRC does not match its payload, a length over `maxPayload`, or an
+        /// empty frame.
         case damaged(String)
     }
 
@@ -38,6 +39,8 @@ public enum Frame {
         let length = Int(readLE(bytes, offset))
         let crc = readLE(bytes, offset + 4)
         guard length <= maxPayload else { return .damaged("length \(length) is over the \(maxPayload)-byte limit") }
+        // No payload is empty; zeros where a frame should be (a crash's unwritten block) are damage.
+        guard length > 0 else { return .damaged("an empty frame (length 0)") }
         guard available - headerSize >= length else { return .torn(available: available) }
         let payload = Array(bytes[(offset + headerSize)..<(offset + headerSize + length)])
         let actual = CRC32C.checksum(payload)

@@ -1,143 +1,270 @@
-/// What an auditor's verifier concludes from a log's bytes: the segments' frames in order and the
-/// signed checkpoints, checked against the log's public key (docs/audit-log.md). Pure: the caller
-/// reads the files. Every problem is named by the record or checkpoint where it is.
-public enum AuditVerifier {
-    /// One thing wrong with a log. The first problem in the records ends their reading (what
-    /// follows cannot be placed); every checkpoint is checked against what was read.
+/// What an auditor's verifier concludes from a log's bytes (docs/audit-log.md): the segments'
+/// frames in order — records, each followed in time by the signed checkpoint that covers it —
+/// checked against the log's public key, and against checkpoints the auditor saved earlier. Pure:
+/// the caller reads the files and feeds them one segment at a time, so a verifier holds one
+/// segment and the tree's right edge, never the whole log. Every problem is named by the record or
+/// checkpoint where it is.
+public struct AuditVerifier: Sendable {
+    /// A place in the log: a segment (counting from 0) and a byte offset in it.
+    public struct Location: Equatable, Comparable, Sendable, CustomStringConvertible {
+        public var segment: Int
+        public var offset: Int
+        public init(segment: Int, offset: Int) { self.segment = segment; self.offset = offset }
+        public static func < (a: Location, b: Location) -> Bool { (a.segment, a.offset) < (b.segment, b.offset) }
+        public var description: String { "segment \(segment), offset \(offset)" }
+    }
+
+    /// One thing wrong with a log. The first problem in the frames ends their reading (what follows
+    /// cannot be placed); saved checkpoints are checked against what was read.
     public enum Problem: Equatable, Sendable, CustomStringConvertible {
-        /// Segment `segment` has a damaged frame at `offset`, where record `record` would be.
-        case damagedFrame(segment: Int, offset: Int, record: UInt64, why: String)
+        /// A damaged frame (CRC mismatch, a length over the limit, an empty frame) where record
+        /// `record` would be.
+        case damagedFrame(Location, record: UInt64, why: String)
         /// A segment other than the last ends in a torn frame (a file cut short).
-        case tornFrame(segment: Int, offset: Int, record: UInt64)
+        case tornFrame(Location, record: UInt64)
         /// The record at position `record` is not a valid version-1 record.
-        case badRecord(record: UInt64, why: String)
+        case badRecord(Location, record: UInt64, why: String)
         /// The record at position `record` says it is record `sequence`: records were deleted,
-        /// inserted or reordered there.
-        case outOfSequence(record: UInt64, sequence: UInt64)
-        /// Checkpoint `index` does not parse, or is not signed by the log's key.
-        case badCheckpoint(index: Int, why: String)
-        /// Checkpoint `index` covers `size` records, and the log has only `records`: the last
-        /// records were deleted.
-        case truncated(checkpoint: Int, size: UInt64, records: UInt64)
-        /// The first `size` records do not hash to checkpoint `index`'s root: a record at or below
-        /// that size was changed (and its CRC recomputed), replaced or reordered.
-        case rootMismatch(checkpoint: Int, size: UInt64)
-        /// Checkpoint `index` is smaller than an earlier one: the checkpoints were rolled back.
-        case checkpointsOutOfOrder(checkpoint: Int, size: UInt64, previous: UInt64)
+        /// inserted or reordered there (or a whole segment is missing).
+        case outOfSequence(Location, record: UInt64, sequence: UInt64)
+        /// A checkpoint in the log that does not parse, or is not signed by the log's key.
+        case badCheckpoint(Location, why: String)
+        /// A checkpoint in the log covers `size` records and `records` precede it: records before
+        /// it were deleted or inserted.
+        case checkpointSize(Location, size: UInt64, records: UInt64)
+        /// The records before a checkpoint in the log do not hash to its root: a record was changed
+        /// (and its CRC recomputed), replaced or reordered.
+        case rootMismatch(Location, size: UInt64)
+        /// A segment file is missing from the directory's numbering.
+        case missingSegment(Int)
+        /// A checkpoint the auditor saved (`index` in the order given) does not parse or is not
+        /// signed by the log's key.
+        case badSavedCheckpoint(index: Int, why: String)
+        /// A saved checkpoint covers `size` records and the log has only `records`: the last records
+        /// were deleted (or the log was rolled back).
+        case truncated(savedCheckpoint: Int, size: UInt64, records: UInt64)
+        /// The log's first `size` records do not hash to a saved checkpoint's root: the log was
+        /// rewritten since the auditor saved it.
+        case rewritten(savedCheckpoint: Int, size: UInt64)
+
+        /// The problem's `kind` in the verifiers' report.
+        public var kind: String {
+            switch self {
+            case .damagedFrame: "damaged-frame"
+            case .tornFrame: "torn-frame"
+            case .badRecord: "bad-record"
+            case .outOfSequence: "out-of-sequence"
+            case .badCheckpoint: "bad-checkpoint"
+            case .checkpointSize: "checkpoint-size"
+            case .rootMismatch: "root-mismatch"
+            case .missingSegment: "missing-segment"
+            case .badSavedCheckpoint: "bad-saved-checkpoint"
+            case .truncated: "truncated"
+            case .rewritten: "rewritten"
+            }
+        }
+
+        /// The problem as the verifiers' report has it: its kind and where it is.
+        public var json: JSONValue {
+            var o: [String: JSONValue] = ["kind": .string(kind)]
+            func at(_ l: Location) { o["segment"] = .integer(Int64(l.segment)); o["offset"] = .integer(Int64(l.offset)) }
+            switch self {
+            case .damagedFrame(let l, let r, _), .tornFrame(let l, let r), .badRecord(let l, let r, _), .outOfSequence(let l, let r, _):
+                at(l); o["record"] = .integer(Int64(clamping: r))
+            case .badCheckpoint(let l, _), .checkpointSize(let l, _, _), .rootMismatch(let l, _): at(l)
+            case .missingSegment(let s): o["segment"] = .integer(Int64(s))
+            case .badSavedCheckpoint(let i, _), .truncated(let i, _, _), .rewritten(let i, _): o["saved"] = .integer(Int64(i))
+            }
+            return .object(o)
+        }
 
         public var description: String {
             switch self {
-            case .damagedFrame(let s, let o, let r, let why): return "segment \(s), offset \(o) (record \(r)): damaged frame: \(why)"
-            case .tornFrame(let s, let o, let r): return "segment \(s), offset \(o) (record \(r)): the segment ends in the middle of a frame"
-            case .badRecord(let r, let why): return "record \(r): \(why)"
-            case .outOfSequence(let r, let seq): return "record \(r) says it is record \(seq): records were deleted, inserted or reordered"
-            case .badCheckpoint(let i, let why): return "checkpoint \(i): \(why)"
+            case .damagedFrame(let l, let r, let why): return "\(l) (record \(r)): damaged frame: \(why)"
+            case .tornFrame(let l, let r): return "\(l) (record \(r)): the segment ends in the middle of a frame, and is not the last"
+            case .badRecord(let l, let r, let why): return "\(l) (record \(r)): not a version-1 record: \(why)"
+            case .outOfSequence(let l, let r, let seq):
+                return "\(l): record \(r) says it is record \(seq): records were deleted, inserted or reordered"
+            case .badCheckpoint(let l, let why): return "\(l): bad checkpoint: \(why)"
+            case .checkpointSize(let l, let size, let n):
+                return "\(l): the checkpoint covers \(size) records but \(n) precede it: records were deleted or inserted"
+            case .rootMismatch(let l, let size): return "\(l): the \(size) records before this checkpoint do not hash to its root: a record was changed"
+            case .missingSegment(let s): return "segment \(s) is missing"
+            case .badSavedCheckpoint(let i, let why): return "saved checkpoint \(i): \(why)"
             case .truncated(let i, let size, let n):
-                return "checkpoint \(i) covers \(size) records and the log has \(n): the last \(size - n) were deleted"
-            case .rootMismatch(let i, let size): return "checkpoint \(i): the first \(size) records do not hash to its root: a record was changed"
-            case .checkpointsOutOfOrder(let i, let size, let prev): return "checkpoint \(i) of size \(size) follows one of size \(prev): rolled back"
+                return "saved checkpoint \(i) covers \(size) records and the log has \(n): the last \(size - n) were deleted, or the log was rolled back"
+            case .rewritten(let i, let size): return "saved checkpoint \(i): the log's first \(size) records do not hash to its root: the log was rewritten"
             }
         }
     }
 
     public struct Report: Equatable, Sendable {
+        /// The report both verifiers print (docs/audit-log.md, "The verifiers' report").
+        public var json: JSONValue {
+            .object(["records": .integer(Int64(clamping: records)), "checkpoints": .integer(Int64(checkpoints)),
+                     "size": .integer(Int64(clamping: latestCheckpoint?.size ?? 0)), "torn_tail": .bool(tornTail),
+                     "problems": .array(problems.map(\.json))])
+        }
+
         /// Records read whole and in sequence.
-        public var records: UInt64
-        /// The largest checkpoint that verified, and its size.
+        public var records: UInt64 = 0
+        /// Checkpoints in the log that verified.
+        public var checkpoints: Int = 0
+        /// The last checkpoint in the log that verified, its note's bytes, and where it ends.
         public var latestCheckpoint: Checkpoint?
-        public var problems: [Problem]
-        /// The final segment ends in a torn frame above every checkpoint: the tail of an append
-        /// that a crash cut off (the appender cuts it back at its next start). Not tampering.
-        public var tornTail: Bool
+        public var latestNote: [UInt8]?
+        public var latestCheckpointEnd: Location?
+        /// The right edge of the tree over the records read.
+        public var frontier = MerkleFrontier()
+        /// The whole tree over the records read, when asked for (for proofs).
+        public var tree: MerkleTree?
+        /// The end of the last whole, valid frame: where an appender continues after cutting off
+        /// whatever follows.
+        public var end = Location(segment: 0, offset: 0)
+        /// Where reading stopped at a problem or a torn tail, if it did.
+        public var stoppedAt: Location?
+        public var problems: [Problem] = []
+        /// The final segment ends in a torn frame: the tail of an append that a crash cut off (the
+        /// appender cuts it back at its next start). Not tampering by itself.
+        public var tornTail = false
         public var isClean: Bool { problems.isEmpty }
+
+        /// Whether the reading stopped above the last checkpoint in the log, in the last segment:
+        /// there nothing was ever acknowledged, so an appender may cut the tail back.
+        public func stoppedAboveLastCheckpoint(lastSegment: Int) -> Bool {
+            guard let stop = stoppedAt, stop.segment == lastSegment else { return false }
+            guard let c = latestCheckpointEnd else { return true }
+            return c <= stop
+        }
     }
 
-    /// Verifies `segments` (in order) and `checkpoints` (signed notes, in the order they were
-    /// written) against the log's `key`.
-    public static func verify(segments: [[UInt8]], checkpoints: [[UInt8]], key: NoteVerifierKey) -> Report {
-        var problems: [Problem] = []
-        var leaves: [[UInt8]] = []
-        var tornTail = false
-        reading: for (s, bytes) in segments.enumerated() {
-            var at = 0
-            while true {
-                let record = UInt64(leaves.count)
-                switch Frame.parse(bytes, at: at) {
-                case .end:
-                    continue reading
-                case .torn:
-                    if s == segments.count - 1 { tornTail = true } else { problems.append(.tornFrame(segment: s, offset: at, record: record)) }
-                    break reading
-                case .damaged(let why):
-                    problems.append(.damagedFrame(segment: s, offset: at, record: record, why: why))
-                    break reading
-                case .frame(let payload, let next):
+    public let key: NoteVerifierKey
+    private var report = Report()
+    private var stopped = false
+    /// Saved checkpoints not yet reached, by size (several may share a size).
+    private var saved: [(index: Int, checkpoint: Checkpoint)] = []
+    private var savedProblems: [Problem] = []
+
+    /// A verifier for the log signed by `key`, given checkpoints the auditor saved earlier (signed
+    /// notes, in any order): the log must still contain each one's records unchanged.
+    public init(key: NoteVerifierKey, savedCheckpoints: [[UInt8]] = [], keepingTree: Bool = false) {
+        self.key = key
+        if keepingTree { report.tree = MerkleTree() }
+        for (i, bytes) in savedCheckpoints.enumerated() {
+            switch Self.checkpoint(bytes, key: key) {
+            case .success(let c): saved.append((i, c))
+            case .failure(let why): savedProblems.append(.badSavedCheckpoint(index: i, why: why.description))
+            }
+        }
+        saved.sort { $0.checkpoint.size < $1.checkpoint.size }
+        checkSaved()
+    }
+
+    /// Parses a signed checkpoint and checks its signature by `key` and its origin.
+    public static func checkpoint(_ bytes: [UInt8], key: NoteVerifierKey) -> Result<Checkpoint, SignedNote.Invalid> {
+        do {
+            let note = try SignedNote.parse(bytes)
+            switch note.verify([key]) {
+            case .verified: break
+            case .badSignature: return .failure(SignedNote.Invalid(description: "its signature by \(key.name) does not verify"))
+            case .noKnownSigner: return .failure(SignedNote.Invalid(description: "it is not signed by \(key.name)"))
+            }
+            let c = try Checkpoint.parse(note.text)
+            guard c.origin == key.name else {
+                return .failure(SignedNote.Invalid(description: "its origin \(c.origin.prefix(80)) is not the key's name \(key.name)"))
+            }
+            return .success(c)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Whether a frame's payload is a checkpoint rather than a record: a record is a JSON object
+    /// and begins with `{`; a checkpoint begins with its origin, which never does.
+    public static func isCheckpoint(_ payload: [UInt8]) -> Bool { payload.first != UInt8(ascii: "{") }
+
+    /// Reads segment `index` (segments must come in order, each once). `isLast`: a torn frame at
+    /// its end is a crash's tail rather than damage.
+    public mutating func read(segment index: Int, bytes: [UInt8], isLast: Bool) {
+        guard !stopped else { return }
+        report.end = Location(segment: index, offset: 0)
+        var at = 0
+        func stop(_ problem: Problem?) {
+            if let problem { report.problems.append(problem) }
+            report.stoppedAt = Location(segment: index, offset: at)
+            stopped = true
+        }
+        while true {
+            let here = Location(segment: index, offset: at)
+            let record = report.records
+            switch Frame.parse(bytes, at: at) {
+            case .end:
+                return
+            case .torn:
+                if isLast { report.tornTail = true; stop(nil) } else { stop(.tornFrame(here, record: record)) }
+                return
+            case .damaged(let why):
+                stop(.damagedFrame(here, record: record, why: why))
+                return
+            case .frame(let payload, let next):
+                if Self.isCheckpoint(payload) {
+                    let checkpoint: Checkpoint
+                    switch Self.checkpoint(payload, key: key) {
+                    case .success(let c): checkpoint = c
+                    case .failure(let why): stop(.badCheckpoint(here, why: why.description)); return
+                    }
+                    guard checkpoint.size == record else { stop(.checkpointSize(here, size: checkpoint.size, records: record)); return }
+                    guard checkpoint.rootHash == report.frontier.root else { stop(.rootMismatch(here, size: checkpoint.size)); return }
+                    report.checkpoints += 1
+                    report.latestCheckpoint = checkpoint
+                    report.latestNote = payload
+                    report.latestCheckpointEnd = Location(segment: index, offset: next)
+                } else {
                     let r: AuditRecord
-                    do { r = try AuditRecord.parse(payload) } catch {
-                        problems.append(.badRecord(record: record, why: error.description))
-                        break reading
-                    }
-                    guard r.sequence == record else {
-                        problems.append(.outOfSequence(record: record, sequence: r.sequence))
-                        break reading
-                    }
-                    leaves.append(Merkle.leafHash(payload))
-                    at = next
+                    do { r = try AuditRecord.parse(payload) } catch { stop(.badRecord(here, record: record, why: error.description)); return }
+                    guard r.sequence == record else { stop(.outOfSequence(here, record: record, sequence: r.sequence)); return }
+                    let leaf = Merkle.leafHash(payload)
+                    report.frontier.append(leafHash: leaf)
+                    report.tree?.append(leafHash: leaf)
+                    report.records += 1
+                    checkSaved()
                 }
+                at = next
+                report.end = Location(segment: index, offset: at)
             }
         }
-        // The root at every size a checkpoint names, from one pass of a frontier over the leaves
-        // (a root per checkpoint from scratch would cost O(records) each: quadratic for a log that
-        // writes a checkpoint per group commit).
-        var parsed: [Result<Checkpoint, SignedNote.Invalid>] = []
-        for bytes in checkpoints {
-            do {
-                let note = try SignedNote.parse(bytes)
-                switch note.verify([key]) {
-                case .verified: parsed.append(.success(try Checkpoint.parse(note.text)))
-                case .badSignature: parsed.append(.failure(SignedNote.Invalid(description: "its signature by \(key.name) does not verify")))
-                case .noKnownSigner: parsed.append(.failure(SignedNote.Invalid(description: "it is not signed by \(key.name)")))
-                }
-            } catch {
-                parsed.append(.failure(error))
+    }
+
+    /// Notes that segment `index` is missing from the numbering: nothing after it can be placed.
+    public mutating func missing(segment index: Int) {
+        guard !stopped else { return }
+        report.problems.append(.missingSegment(index))
+        report.stoppedAt = Location(segment: index, offset: 0)
+        stopped = true
+    }
+
+    /// Compares the saved checkpoints of the tree's current size with its root.
+    private mutating func checkSaved() {
+        while let first = saved.first, first.checkpoint.size <= report.frontier.size {
+            saved.removeFirst()
+            if first.checkpoint.rootHash != report.frontier.root {
+                savedProblems.append(.rewritten(savedCheckpoint: first.index, size: first.checkpoint.size))
             }
         }
-        var roots: [UInt64: [UInt8]] = [0: Merkle.emptyRoot]
-        let sizes = Set(parsed.compactMap { try? $0.get().size }.filter { $0 <= UInt64(leaves.count) })
-        var frontier = MerkleFrontier()
-        for leaf in leaves.prefix(Int(sizes.max() ?? 0)) {
-            frontier.append(leafHash: leaf)
-            if sizes.contains(frontier.size) { roots[frontier.size] = frontier.root }
-        }
-        var latest: Checkpoint?
-        for (i, result) in parsed.enumerated() {
-            let checkpoint: Checkpoint
-            switch result {
-            case .success(let c): checkpoint = c
-            case .failure(let error):
-                problems.append(.badCheckpoint(index: i, why: error.description))
-                continue
-            }
-            guard checkpoint.origin == key.name else {
-                problems.append(.badCheckpoint(index: i, why: "its origin \(checkpoint.origin) is not the key's name \(key.name)"))
-                continue
-            }
-            if let previous = latest, checkpoint.size < previous.size {
-                problems.append(.checkpointsOutOfOrder(checkpoint: i, size: checkpoint.size, previous: previous.size))
-                continue
-            }
-            guard checkpoint.size <= UInt64(leaves.count) else {
-                problems.append(.truncated(checkpoint: i, size: checkpoint.size, records: UInt64(leaves.count)))
-                continue
-            }
-            guard roots[checkpoint.size] == checkpoint.rootHash else {
-                problems.append(.rootMismatch(checkpoint: i, size: checkpoint.size))
-                continue
-            }
-            latest = checkpoint
-        }
-        // (A torn tail below a checkpoint shows as that checkpoint's truncation: records it covers
-        // are missing.)
-        return Report(records: UInt64(leaves.count), latestCheckpoint: latest, problems: problems, tornTail: tornTail)
+    }
+
+    /// The conclusion, once every segment was read.
+    public func finish() -> Report {
+        var r = report
+        r.problems += savedProblems
+        for s in saved { r.problems.append(.truncated(savedCheckpoint: s.index, size: s.checkpoint.size, records: r.records)) }
+        return r
+    }
+
+    /// Verifies whole segments held in memory (tests, tools with small logs).
+    public static func verify(segments: [[UInt8]], key: NoteVerifierKey, savedCheckpoints: [[UInt8]] = []) -> Report {
+        var v = AuditVerifier(key: key, savedCheckpoints: savedCheckpoints)
+        for (i, s) in segments.enumerated() { v.read(segment: i, bytes: s, isLast: i == segments.count - 1) }
+        return v.finish()
     }
 }

@@ -98,3 +98,11 @@ public func waitReadable(_ fds: [Int32], timeoutMilliseconds: Int32) -> [Bool] {
     guard n > 0 else { return [] }
     return polled.map { $0.revents & Int16(POLLIN | POLLERR | POLLHUP) != 0 }
 }
+
+/// Sleeps the calling thread for `nanoseconds` (the whole time: an interrupted sleep resumes).
+public func sleepNanoseconds(_ nanoseconds: UInt64) {
+    var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+    var remaining = timespec()
+    // SAFETY: nanosleep reads the request and writes the remainder, both timespecs on the stack.
+    while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
+}

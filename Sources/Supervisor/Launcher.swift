@@ -19,9 +19,27 @@ public enum Launcher {
         case ended(VMOutcome, counters: [Counter])
         case refused(String, kind: RefusalKind)
         /// The worker died without reporting an end (a signal, or an exit) or broke the protocol.
-        case workerFailed(String, status: Int32)
+        case workerFailed(String, status: Int32, failure: Failure)
         /// `stop` was signalled (Ctrl-A x on the console): the worker was killed.
         case stopped
+    }
+
+    /// What kind of failure ended a worker (for the audit log's security events).
+    public enum Failure: Equatable, Sendable {
+        /// It made a system call its seccomp allowlist forbids.
+        case seccompViolation(number: Int, name: String?)
+        /// The kernel's OOM killer killed it (its cgroup's memory limit).
+        case outOfMemory
+        /// It broke the control protocol (a bad message, one out of turn, a failed socket) and was killed.
+        case protocolBreach
+        /// A signal killed it before it reported an end.
+        case killed(signal: Int32)
+        /// It exited, or stayed silent past the VM's timeout, without reporting an end.
+        case noReport
+        /// This launcher was stopped by a signal and killed the worker.
+        case launcherStopped(signal: Int32)
+        /// It could not be set up (its cgroup).
+        case setup
     }
 
     /// Why the worker binary was not executed.
@@ -99,6 +117,7 @@ public enum Launcher {
     /// A signal of `stop` kills the worker and ends the run with `.stopped`.
     public static func run(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
                     jail: JailSetup? = nil, stop: EventFD? = nil,
+                    onStarted: (_ pid: Int32) -> Void = { _ in },
                     onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in },
                     warn: (String) -> Void = { _ in }) throws(SystemError) -> Result {
         // Made now: once this thread's children start in the worker's PID namespace, it can
@@ -107,7 +126,7 @@ public enum Launcher {
         defer { forker?.cancel() }
         var unreaped: ChildProcess?
         var result = try supervise(configuration, descriptors: descriptors, executable: executable, jail: jail,
-                                   stop: stop, onEnded: onEnded, unreaped: &unreaped)
+                                   stop: stop, onStarted: onStarted, onEnded: onEnded, unreaped: &unreaped)
         if let child = unreaped {
             // The worker reported its end and is closing its VM (12-20 ms with the in-kernel
             // irqchip). The outcome is out; this process need not wait: a child of ours waits for
@@ -129,8 +148,9 @@ public enum Launcher {
             _ = try? child.wait()
         }
         if let jail {
-            if case .workerFailed(let why, let status) = result, status == 128 + SIGKILL, let kills = jail.cgroup.oomKills(), kills > 0 {
-                result = .workerFailed("the worker was killed by the kernel's OOM killer: the VM reached its memory limit of \(jail.limits.memoryBytes >> 20) MiB (\(why))", status: status)
+            if case .workerFailed(let why, let status, _) = result, status == 128 + SIGKILL, let kills = jail.cgroup.oomKills(), kills > 0 {
+                result = .workerFailed("the worker was killed by the kernel's OOM killer: the VM reached its memory limit of \(jail.limits.memoryBytes >> 20) MiB (\(why))",
+                                       status: status, failure: .outOfMemory)
             }
             for problem in jail.teardown() { warn("jail teardown: \(problem)") }
         }
@@ -144,7 +164,8 @@ public enum Launcher {
     /// Runs the worker until it ends. For `.ended`, `unreaped` is the worker, not yet reaped: it
     /// sends `ended` before it closes its VM; every other end is reaped here.
     static func supervise(_ configuration: VMConfiguration, descriptors: [FileDescriptor], executable: FileDescriptor,
-                          jail: JailSetup?, stop: EventFD? = nil, onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in },
+                          jail: JailSetup?, stop: EventFD? = nil, onStarted: (Int32) -> Void = { _ in },
+                          onEnded: (VMOutcome, [Counter]) -> Void = { _, _ in },
                           unreaped: inout ChildProcess?) throws(SystemError) -> Result {
         let start = monotonicNanoseconds()
         let deadline: UInt64? = configuration.timeoutMilliseconds == 0 ? nil
@@ -166,7 +187,7 @@ public enum Launcher {
         // everything it allocates is accounted and limited.
         if let jail {
             do { try jail.cgroup.join(pid: child.pid) } catch {
-                return failed(child, "cannot put the worker in its cgroup: \(error)")
+                return failed(child, "cannot put the worker in its cgroup: \(error)", .setup)
             }
         }
         try mine.sendMessage(WorkerProtocol.encode(.configure(configuration)), descriptors: descriptors)
@@ -185,8 +206,8 @@ public enum Launcher {
                 let ready = waitReadable([mine.rawValue, signals?.descriptor.rawValue ?? -1, stop?.fd.rawValue ?? -1],
                                          timeoutMilliseconds: Int32(clamping: wait))
                 if ready.count == 3, ready[1], let sig = signals?.next() {
-                    let r = failed(child, "stopped by signal \(sig): the worker was killed")
-                    if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 128 + sig) }
+                    let r = failed(child, "stopped by signal \(sig): the worker was killed", .launcherStopped(signal: sig))
+                    if case .workerFailed(let why, _, let f) = r { return .workerFailed(why, status: 128 + sig, failure: f) }
                     return r
                 }
                 if ready.count == 3, ready[2] {
@@ -207,8 +228,8 @@ public enum Launcher {
                 case .message(let m): received = m
                 case .closed: return ended(child)
                 case .timedOut:
-                    let r = failed(child, "the worker did not report within \(reportMarginMilliseconds / 1000) s of the VM's timeout and was killed")
-                    if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 124) }
+                    let r = failed(child, "the worker did not report within \(reportMarginMilliseconds / 1000) s of the VM's timeout and was killed", .noReport)
+                    if case .workerFailed(let why, _, let f) = r { return .workerFailed(why, status: 124, failure: f) }
                     return r
                 }
             } catch {
@@ -223,6 +244,7 @@ public enum Launcher {
             switch message {
             case .started where !started:
                 started = true
+                onStarted(child.pid)
             case .ended(let outcome, let counters) where started:
                 let safe: VMOutcome
                 switch outcome {
@@ -242,8 +264,9 @@ public enum Launcher {
             case .violation(let number):
                 // The worker's SIGSYS handler sends this and ends the worker; make sure.
                 let name = SyscallTable.name(of: number).map { " (\($0))" } ?? ""
-                let r = failed(child, "the worker made a system call its seccomp allowlist forbids: number \(number)\(name); the kernel refused it and the worker was stopped")
-                if case .workerFailed(let why, _) = r { return .workerFailed(why, status: 128 + SIGSYS) }
+                let r = failed(child, "the worker made a system call its seccomp allowlist forbids: number \(number)\(name); the kernel refused it and the worker was stopped",
+                               .seccompViolation(number: Int(number), name: SyscallTable.name(of: number)))
+                if case .workerFailed(let why, _, let f) = r { return .workerFailed(why, status: 128 + SIGSYS, failure: f) }
                 return r
             default:
                 return failed(child, "the worker sent \(message.type) out of turn")
@@ -255,16 +278,16 @@ public enum Launcher {
     static func ended(_ child: ChildProcess) -> Result {
         let end = (try? child.wait()).map { "\($0)" } ?? "unknown"
         switch try? child.wait() {
-        case .signaled(let sig, _)?: return .workerFailed("the worker was killed (\(end)) before the VM ended", status: 128 + sig)
-        default: return .workerFailed("the worker ended (\(end)) without reporting how the VM ended", status: RunEnd.internalError)
+        case .signaled(let sig, _)?: return .workerFailed("the worker was killed (\(end)) before the VM ended", status: 128 + sig, failure: .killed(signal: sig))
+        default: return .workerFailed("the worker ended (\(end)) without reporting how the VM ended", status: RunEnd.internalError, failure: .noReport)
         }
     }
 
     /// Kills a worker that broke the protocol and reaps it.
-    static func failed(_ child: ChildProcess, _ why: String) -> Result {
+    static func failed(_ child: ChildProcess, _ why: String, _ failure: Failure = .protocolBreach) -> Result {
         try? child.signal(9)
         _ = try? child.wait()
-        return .workerFailed(why, status: RunEnd.internalError)
+        return .workerFailed(why, status: RunEnd.internalError, failure: failure)
     }
 }
 

@@ -12,6 +12,23 @@ extension Run {
     /// Runs the VM in a bulkhead-worker process, jailed or not, and ends this process with the
     /// VM's status (RunEnd, the one table of outcomes).
     func launch(jailed: Bool) throws {
+        guard let auditLog else { return try launch(jailed: jailed, audit: nil) }
+        let name = (image ?? kernel).map { String($0.split(separator: "/").last ?? "vm") } ?? "hello"
+        let audit: RunAudit
+        do { audit = try RunAudit(directory: auditLog, vmName: name) } catch {
+            printError("the VM was not started: its audit record could not be written: \(error.description)")
+            throw ExitCode(RunEnd.internalError)
+        }
+        var status: Int32 = 0
+        do { try launch(jailed: jailed, audit: audit) } catch let e as ExitCode { status = e.rawValue } catch {
+            status = RunEnd.internalError
+        }
+        // Fail closed: a run whose records could not all be written ends with an error.
+        if !audit.finish(status: status) && status == 0 { status = RunEnd.internalError }
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    private func launch(jailed: Bool, audit: RunAudit?) throws {
         let launcherStart = monotonicNanoseconds()
         // Verified exec: the binary is checked (owner, mode, SHA-256) before anything else is
         // opened, and the checked descriptor is the one executed.
@@ -20,7 +37,14 @@ extension Run {
             printError(error.description)
             throw ExitCode(RunEnd.internalError)
         }
-        var plan = try plan()
+        var plan: RunPlan
+        do { plan = try self.plan() } catch {
+            audit?.event("vm.refused", "the configuration was refused: \((error as? ExitCode).map { "exit status \($0.rawValue)" } ?? "\(error)")")
+            throw error
+        }
+        audit?.event("vm.configured", "\(image ?? kernel ?? "hello") with \(memory) MiB, \(vcpus) vCPU\(vcpus == 1 ? "" : "s"), \(disk.count + readOnlyDisks.count) disks"
+                     + (netListen != nil || netConnect != nil ? ", a network device" : "") + (vsock != nil ? ", vsock" : "") + (rng ? ", rng" : "")
+                     + (timeout.map { ", timeout \($0) s" } ?? "") + (jailed ? ", jailed" : ", not jailed"))
         var jail: JailSetup?
         if jailed {
             // The worker's threads: main, control, device, one per vCPU, and room to spare.
@@ -28,6 +52,7 @@ extension Run {
                                             cpuQuotaMicroseconds: UInt64(vcpus + 1) * CgroupLimits.cpuPeriodMicroseconds)
             do { jail = try JailSetup.prepare(limits: cgroupLimits) } catch {
                 printError("\(error)")
+                audit?.event("vm.refused", "the jail could not be prepared: \(error)")
                 throw ExitCode(RunEnd.unavailable)
             }
             let probe: VMConfiguration.Jail.Probe = jailProbe == "probes" ? .probes : jailProbe == "violation" ? .probesThenViolation : .none
@@ -38,25 +63,30 @@ extension Run {
         do {
             result = try Launcher.run(plan.configuration, descriptors: plan.descriptors, executable: executable, jail: jail,
                                       stop: plan.stopRequest,
-                                      onEnded: { endStatus = reportEnd($0, $1, launcherStart: launcherStart) },
+                                      onStarted: { audit?.event("vm.started", "worker pid \($0), \(jailed ? "jailed" : "not jailed")") },
+                                      onEnded: { endStatus = reportEnd($0, $1, launcherStart: launcherStart); audit?.ended($0) },
                                       warn: { printError("warning: " + $0) })
         } catch {
             for problem in jail?.teardown() ?? [] { printError("warning: jail teardown: \(problem)") }
             printError("cannot start the worker: \(error)")
+            audit?.event("vm.refused", "the worker could not be started: \(error)")
             throw ExitCode(RunEnd.internalError)
         }
         switch result {
         case .refused(let why, let kind):
             printError("the worker refused the VM: \(why)")
+            audit?.event("vm.refused", "the worker refused the configuration: \(why)")
             throw ExitCode(RunEnd.status(kind))
-        case .workerFailed(let why, let status):
+        case .workerFailed(let why, let status, let failure):
             printError(why)
+            audit?.workerFailed(why, failure)
             throw ExitCode(status)
         case .ended(let outcome, let counters):
             let code = endStatus ?? reportEnd(outcome, counters, launcherStart: launcherStart)
             if code != 0 { throw ExitCode(code) }
         case .stopped:
             printError("the VM was stopped from its console (Ctrl-A x)")
+            audit?.event("vm.stopped", "stopped from its console (Ctrl-A x)")
         }
     }
 

@@ -98,6 +98,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("rng-bytes-limit"), help: "Limit the rng to this many bytes per second.")
     var rngBytesLimit: UInt64?
 
+    @Option(name: .customLong("audit-log"), help: "Record the VM's lifecycle and security events in the tamper-evident audit log in this directory (created, mode 0700, if absent; `bulkhead audit verify` checks it). The VM does not start unless its intent is recorded.")
+    var auditLog: String?
+
     @Flag(help: "Print hypercall statistics to standard error when the guest ends.")
     var stats = false
 

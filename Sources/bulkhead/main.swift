@@ -13,7 +13,7 @@ struct BulkheadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bulkhead",
         abstract: "A security-first virtual machine monitor on Linux KVM.",
-        subcommands: [Run.self, Surface.self],
+        subcommands: [Run.self, Surface.self, Audit.self],
         defaultSubcommand: Run.self)
 }
 

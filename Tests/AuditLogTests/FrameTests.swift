@@ -15,7 +15,7 @@ import Testing
     }
 
     @Test func framesRoundTripAndEndCleanly() {
-        let payloads = [[], Array("{}".utf8), [UInt8](repeating: 7, count: 1000)]
+        let payloads = [[0], Array("{}".utf8), [UInt8](repeating: 7, count: 1000)]
         let bytes = payloads.flatMap(Frame.encode)
         var at = 0
         for p in payloads {
@@ -24,6 +24,9 @@ import Testing
             at = next
         }
         #expect(Frame.parse(bytes, at: at) == .end)
+        // Zeros where a frame should be (a block a crash left unwritten) parse as an empty frame
+        // whose CRC matches (CRC-32C of nothing is 0): an empty frame is damage.
+        #expect(Frame.parse([UInt8](repeating: 0, count: 16), at: 0) == .damaged("an empty frame (length 0)"))
     }
 
     /// A frame cut anywhere is torn (a crash in the middle of an append); a changed byte

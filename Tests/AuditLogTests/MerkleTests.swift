@@ -173,3 +173,24 @@ func hexString(_ b: [UInt8]) -> String { b.map { ($0 < 16 ? "0" : "") + String($
         #expect(!Merkle.verifyConsistency(old: 8, new: 8, oldRoot: root8, newRoot: unhex(Self.roots[7]), proof: []))
     }
 }
+
+/// The stored-level tree gives the same roots and proofs as the leaf-list functions, for every
+/// size and pair of sizes up to 70, and refuses the same hostile arguments.
+@Suite struct MerkleTreeTests {
+    @Test func theTreeAgreesWithTheLeafLists() throws {
+        let leaves = (0..<70).map { Merkle.leafHash([UInt8(truncatingIfNeeded: $0), 0x5a]) }
+        var tree = MerkleTree()
+        #expect(try tree.root(size: 0) == Merkle.emptyRoot)
+        for leaf in leaves { tree.append(leafHash: leaf) }
+        for n in 0...UInt64(70) {
+            #expect(try tree.root(size: n) == Merkle.root(leaves[0..<Int(n)]))
+            for i in 0..<n { #expect(try tree.inclusionProof(index: i, size: n) == Merkle.inclusionProof(leaves, index: i, size: n)) }
+            for m in 0...n { #expect(try tree.consistencyProof(old: m, new: n) == Merkle.consistencyProof(leaves, old: m, new: n)) }
+        }
+        #expect(throws: Merkle.ProofError.sizeBeyondTree(size: 71, leaves: 70)) { try tree.root(size: 71) }
+        #expect(throws: Merkle.ProofError.indexOutOfRange(index: 5, size: 5)) { try tree.inclusionProof(index: 5, size: 5) }
+        #expect(throws: Merkle.ProofError.indexOutOfRange(index: .max, size: 70)) { try tree.inclusionProof(index: .max, size: 70) }
+        #expect(throws: Merkle.ProofError.sizesOutOfOrder(old: 9, new: 8)) { try tree.consistencyProof(old: 9, new: 8) }
+        #expect(throws: Merkle.ProofError.sizeBeyondTree(size: .max, leaves: 70)) { try tree.consistencyProof(old: 1, new: .max) }
+    }
+}

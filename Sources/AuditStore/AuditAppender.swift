@@ -1,0 +1,443 @@
+import AuditLog
+import Crypto
+import HostOS
+import Synchronization
+
+/// What a writer records: who, what, on what, whether it was allowed and why, the stage and the
+/// result. The appender adds the sequence number, the time and the boot id.
+public struct AuditEntry: Equatable, Sendable {
+    public var actor: AuditRecord.Actor
+    public var tenant: String?
+    public var action: String
+    public var target: String?
+    public var allowed: Bool
+    public var reason: String
+    public var stage: AuditRecord.Stage
+    /// Ties an intent to its outcome; nil for an event that stands alone (the appender then uses
+    /// "seq-N", N its sequence number).
+    public var operation: String?
+    public var result: String?
+
+    public init(actor: AuditRecord.Actor, tenant: String? = nil, action: String, target: String? = nil, allowed: Bool = true,
+                reason: String, stage: AuditRecord.Stage, operation: String? = nil, result: String? = nil) {
+        self.actor = actor; self.tenant = tenant; self.action = action; self.target = target; self.allowed = allowed
+        self.reason = reason; self.stage = stage; self.operation = operation; self.result = result
+    }
+
+    /// Something that happened (not a request): Bulkhead's own event, as an outcome.
+    public static func event(_ action: String, target: String? = nil, tenant: String? = nil, result: String,
+                             reason: String = "bulkhead", operation: String? = nil) -> AuditEntry {
+        AuditEntry(actor: .system, tenant: tenant, action: action, target: target, allowed: true, reason: reason,
+                   stage: .outcome, operation: operation, result: result)
+    }
+
+    /// The entry as record `sequence`, or why it cannot be one (a field empty or over the limit, an
+    /// intent with a result): the caller's request is then refused, nothing is written.
+    func record(sequence: UInt64, time: Int64, bootID: String) throws(AuditStoreError) -> AuditRecord {
+        let r = AuditRecord(sequence: sequence, timeNanoseconds: max(0, time), bootID: bootID, actor: actor, tenant: tenant,
+                            action: action, target: target, allowed: allowed, reason: reason, stage: stage,
+                            operation: operation ?? "seq-\(sequence)", result: result)
+        do { _ = try AuditRecord.parse(r.payload) } catch {
+            throw AuditStoreError(.invalidEntry, "cannot record \(action.prefix(64)): \(error.description)")
+        }
+        return r
+    }
+}
+
+/// The log's one writer (docs/audit-log.md): appends records in groups, each group followed by a
+/// checkpoint signed with the log's key, written with one pwrite and made durable with one
+/// fdatasync before any of its writers is answered (group commit: concurrent writers share the
+/// sync). A heartbeat record and checkpoint are written whenever the log has been idle for
+/// `heartbeatSeconds`, so silence shows. After a failed write or sync every append fails (fail
+/// closed) until the log is reopened, which recovers it.
+public final class AuditAppender: @unchecked Sendable {
+    // Sendable: every mutable field is read and written under `lock` (the committer thread's own
+    // fields — the segment descriptor, the frontier — only on the committer thread).
+
+    public struct Options: Sendable {
+        /// The log's name (its checkpoints' origin) when it is created: no spaces, no "+".
+        /// Default "bulkhead-audit/" and 16 random hex digits.
+        public var name: String?
+        /// A segment is closed once it holds this many bytes (its last group may go past it).
+        public var segmentBytes: Int = 64 << 20
+        /// An idle log writes a heartbeat record and checkpoint this often.
+        public var heartbeatSeconds: Double = 60
+        /// The most records in one group.
+        public var maxGroup: Int = 4096
+        /// The clock records are stamped with (nanoseconds since 1970, UTC).
+        public var clock: @Sendable () -> Int64 = { wallClockNanoseconds() }
+        /// Called on the committer thread with each new signed checkpoint once it is durable (the
+        /// witness's hook). Must not block for long.
+        public var onCheckpoint: (@Sendable (_ note: [UInt8], _ checkpoint: Checkpoint) -> Void)?
+        public init() {}
+    }
+
+    /// What opening found.
+    public struct Opening: Equatable, Sendable {
+        /// The log was created by this open (with a new key).
+        public var created: Bool
+        /// Records and checkpoints found and verified.
+        public var records: UInt64
+        public var checkpoints: Int
+        /// The bytes cut off the end (a torn tail above the last checkpoint), and what was there.
+        public var cutBytes: Int
+        public var cutReason: String?
+    }
+
+    public let directory: String
+    public let verifierKey: NoteVerifierKey
+    public let opening: Opening
+    private let options: Options
+    private let signer: NoteSigner
+    private let bootID: String
+    private let lockFile: LockFile
+    private let directoryFD: FileDescriptor
+
+    // The committer thread's own state.
+    private var segmentNumber: Int
+    private var segment: FileDescriptor
+    private var segmentSize: UInt64
+    private var frontier: MerkleFrontier
+    private var thread: OSThread?
+
+    // Shared, under `lock`.
+    private struct Waiter {
+        var entries: [AuditEntry]
+        var ticket: UInt64
+        var continuation: CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>?
+    }
+    private let lock = ConditionLock()
+    private var pending: [Waiter] = []
+    private var results: [UInt64: Result<[UInt64], AuditStoreError>] = [:]
+    private var nextTicket: UInt64 = 0
+    private var failure: AuditStoreError?
+    private var closing = false
+    private var finished = false
+    private var latest: (note: [UInt8], checkpoint: Checkpoint)
+    private var size: UInt64
+
+    /// Opens (or creates) the log in `directory` for appending: takes its lock, loads (or creates)
+    /// the key, verifies every segment, cuts back a torn tail above the last checkpoint (recording
+    /// that it did), and writes a `log.start` record and checkpoint. Refuses a log whose bytes at
+    /// or below a checkpoint are not what was written.
+    public static func open(_ directory: String, options: Options = Options()) throws(AuditStoreError) -> AuditAppender {
+        // The directory: ours, not a link, nobody else may write in it.
+        if !pathExists(directory) {
+            do { try makeDirectory(directory, mode: 0o700) } catch { throw AuditStoreError(.unusable, "cannot create the audit log \(directory): \(error)") }
+        }
+        let info: PathInfo
+        do { info = try pathInfo(directory) } catch { throw AuditStoreError(.unusable, "cannot use the audit log \(directory): \(error)") }
+        guard info.isDirectory else { throw AuditStoreError(.unusable, "the audit log \(directory) is \(info.kind), not a directory") }
+        guard info.owner == effectiveUserID() else {
+            throw AuditStoreError(.unusable, "the audit log \(directory) belongs to uid \(info.owner), not to this process (uid \(effectiveUserID()))")
+        }
+        guard info.permissions & 0o022 == 0 else {
+            throw AuditStoreError(.unusable, "the audit log \(directory) may be written by others (mode \(String(info.permissions, radix: 8))): make it 0700 or 0750")
+        }
+        let directoryFD: FileDescriptor
+        do { directoryFD = try FileDescriptor.open(directory: directory) } catch { throw AuditStoreError(.unusable, "\(error)") }
+        let lockFile: LockFile
+        do {
+            guard let l = try LockFile.acquire(directory + "/" + AuditDirectory.lockFile) else {
+                throw AuditStoreError(.locked, "another process is appending to the audit log \(directory)")
+            }
+            lockFile = l
+        } catch let e as AuditStoreError { throw e } catch { throw AuditStoreError(.unusable, "cannot lock the audit log \(directory): \(error)") }
+        do {
+            return try AuditAppender(directory: directory, directoryFD: directoryFD, lockFile: lockFile, options: options)
+        } catch {
+            lockFile.release()
+            throw error
+        }
+    }
+
+    private init(directory: String, directoryFD: FileDescriptor, lockFile: LockFile, options: Options) throws(AuditStoreError) {
+        self.directory = directory
+        self.directoryFD = directoryFD
+        self.lockFile = lockFile
+        self.options = options
+        self.bootID = AuditDirectory.bootID()
+        let numbers = try AuditDirectory.segments(in: directory)
+        let (signer, created) = try Self.loadOrCreateKey(directory, directoryFD: directoryFD, hasSegments: !numbers.isEmpty, name: options.name)
+        self.signer = signer
+        verifierKey = signer.verifierKey
+
+        // Verify everything; a problem above the last checkpoint in the last segment is a crash's
+        // tail (never acknowledged) and is cut off; anywhere else it is tampering.
+        var report = try AuditDirectory.verify(directory, key: verifierKey)
+        let last = numbers.last ?? 0
+        var cutBytes = 0, cutReason: String?
+        if report.stoppedAt != nil {
+            guard report.stoppedAboveLastCheckpoint(lastSegment: last), report.end.segment == last else {
+                throw AuditStoreError(.tampered(report.problems), "the audit log \(directory) was changed below its last checkpoint, and is not opened for writing: "
+                                      + report.problems.map(\.description).joined(separator: "; ")
+                                      + ". Run `bulkhead audit verify \(directory)`; keep the directory as evidence and start a new log elsewhere.")
+            }
+            let path = directory + "/" + AuditDirectory.segmentName(last)
+            do {
+                let fd = try FileDescriptor.openChecked(path, what: "audit segment", access: .readWrite)
+                let size = try fd.status().size
+                try fd.truncate(to: UInt64(report.end.offset))
+                try fd.sync()
+                cutBytes = Int(size) - report.end.offset
+            } catch {
+                throw AuditStoreError(.unusable, "cannot cut the torn tail of \(path) back: \(error)")
+            }
+            cutReason = report.problems.first?.description ?? "a torn frame (an append cut off by a crash)"
+            report.problems = []
+        } else if !report.isClean {
+            // Saved checkpoints are not given here, so only a segment gap remains possible.
+            throw AuditStoreError(.tampered(report.problems), "the audit log \(directory) is not whole: "
+                                  + report.problems.map(\.description).joined(separator: "; "))
+        }
+        opening = Opening(created: created, records: report.records, checkpoints: report.checkpoints, cutBytes: cutBytes, cutReason: cutReason)
+        frontier = report.frontier
+        size = report.records
+        let emptyCheckpoint = Checkpoint(origin: verifierKey.name, size: 0, rootHash: Merkle.emptyRoot)
+        latest = (report.latestNote ?? [], report.latestCheckpoint ?? emptyCheckpoint)
+
+        // The segment to continue in (created when the log is new).
+        segmentNumber = last
+        let path = directory + "/" + AuditDirectory.segmentName(last)
+        do {
+            if numbers.isEmpty {
+                segment = try FileDescriptor.create(exclusive: path, mode: 0o640)
+                try directoryFD.sync()
+            } else {
+                segment = try FileDescriptor.openChecked(path, what: "audit segment", access: .readWrite)
+            }
+            segmentSize = try segment.status().size
+        } catch let e as PathRefusal { throw AuditStoreError(.unusable, e.description) } catch {
+            throw AuditStoreError(.unusable, "cannot open \(path) for appending: \(error)")
+        }
+
+        do {
+            thread = try OSThread.spawn { [self] in commitLoop() }
+        } catch { throw AuditStoreError(.unusable, "cannot start the audit log's committer: \(error)") }
+
+        // The first group: what recovery did, then the start, covered by a new checkpoint.
+        var first: [AuditEntry] = []
+        if let cutReason {
+            first.append(.event("log.recovered-torn-tail", result: "cut \(cutBytes) bytes after record \(Int64(report.records) - 1): \(cutReason)".prefix(1000).description))
+        }
+        first.append(.event("log.start", result: created ? "created \(verifierKey.name)"
+                                                         : "verified \(report.records) records and \(report.checkpoints) checkpoints"))
+        do { _ = try append(first) } catch {
+            shutDownCommitter()
+            throw error
+        }
+    }
+
+    /// Loads `log.key` (owner-only), or creates it and `log.pub` when the log is new.
+    private static func loadOrCreateKey(_ directory: String, directoryFD: FileDescriptor, hasSegments: Bool, name: String?) throws(AuditStoreError) -> (NoteSigner, Bool) {
+        let keyPath = directory + "/" + AuditDirectory.keyFile, pubPath = directory + "/" + AuditDirectory.publicKeyFile
+        let signer: NoteSigner, created: Bool
+        if pathExists(keyPath) {
+            let info: PathInfo
+            do { info = try pathInfo(keyPath) } catch { throw AuditStoreError(.unusable, "\(error)") }
+            guard info.isRegularFile, info.owner == effectiveUserID(), info.permissions & 0o077 == 0 else {
+                throw AuditStoreError(.unusable, "the audit log's key \(keyPath) must be a regular file of this user's, readable only by it (mode 0600); it is \(info.kind) of uid \(info.owner), mode \(String(info.permissions, radix: 8))")
+            }
+            var text = String(decoding: try AuditDirectory.read(keyPath, what: "audit log key", limit: 4096), as: UTF8.self)
+            while text.hasSuffix("\n") { text.removeLast() }
+            do { signer = try NoteSigner(text: text) } catch { throw AuditStoreError(.unusable, "\(keyPath) is not a signing key: \(error.description)") }
+            created = false
+        } else {
+            guard !hasSegments else {
+                throw AuditStoreError(.unusable, "the audit log \(directory) has segments but no key (\(keyPath)): its checkpoints cannot be continued")
+            }
+            let logName = name ?? "bulkhead-audit/" + (randomBytes(8) ?? []).map { b in String(b >> 4, radix: 16) + String(b & 15, radix: 16) }.joined()
+            do { signer = try NoteSigner(name: logName, privateKey: Curve25519.Signing.PrivateKey()) } catch {
+                throw AuditStoreError(.unusable, "the audit log's name \(logName.prefix(80)): \(error.description)")
+            }
+            try writeAtomically(directory, AuditDirectory.keyFile, Array((signer.text + "\n").utf8), mode: 0o600, directoryFD: directoryFD)
+            created = true
+        }
+        // The public key: written when missing (a crash between the two files), checked otherwise.
+        let pub = Array((signer.verifierKey.text + "\n").utf8)
+        if !pathExists(pubPath) {
+            try writeAtomically(directory, AuditDirectory.publicKeyFile, pub, mode: 0o644, directoryFD: directoryFD)
+        } else if try AuditDirectory.read(pubPath, what: "verifier key", limit: 4096) != pub {
+            throw AuditStoreError(.unusable, "\(pubPath) is not the public key of \(keyPath): restore it, or give auditors the key that matches")
+        }
+        return (signer, created)
+    }
+
+    /// Writes `name` through a temporary file, synced, then renamed into place and the directory
+    /// synced: the file is whole or absent after a crash.
+    private static func writeAtomically(_ directory: String, _ name: String, _ bytes: [UInt8], mode: UInt32, directoryFD: FileDescriptor) throws(AuditStoreError) {
+        let temporary = directory + "/." + name + ".new", path = directory + "/" + name
+        do {
+            if pathExists(temporary) { try removeFile(temporary) }
+            let fd = try FileDescriptor.create(exclusive: temporary, mode: mode)
+            try fd.write(bytes, at: 0)
+            try fd.sync()
+            try renameFile(temporary, path)
+            try directoryFD.sync()
+        } catch { throw AuditStoreError(.unusable, "cannot write \(path): \(error)") }
+    }
+
+    // MARK: Appending
+
+    /// Appends `entries` as consecutive records and returns their sequence numbers once they and
+    /// a checkpoint covering them are on disk. Blocks the calling thread.
+    @discardableResult
+    public func append(_ entries: [AuditEntry]) throws(AuditStoreError) -> [UInt64] {
+        let result: Result<[UInt64], AuditStoreError> = lock.withLock {
+            guard let ticket = enqueue(entries, nil) else { return .failure(closedOrFailed) }
+            while results[ticket] == nil { lock.wait() }
+            return results.removeValue(forKey: ticket) ?? .failure(closedOrFailed)
+        }
+        return try result.get()
+    }
+
+    @discardableResult
+    public func append(_ entry: AuditEntry) throws(AuditStoreError) -> UInt64 {
+        guard let seq = try append([entry]).first else { throw AuditStoreError(.failed, "no sequence number was assigned") }
+        return seq
+    }
+
+    /// The same without blocking a thread of Swift's pool: the caller is resumed when the record
+    /// is durable.
+    @discardableResult
+    public func append(_ entry: AuditEntry) async throws(AuditStoreError) -> UInt64 {
+        let result = await withCheckedContinuation { (c: CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>) in
+            let refused: AuditStoreError? = lock.withLock { enqueue([entry], c) == nil ? closedOrFailed : nil }
+            if let refused { c.resume(returning: .failure(refused)) }
+        }
+        guard let seq = try result.get().first else { throw AuditStoreError(.failed, "no sequence number was assigned") }
+        return seq
+    }
+
+    /// Under the lock: queues a group for the committer; nil once closing or failed.
+    private func enqueue(_ entries: [AuditEntry], _ c: CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>?) -> UInt64? {
+        guard failure == nil, !closing else { return nil }
+        nextTicket += 1
+        pending.append(Waiter(entries: entries, ticket: nextTicket, continuation: c))
+        lock.broadcast()
+        return nextTicket
+    }
+
+    private var closedOrFailed: AuditStoreError {
+        failure ?? AuditStoreError(.closed, "the audit log \(directory) is closed")
+    }
+
+    /// The latest durable checkpoint, signed (what `bulkhead audit checkpoint` prints).
+    public var latestCheckpoint: (note: [UInt8], checkpoint: Checkpoint) { lock.withLock { latest } }
+    /// Records in the log.
+    public var recordCount: UInt64 { lock.withLock { size } }
+
+    /// Writes a `log.stop` record and its checkpoint, stops the committer and releases the lock.
+    /// Appends after this fail. Throws if the last write failed (the log then reopens with
+    /// recovery).
+    public func close() throws(AuditStoreError) {
+        var stopError: AuditStoreError?
+        do { try append([.event("log.stop", result: "closed")]) } catch { if error.kind != .closed { stopError = error } }
+        shutDownCommitter()
+        if let stopError { throw stopError }
+    }
+
+    private func shutDownCommitter() {
+        lock.withLock { closing = true; lock.broadcast() }
+        thread?.join()
+        thread = nil
+        lock.withLock {
+            finished = true
+            // Anything still queued (a writer that raced with close) is refused.
+            for w in pending { finish(w, .failure(AuditStoreError(.closed, "the audit log \(directory) is closed"))) }
+            pending = []
+        }
+        lockFile.release()
+    }
+
+    /// Under the lock: answers one group's writer.
+    private func finish(_ w: Waiter, _ result: Result<[UInt64], AuditStoreError>) {
+        if let c = w.continuation { c.resume(returning: result) } else { results[w.ticket] = result }
+    }
+
+    // MARK: The committer thread
+
+    private func commitLoop() {
+        setThreadName("audit-commit")
+        let heartbeat = Saturating.nanoseconds(seconds: options.heartbeatSeconds)
+        var deadline = monotonicNanoseconds() &+ heartbeat
+        while true {
+            let batch: [Waiter] = lock.withLock {
+                while pending.isEmpty && !closing {
+                    if !lock.wait(untilMonotonic: deadline) && pending.isEmpty && !closing && failure == nil {
+                        nextTicket += 1
+                        pending.append(Waiter(entries: [.event("log.heartbeat", result: "idle")], ticket: nextTicket, continuation: nil))
+                    }
+                }
+                var taken: [Waiter] = [], count = 0
+                while let w = pending.first, taken.isEmpty || count + w.entries.count <= options.maxGroup {
+                    taken.append(pending.removeFirst())
+                    count += w.entries.count
+                }
+                return taken
+            }
+            if batch.isEmpty { return }   // closing, nothing left
+            let outcome = commit(batch)
+            deadline = monotonicNanoseconds() &+ heartbeat
+            lock.withLock {
+                switch outcome {
+                case .success(let (answers, note, checkpoint)):
+                    for (w, answer) in zip(batch, answers) { finish(w, answer) }
+                    latest = (note, checkpoint)
+                    size = checkpoint.size
+                case .failure(let error):
+                    if failure == nil, error.kind == .failed { failure = error }
+                    for w in batch { finish(w, .failure(error)) }
+                }
+                lock.broadcast()
+            }
+            if case .success(let (_, note, checkpoint)) = outcome { options.onCheckpoint?(note, checkpoint) }
+        }
+    }
+
+    /// Writes one batch of groups and their checkpoint, durably. Entries are checked before
+    /// anything is written: a group with an invalid entry is refused whole (its writer asked for
+    /// them together) and the other groups go on.
+    private func commit(_ batch: [Waiter]) -> Result<([Result<[UInt64], AuditStoreError>], [UInt8], Checkpoint), AuditStoreError> {
+        var bytes: [UInt8] = []
+        var tree = frontier
+        var answers: [Result<[UInt64], AuditStoreError>] = []
+        for w in batch {
+            var seqs: [UInt64] = [], frames: [UInt8] = [], groupTree = tree
+            do {
+                for e in w.entries {
+                    let r = try e.record(sequence: groupTree.size, time: options.clock(), bootID: bootID)
+                    let payload = r.payload
+                    frames += Frame.encode(payload)
+                    groupTree.append(leafHash: Merkle.leafHash(payload))
+                    seqs.append(r.sequence)
+                }
+            } catch {
+                answers.append(.failure(error))
+                continue
+            }
+            bytes += frames; tree = groupTree; answers.append(.success(seqs))
+        }
+        let checkpoint = Checkpoint(origin: verifierKey.name, size: tree.size, rootHash: tree.root)
+        let note: [UInt8]
+        do { note = Array(try signer.sign(checkpoint.text).utf8) } catch {
+            return .failure(AuditStoreError(.failed, "cannot sign the checkpoint at \(tree.size): \(error)"))
+        }
+        bytes += Frame.encode(note)
+        do {
+            if segmentSize >= UInt64(options.segmentBytes) && segmentSize > 0 {
+                let path = directory + "/" + AuditDirectory.segmentName(segmentNumber + 1)
+                let next = try FileDescriptor.create(exclusive: path, mode: 0o640)
+                try directoryFD.sync()
+                segment = next; segmentNumber += 1; segmentSize = 0
+            }
+            try segment.write(bytes, at: segmentSize)
+            try segment.syncData()
+        } catch {
+            return .failure(AuditStoreError(.failed, "cannot write the audit log \(directory) (records \(frontier.size)..<\(tree.size)): \(error); nothing more is appended until it is reopened"))
+        }
+        segmentSize += UInt64(bytes.count)
+        frontier = tree
+        return .success((answers, note, checkpoint))
+    }
+}
