@@ -110,7 +110,8 @@ let package = Package(
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "HostOS", "Jail", "Devices", "Boot", "GuestInterface",
                                                              "HostTestSupport"]),
         .testTarget(name: "WorkerProtocolTests", dependencies: ["WorkerProtocol"]),
-        .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "AuditStore", "HostOS", "TestSupport"]),
+        .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "TestSupport"]),
+        .testTarget(name: "AuditStoreTests", dependencies: ["AuditStore", "AuditLog", "HostOS", "TestSupport"]),
         // KVM and CPolicies too: the compiled policies installed for real, and the embedded files.
         .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CPolicies", "HostOS", "KVM", "CKVM", "CLinux", "TestSupport"]),
         // A worker that misbehaves on purpose, for the launcher's tests (never installed).
@@ -119,7 +120,7 @@ let package = Package(
         .executableTarget(name: "bulkhead-audit-writer", dependencies: ["AuditLog", "AuditStore", "HostOS"], path: "Tests/AuditWriter"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         // VMM too: NumberTests compares `--hide-cpu-feature`'s warning with the CPUID probe run here.
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "KVM", "HostOS", "Jail", "VMM", "GuestInterface", "HostTestSupport",
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "bulkhead-audit-writer", "AuditLog", "AuditStore", "KVM", "HostOS", "Jail", "VMM", "GuestInterface", "HostTestSupport",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]
