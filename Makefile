@@ -17,9 +17,14 @@ run: guests build
 # so that CI is repeatable; `make fuzz` explores with fresh randomness.
 FUZZ_SECONDS ?= 10
 test: guests
+	# PyNaCl (PyPI): the Ed25519 of tools/audit_verify.py, the audit log's independent verifier.
+	python3 -m pip install --quiet --disable-pip-version-check 'pynacl>=1.5'
 	$(SWIFT) build --build-tests
 	cd .build/debug && sha256sum bulkhead-worker > bulkhead-worker.sha256
-	BULKHEAD_REQUIRE_GUESTS=1 $(SWIFT) test --skip-build
+	BULKHEAD_REQUIRE_GUESTS=1 BULKHEAD_REQUIRE_PYNACL=1 $(SWIFT) test --skip-build
+	# The independent verifier's own tests, on a log the appender writes.
+	d=$$(mktemp -d) && .build/debug/bulkhead-audit-writer $$d/log --writers 4 --records 50 --segment-bytes 8192 >/dev/null \
+	  && AUDIT_SAMPLE=$$d/log python3 tools/test_audit_verify.py; s=$$?; rm -rf $$d; exit $$s
 	FUZZ_ARGS="-seed=1 $(FUZZ_ARGS)" bash Fuzz/run.sh $(FUZZ_SECONDS)
 	$(MAKE) release
 	bash Tests/LinuxEnvironment/check.sh $(CURDIR)/.build/release

@@ -28,6 +28,7 @@ let package = Package(
     products: [
         .executable(name: "bulkhead", targets: ["bulkhead"]),
         .executable(name: "bulkhead-worker", targets: ["bulkhead-worker"]),
+        .executable(name: "bulkhead-witness", targets: ["bulkhead-witness"]),
         // Libraries for the fuzz targets (Fuzz/) and benchmarks; not a stable API.
         .library(name: "BulkheadBoot", targets: ["Boot"]),
         .library(name: "BulkheadVirtio", targets: ["Virtio"]),
@@ -89,6 +90,11 @@ let package = Package(
         // from a few options parsed by hand): no argument parser, no Foundation.
         .executableTarget(name: "bulkhead-worker", dependencies: ["VMM", "KVM", "HostOS", "Jail", "Boot", "GuestInterface", "WorkerProtocol", "Seccomp", "CPolicies"],
                          linkerSettings: hardening),
+        // The audit log's witness: cosigns checkpoints after checking consistency, jailed under its
+        // own uid with its own seccomp allowlist. Never maps guest memory (ArchitectureTests).
+        .executableTarget(name: "bulkhead-witness", dependencies: ["AuditLog", "HostOS", "Jail", "Seccomp", "CPolicies",
+                                                                    .product(name: "Crypto", package: "swift-crypto")],
+                          linkerSettings: hardening),
         // The module rules of docs/architecture.md, read from the package graph (no root, no KVM).
         .testTarget(name: "ArchitectureTests"),
         // Unit test targets: they need neither root nor /dev/kvm, and cannot reach the

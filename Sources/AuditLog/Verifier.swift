@@ -46,6 +46,15 @@ public struct AuditVerifier: Sendable {
         /// The log's first `size` records do not hash to a saved checkpoint's root: the log was
         /// rewritten since the auditor saved it.
         case rewritten(savedCheckpoint: Int, size: UInt64)
+        /// A checkpoint the witness cosigned (`index` in the order given) does not parse, is not
+        /// signed by the log's key, or carries no valid cosignature by the witness's key.
+        case badWitnessCheckpoint(index: Int, why: String)
+        /// The witness cosigned `size` records and the log has only `records`: records were
+        /// deleted, or the log was rolled back behind the witness's back.
+        case witnessAhead(witnessCheckpoint: Int, size: UInt64, records: UInt64)
+        /// The log's first `size` records do not hash to the root the witness cosigned: the log
+        /// was rewritten.
+        case witnessDisagrees(witnessCheckpoint: Int, size: UInt64)
 
         /// The problem's `kind` in the verifiers' report.
         public var kind: String {
@@ -61,6 +70,9 @@ public struct AuditVerifier: Sendable {
             case .badSavedCheckpoint: "bad-saved-checkpoint"
             case .truncated: "truncated"
             case .rewritten: "rewritten"
+            case .badWitnessCheckpoint: "bad-witness-checkpoint"
+            case .witnessAhead: "witness-ahead"
+            case .witnessDisagrees: "witness-disagrees"
             }
         }
 
@@ -74,6 +86,7 @@ public struct AuditVerifier: Sendable {
             case .badCheckpoint(let l, _), .checkpointSize(let l, _, _), .rootMismatch(let l, _): at(l)
             case .missingSegment(let s): o["segment"] = .integer(Int64(s))
             case .badSavedCheckpoint(let i, _), .truncated(let i, _, _), .rewritten(let i, _): o["saved"] = .integer(Int64(i))
+            case .badWitnessCheckpoint(let i, _), .witnessAhead(let i, _, _), .witnessDisagrees(let i, _): o["witness"] = .integer(Int64(i))
             }
             return .object(o)
         }
@@ -94,6 +107,11 @@ public struct AuditVerifier: Sendable {
             case .truncated(let i, let size, let n):
                 return "saved checkpoint \(i) covers \(size) records and the log has \(n): the last \(size - n) were deleted, or the log was rolled back"
             case .rewritten(let i, let size): return "saved checkpoint \(i): the log's first \(size) records do not hash to its root: the log was rewritten"
+            case .badWitnessCheckpoint(let i, let why): return "witness checkpoint \(i): \(why)"
+            case .witnessAhead(let i, let size, let n):
+                return "the witness cosigned \(size) records (witness checkpoint \(i)) and the log has \(n): the witness's view and the log disagree — records were deleted or the log was rolled back"
+            case .witnessDisagrees(let i, let size):
+                return "the log's first \(size) records do not hash to the root the witness cosigned (witness checkpoint \(i)): the witness's view and the log disagree — the log was rewritten"
             }
         }
     }
@@ -142,18 +160,33 @@ public struct AuditVerifier: Sendable {
     private var report = Report()
     private var stopped = false
     /// Saved checkpoints not yet reached, by size (several may share a size).
-    private var saved: [(index: Int, checkpoint: Checkpoint)] = []
+    private var saved: [(index: Int, checkpoint: Checkpoint, witness: Bool)] = []
     private var savedProblems: [Problem] = []
 
     /// A verifier for the log signed by `key`, given checkpoints the auditor saved earlier (signed
     /// notes, in any order): the log must still contain each one's records unchanged.
-    public init(key: NoteVerifierKey, savedCheckpoints: [[UInt8]] = [], keepingTree: Bool = false) {
+    /// With `witness`: the witness's key and the checkpoints it cosigned (its view of the log),
+    /// each of which must carry its valid cosignature and agree with the log.
+    public init(key: NoteVerifierKey, savedCheckpoints: [[UInt8]] = [], witness: (key: CosignatureKey, checkpoints: [[UInt8]])? = nil,
+                keepingTree: Bool = false) {
         self.key = key
         if keepingTree { report.tree = MerkleTree() }
         for (i, bytes) in savedCheckpoints.enumerated() {
             switch Self.checkpoint(bytes, key: key) {
-            case .success(let c): saved.append((i, c))
+            case .success(let c): saved.append((i, c, false))
             case .failure(let why): savedProblems.append(.badSavedCheckpoint(index: i, why: why.description))
+            }
+        }
+        for (i, bytes) in (witness?.checkpoints ?? []).enumerated() {
+            guard let witnessKey = witness?.key else { break }
+            switch Self.checkpoint(bytes, key: key) {
+            case .failure(let why): savedProblems.append(.badWitnessCheckpoint(index: i, why: why.description))
+            case .success(let c):
+                switch (try? SignedNote.parse(bytes)).map(witnessKey.check) {
+                case .cosigned?: saved.append((i, c, true))
+                case .invalid?: savedProblems.append(.badWitnessCheckpoint(index: i, why: "its cosignature by \(witnessKey.name) does not verify"))
+                default: savedProblems.append(.badWitnessCheckpoint(index: i, why: "it is not cosigned by \(witnessKey.name)"))
+                }
             }
         }
         saved.sort { $0.checkpoint.size < $1.checkpoint.size }
@@ -248,7 +281,8 @@ public struct AuditVerifier: Sendable {
         while let first = saved.first, first.checkpoint.size <= report.frontier.size {
             saved.removeFirst()
             if first.checkpoint.rootHash != report.frontier.root {
-                savedProblems.append(.rewritten(savedCheckpoint: first.index, size: first.checkpoint.size))
+                savedProblems.append(first.witness ? .witnessDisagrees(witnessCheckpoint: first.index, size: first.checkpoint.size)
+                                                   : .rewritten(savedCheckpoint: first.index, size: first.checkpoint.size))
             }
         }
     }
@@ -257,7 +291,10 @@ public struct AuditVerifier: Sendable {
     public func finish() -> Report {
         var r = report
         r.problems += savedProblems
-        for s in saved { r.problems.append(.truncated(savedCheckpoint: s.index, size: s.checkpoint.size, records: r.records)) }
+        for s in saved {
+            r.problems.append(s.witness ? .witnessAhead(witnessCheckpoint: s.index, size: s.checkpoint.size, records: r.records)
+                                        : .truncated(savedCheckpoint: s.index, size: s.checkpoint.size, records: r.records))
+        }
         return r
     }
 

@@ -69,6 +69,9 @@ public final class AuditAppender: @unchecked Sendable {
         /// Called on the committer thread with each new signed checkpoint once it is durable (the
         /// witness's hook). Must not block for long.
         public var onCheckpoint: (@Sendable (_ note: [UInt8], _ checkpoint: Checkpoint) -> Void)?
+        /// The witness to ask for a cosignature after each checkpoint (none by default). With one,
+        /// the appender keeps the whole tree in memory (about 64 bytes a record) for its proofs.
+        public var witness: WitnessEndpoint?
         public init() {}
     }
 
@@ -99,6 +102,9 @@ public final class AuditAppender: @unchecked Sendable {
     private var segmentSize: UInt64
     private var frontier: MerkleFrontier
     private var thread: OSThread?
+    /// The whole tree, when a witness needs proofs from any earlier size.
+    private let tree: SharedTree?
+    private var witness: WitnessClient?
 
     // Shared, under `lock`.
     private struct Waiter {
@@ -164,7 +170,7 @@ public final class AuditAppender: @unchecked Sendable {
 
         // Verify everything; a problem above the last checkpoint in the last segment is a crash's
         // tail (never acknowledged) and is cut off; anywhere else it is tampering.
-        var report = try AuditDirectory.verify(directory, key: verifierKey)
+        var report = try AuditDirectory.verify(directory, key: verifierKey, keepingTree: options.witness != nil)
         let last = numbers.last ?? 0
         var cutBytes = 0, cutReason: String?
         if report.stoppedAt != nil {
@@ -192,6 +198,7 @@ public final class AuditAppender: @unchecked Sendable {
         }
         opening = Opening(created: created, records: report.records, checkpoints: report.checkpoints, cutBytes: cutBytes, cutReason: cutReason)
         frontier = report.frontier
+        tree = report.tree.map(SharedTree.init)
         size = report.records
         let emptyCheckpoint = Checkpoint(origin: verifierKey.name, size: 0, rootHash: Merkle.emptyRoot)
         latest = (report.latestNote ?? [], report.latestCheckpoint ?? emptyCheckpoint)
@@ -214,6 +221,19 @@ public final class AuditAppender: @unchecked Sendable {
         do {
             thread = try OSThread.spawn { [self] in commitLoop() }
         } catch { throw AuditStoreError(.unusable, "cannot start the audit log's committer: \(error)") }
+        if let endpoint = options.witness, let tree {
+            do {
+                witness = try WitnessClient(endpoint: endpoint, directory: directoryFD,
+                                            knownSize: WitnessClient.cosignedSize(directoryFD, key: endpoint.key),
+                                            proof: { old, new in tree.state.withLock { try? $0.consistencyProof(old: old, new: new) } },
+                                            report: { [weak self] action, text in
+                                                _ = try? self?.append([.event(action, result: AuditEntry.clipped(text))])
+                                            })
+            } catch {
+                shutDownCommitter()
+                throw AuditStoreError(.unusable, "cannot start the witness client: \(error)")
+            }
+        }
 
         // The first group: what recovery did, then the start, covered by a new checkpoint.
         var first: [AuditEntry] = []
@@ -333,11 +353,16 @@ public final class AuditAppender: @unchecked Sendable {
     public func close() throws(AuditStoreError) {
         var stopError: AuditStoreError?
         do { try append([.event("log.stop", result: "closed")]) } catch { if error.kind != .closed { stopError = error } }
+        // The last checkpoint goes to the witness before the log closes (bounded by its timeout).
+        witness?.stop()
+        witness = nil
         shutDownCommitter()
         if let stopError { throw stopError }
     }
 
     private func shutDownCommitter() {
+        witness?.stop()
+        witness = nil
         lock.withLock { closing = true; lock.broadcast() }
         thread?.join()
         thread = nil
@@ -391,7 +416,10 @@ public final class AuditAppender: @unchecked Sendable {
                 }
                 lock.broadcast()
             }
-            if case .success(let (_, note, checkpoint)) = outcome { options.onCheckpoint?(note, checkpoint) }
+            if case .success(let (_, note, checkpoint)) = outcome {
+                options.onCheckpoint?(note, checkpoint)
+                witness?.submit(note: note, checkpoint: checkpoint)
+            }
         }
     }
 
@@ -401,22 +429,25 @@ public final class AuditAppender: @unchecked Sendable {
     private func commit(_ batch: [Waiter]) -> Result<([Result<[UInt64], AuditStoreError>], [UInt8], Checkpoint), AuditStoreError> {
         var bytes: [UInt8] = []
         var tree = frontier
+        var leaves: [[UInt8]] = []
         var answers: [Result<[UInt64], AuditStoreError>] = []
         for w in batch {
-            var seqs: [UInt64] = [], frames: [UInt8] = [], groupTree = tree
+            var seqs: [UInt64] = [], frames: [UInt8] = [], groupTree = tree, groupLeaves: [[UInt8]] = []
             do {
                 for e in w.entries {
                     let r = try e.record(sequence: groupTree.size, time: options.clock(), bootID: bootID)
                     let payload = r.payload
                     frames += Frame.encode(payload)
-                    groupTree.append(leafHash: Merkle.leafHash(payload))
+                    let leaf = Merkle.leafHash(payload)
+                    groupTree.append(leafHash: leaf)
+                    groupLeaves.append(leaf)
                     seqs.append(r.sequence)
                 }
             } catch {
                 answers.append(.failure(error))
                 continue
             }
-            bytes += frames; tree = groupTree; answers.append(.success(seqs))
+            bytes += frames; tree = groupTree; leaves += groupLeaves; answers.append(.success(seqs))
         }
         let checkpoint = Checkpoint(origin: verifierKey.name, size: tree.size, rootHash: tree.root)
         let note: [UInt8]
@@ -438,6 +469,29 @@ public final class AuditAppender: @unchecked Sendable {
         }
         segmentSize += UInt64(bytes.count)
         frontier = tree
+        self.tree?.state.withLock { t in for leaf in leaves { t.append(leafHash: leaf) } }
         return .success((answers, note, checkpoint))
     }
+}
+
+extension AuditEntry {
+    /// `text` cut to a record field's limit (1024 UTF-8 bytes) on a character boundary, with "…"
+    /// when it was cut; "-" for an empty text (a field is never empty).
+    public static func clipped(_ text: String, bytes limit: Int = AuditRecord.maxText) -> String {
+        guard !text.isEmpty else { return "-" }
+        guard text.utf8.count > limit else { return text }
+        var out = "", used = 0
+        for c in text {
+            let n = String(c).utf8.count
+            if used + n > limit - 3 { break }
+            out.append(c); used += n
+        }
+        return out + "…"
+    }
+}
+
+/// The appender's whole tree, shared with the witness client's thread.
+final class SharedTree: Sendable {
+    let state: Mutex<MerkleTree>
+    init(_ tree: MerkleTree) { state = Mutex(tree) }
 }

@@ -36,6 +36,8 @@ public enum AuditDirectory {
     public static let keyFile = "log.key"
     public static let publicKeyFile = "log.pub"
     public static let lockFile = "lock"
+    /// The latest checkpoint the witness cosigned, as the appender received it.
+    public static let witnessCosignedFile = "witness.cosigned"
     /// The largest segment file a reader accepts (a segment rolls at the appender's size, 64 MiB by
     /// default; a larger file is not one of ours).
     public static let maxSegmentBytes = 1 << 30
@@ -88,8 +90,9 @@ public enum AuditDirectory {
     /// Verifies every segment of the log in `directory`, one at a time, against `key` and the
     /// checkpoints an auditor saved. A gap in the segments' numbering is a problem of its own.
     public static func verify(_ directory: String, key: NoteVerifierKey, savedCheckpoints: [[UInt8]] = [],
+                              witness: (key: CosignatureKey, checkpoints: [[UInt8]])? = nil,
                               keepingTree: Bool = false) throws(AuditStoreError) -> AuditVerifier.Report {
-        var verifier = AuditVerifier(key: key, savedCheckpoints: savedCheckpoints, keepingTree: keepingTree)
+        var verifier = AuditVerifier(key: key, savedCheckpoints: savedCheckpoints, witness: witness, keepingTree: keepingTree)
         let numbers = try segments(in: directory)
         for (i, n) in numbers.enumerated() {
             if n != i { verifier.missing(segment: i); break }

@@ -15,3 +15,8 @@ const char bulkhead_policy_worker_vcpu[] = {
 #embed "policies/worker-vcpu.policy" suffix(,)
     0
 };
+
+const char bulkhead_policy_witness[] = {
+#embed "policies/witness.policy" suffix(,)
+    0
+};

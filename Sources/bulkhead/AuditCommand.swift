@@ -34,9 +34,10 @@ struct AuditLogOptions: ParsableArguments {
         }
     }
 
-    func verify(saved: [[UInt8]] = [], keepingTree: Bool = false) throws -> (NoteVerifierKey, AuditVerifier.Report) {
+    func verify(saved: [[UInt8]] = [], witness: (key: CosignatureKey, checkpoints: [[UInt8]])? = nil,
+                keepingTree: Bool = false) throws -> (NoteVerifierKey, AuditVerifier.Report) {
         let k = try verifierKey()
-        do { return (k, try AuditDirectory.verify(directory, key: k, savedCheckpoints: saved, keepingTree: keepingTree)) } catch {
+        do { return (k, try AuditDirectory.verify(directory, key: k, savedCheckpoints: saved, witness: witness, keepingTree: keepingTree)) } catch {
             printError(error.description)
             throw ExitCode(AuditExit.unreadable)
         }
@@ -56,23 +57,47 @@ struct AuditVerifyCommand: ParsableCommand {
     @Option(name: .customLong("checkpoint"), help: "A signed checkpoint saved earlier (`bulkhead audit checkpoint`): the log must still hold its records unchanged. Repeatable.")
     var saved: [String] = []
 
+    @Option(name: .customLong("witness-key"), help: "The witness's key file (NAME+KEYID+BASE64, type 0x04): check the witness's view of the log — the checkpoint it cosigned — against the log.")
+    var witnessKey: String?
+
+    @Option(name: .customLong("witness-checkpoint"), help: "A checkpoint the witness cosigned (its state file for this log, or `get-checkpoint`'s answer). Default with --witness-key: DIR/witness.cosigned, the log's own copy. Repeatable.")
+    var witnessCheckpoints: [String] = []
+
     @Option(help: "text, or json (the report tools/audit_verify.py prints too).")
     var format: OutputFormat = .text
 
     func run() throws {
-        var notes: [[UInt8]] = []
-        for path in saved {
-            do { notes.append(try AuditDirectory.read(path, what: "saved checkpoint", limit: SignedNote.maxSize)) } catch {
+        func readNote(_ path: String, _ what: String) throws -> [UInt8] {
+            do { return try AuditDirectory.read(path, what: what, limit: SignedNote.maxSize) } catch {
                 printError(error.description)
                 throw ExitCode(AuditExit.unreadable)
             }
         }
-        let (key, report) = try log.verify(saved: notes)
+        let notes = try saved.map { try readNote($0, "saved checkpoint") }
+        var witness: (key: CosignatureKey, checkpoints: [[UInt8]])?
+        if let witnessKey {
+            var text = String(decoding: try readNote(witnessKey, "witness key"), as: UTF8.self)
+            while text.hasSuffix("\n") { text.removeLast() }
+            let key: CosignatureKey
+            do { key = try CosignatureKey(text: text) } catch {
+                printError("\(witnessKey) is not a witness key: \(error.description)")
+                throw ExitCode(AuditExit.unreadable)
+            }
+            let paths = witnessCheckpoints.isEmpty ? [log.directory + "/" + AuditDirectory.witnessCosignedFile] : witnessCheckpoints
+            witness = (key, try paths.map { try readNote($0, "witness checkpoint") })
+        } else if !witnessCheckpoints.isEmpty {
+            printError("--witness-checkpoint needs --witness-key")
+            throw ExitCode(ExitCode.validationFailure.rawValue)
+        }
+        let (key, report) = try log.verify(saved: notes, witness: witness)
         if format == .json {
             say(String(decoding: report.json.canonicalBytes, as: UTF8.self))
         } else {
             say("audit log \(log.directory), key \(key.name) (\(log.key == nil ? "the log's own log.pub: pass --key for an independent check" : log.key!))")
             say("\(report.records) records, \(report.checkpoints) checkpoints; the latest covers \(report.latestCheckpoint?.size ?? 0) records")
+            if let witness, report.problems.allSatisfy({ !["bad-witness-checkpoint", "witness-ahead", "witness-disagrees"].contains($0.kind) }) {
+                say("the witness \(witness.key.name) agrees: its cosigned checkpoint\(witness.checkpoints.count == 1 ? " is" : "s are") consistent with the log")
+            }
             if report.tornTail { say("the last append was cut off by a crash (a torn frame at the end): the appender cuts it back when it next opens the log") }
             for p in report.problems { say("problem: \(p)") }
             say(report.isClean ? "verified clean" : "NOT clean: \(report.problems.count) problem\(report.problems.count == 1 ? "" : "s")")

@@ -27,7 +27,7 @@ final class RunAudit {
         let pid = getpid()
         operation = "run-\(pid)-" + (randomBytes(6) ?? []).map { String($0 >> 4, radix: 16) + String($0 & 15, radix: 16) }.joined()
         actor = .local(uid: getuid(), gid: getgid(), pid: pid)
-        target = AuditEntry.clip("vm/" + vmName)
+        target = AuditEntry.clipped("vm/" + vmName)
         do {
             try log.append(AuditEntry(actor: actor, action: "vm.run", target: target, allowed: true,
                                       reason: "local command line: bulkhead run (uid \(getuid()))", stage: .intent, operation: operation))
@@ -42,7 +42,7 @@ final class RunAudit {
         guard failure == nil else { return }
         do {
             try log.append(AuditEntry(actor: actor, action: action, target: target, allowed: true, reason: "bulkhead run",
-                                      stage: .outcome, operation: operation, result: AuditEntry.clip(result.isEmpty ? "-" : result)))
+                                      stage: .outcome, operation: operation, result: AuditEntry.clipped(result)))
         } catch {
             failure = error
             printError("audit log: \(error.description)")
@@ -81,20 +81,5 @@ final class RunAudit {
             if failure == nil { failure = error; printError("audit log: \(error.description)") }
         }
         return failure == nil
-    }
-}
-
-extension AuditEntry {
-    /// `text` cut to a record field's limit (1024 UTF-8 bytes) on a character boundary, with "…"
-    /// when it was cut.
-    static func clip(_ text: String, bytes limit: Int = AuditRecord.maxText) -> String {
-        guard text.utf8.count > limit else { return text }
-        var out = "", used = 0
-        for c in text {
-            let n = String(c).utf8.count
-            if used + n > limit - 3 { break }
-            out.append(c); used += n
-        }
-        return out + "…"
     }
 }

@@ -2,6 +2,7 @@
 // (never installed).
 //
 //   bulkhead-audit-writer DIR [--writers N] [--records M] [--segment-bytes B] [--heartbeat S] [--bench]
+//                         [--witness SOCKET --witness-key FILE]
 //
 // Opens the log in DIR and starts N writer threads, each appending M records one at a time (a
 // blocking, durable append each). After every acknowledged append it prints `ack SEQ` on standard
@@ -25,6 +26,7 @@ var arguments = Array(CommandLine.arguments.dropFirst())
 guard let directory = arguments.first, !directory.hasPrefix("-") else { fail("usage: bulkhead-audit-writer DIR [--writers N] [--records M] [--segment-bytes B] [--heartbeat S] [--bench]") }
 arguments.removeFirst()
 var writers = 1, records = 100, bench = false
+var witnessSocket: String?, witnessKey: CosignatureKey?
 var options = AuditAppender.Options()
 while !arguments.isEmpty {
     let flag = arguments.removeFirst()
@@ -36,10 +38,19 @@ while !arguments.isEmpty {
     case "--records": guard let n = Int(value), n >= 0 else { fail("--records: a count") }; records = n
     case "--segment-bytes": guard let n = Int(value), n > 0 else { fail("--segment-bytes: a size") }; options.segmentBytes = n
     case "--heartbeat": guard let s = Double(value), s > 0, s < 1e6 else { fail("--heartbeat: seconds") }; options.heartbeatSeconds = s
+    case "--witness": witnessSocket = value
+    case "--witness-key":
+        guard let bytes = try? readFile(value, limit: 4096),
+              let key = try? CosignatureKey(text: String(decoding: bytes, as: UTF8.self).filter { $0 != "\n" }) else { fail("--witness-key: not a witness key") }
+        witnessKey = key
     default: fail("unknown option \(flag)")
     }
 }
 
+if let witnessSocket {
+    guard let witnessKey else { fail("--witness needs --witness-key") }
+    options.witness = WitnessEndpoint(socketPath: witnessSocket, key: witnessKey)
+}
 let log: AuditAppender
 do { log = try AuditAppender.open(directory, options: options) } catch { fail(error.description) }
 let latencies = Mutex<[UInt64]>([])

@@ -10,8 +10,12 @@ extern const char bulkhead_policy_worker_main[];
 // "vcpu": added on top of "main" by every vCPU thread (a call must pass both).
 extern const char bulkhead_policy_worker_vcpu[];
 
+// "witness": bulkhead-witness once it has jailed itself.
+extern const char bulkhead_policy_witness[];
+
 // The same texts as pointers: Swift does not import arrays of unknown size.
 static inline const char *bulkhead_policy_worker_main_text(void) { return bulkhead_policy_worker_main; }
 static inline const char *bulkhead_policy_worker_vcpu_text(void) { return bulkhead_policy_worker_vcpu; }
+static inline const char *bulkhead_policy_witness_text(void) { return bulkhead_policy_witness; }
 
 #endif
