@@ -189,7 +189,9 @@ public struct AuditVerifier: Sendable {
                 }
             }
         }
-        saved.sort { $0.checkpoint.size < $1.checkpoint.size }
+        // By size; ties: saved before the witness's, then in the order given (both verifiers
+        // report in this order).
+        saved.sort { ($0.checkpoint.size, $0.witness ? 1 : 0, $0.index) < ($1.checkpoint.size, $1.witness ? 1 : 0, $1.index) }
         checkSaved()
     }
 
