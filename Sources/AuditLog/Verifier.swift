@@ -214,6 +214,25 @@ public struct AuditVerifier: Sendable {
         }
     }
 
+    /// The offset of the first frame at or after `offset` in `bytes` that is a checkpoint signed by
+    /// `key`, found by its origin line rather than by walking frames (after damage the frames'
+    /// boundaries are lost). An appender asks before cutting a damaged tail back: a valid
+    /// checkpoint after the damage means records the log acknowledged were changed.
+    public static func signedCheckpoint(in bytes: [UInt8], after offset: Int, key: NoteVerifierKey) -> Int? {
+        let origin = Array((key.name + "\n").utf8)
+        guard let first = origin.first, offset >= 0 else { return nil }
+        var p = offset + Frame.headerSize
+        while p + origin.count <= bytes.count {
+            if bytes[p] == first, bytes[p..<(p + origin.count)].elementsEqual(origin),
+               case .frame(let payload, _) = Frame.parse(bytes, at: p - Frame.headerSize), isCheckpoint(payload),
+               case .success = checkpoint(payload, key: key) {
+                return p - Frame.headerSize
+            }
+            p += 1
+        }
+        return nil
+    }
+
     /// Whether a frame's payload is a checkpoint rather than a record: a record is a JSON object
     /// and begins with `{`; a checkpoint begins with its origin, which never does.
     public static func isCheckpoint(_ payload: [UInt8]) -> Bool { payload.first != UInt8(ascii: "{") }

@@ -118,6 +118,7 @@ public final class AuditAppender: @unchecked Sendable {
     private var nextTicket: UInt64 = 0
     private var failure: AuditStoreError?
     private var closing = false
+    private var shutDown = false
     private var finished = false
     private var latest: (note: [UInt8], checkpoint: Checkpoint)
     private var size: UInt64
@@ -180,6 +181,15 @@ public final class AuditAppender: @unchecked Sendable {
                                       + ". Run `bulkhead audit verify \(directory)`; keep the directory as evidence and start a new log elsewhere.")
             }
             let path = directory + "/" + AuditDirectory.segmentName(last)
+            // Damage followed by a valid checkpoint is not a crash's tail: that checkpoint was
+            // written after the damaged bytes were, so the log may have acknowledged them.
+            if let stop = report.stoppedAt,
+               let later = AuditVerifier.signedCheckpoint(in: try AuditDirectory.readSegment(directory, last), after: stop.offset, key: verifierKey) {
+                throw AuditStoreError(.tampered(report.problems), "the audit log \(directory) was changed below its last checkpoint, and is not opened for writing: "
+                                      + report.problems.map(\.description).joined(separator: "; ")
+                                      + " (a valid checkpoint follows at offset \(later) of segment \(last): records it acknowledged were changed)."
+                                      + " Run `bulkhead audit verify \(directory)`; keep the directory as evidence and start a new log elsewhere.")
+            }
             do {
                 let fd = try FileDescriptor.openChecked(path, what: "audit segment", access: .readWrite)
                 let size = try fd.status().size
@@ -361,6 +371,12 @@ public final class AuditAppender: @unchecked Sendable {
     }
 
     private func shutDownCommitter() {
+        // Once only: a second close must not release a lock that may by then be another appender's.
+        let first: Bool = lock.withLock {
+            defer { shutDown = true }
+            return !shutDown
+        }
+        guard first else { return }
         witness?.stop()
         witness = nil
         lock.withLock { closing = true; lock.broadcast() }
