@@ -126,7 +126,7 @@ let package = Package(
         .executableTarget(name: "bulkhead-audit-writer", dependencies: ["AuditLog", "AuditStore", "HostOS"], path: "Tests/AuditWriter"),
         // Runs the built `bulkhead` executable (the dependency makes `swift test` build it).
         // VMM too: NumberTests compares `--hide-cpu-feature`'s warning with the CPUID probe run here.
-        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "bulkhead-audit-writer", "AuditLog", "AuditStore", "KVM", "HostOS", "Jail", "VMM", "GuestInterface", "HostTestSupport",
+        .testTarget(name: "CLITests", dependencies: ["bulkhead", "bulkhead-worker", "bulkhead-fake-worker", "bulkhead-audit-writer", "bulkhead-witness", "AuditLog", "AuditStore", "KVM", "HostOS", "Jail", "VMM", "GuestInterface", "HostTestSupport",
                                                      .product(name: "Crypto", package: "swift-crypto")]),
     ],
     swiftLanguageModes: [.v6]

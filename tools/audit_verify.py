@@ -2,10 +2,11 @@
 """Independent verifier of Bulkhead's audit log, written from docs/audit-log.md alone.
 
     python3 tools/audit_verify.py DIR [--key PUBFILE] [--checkpoint FILE ...]
+                                  [--witness-key PUBFILE [--witness-checkpoint FILE ...]]
 
 Prints the report of "The verifiers' report" as one JSON object and exits 0 when the log is
-clean, 1 when it has a problem, 2 when the directory, a segment, the key or a saved checkpoint
-cannot be read. Needs Python 3.11 and PyNaCl (python3 -m pip install pynacl).
+clean, 1 when it has a problem, 2 on a usage error or when the directory, a segment, a key or a
+saved or witness checkpoint cannot be read. Needs Python 3.11 and PyNaCl (pip install pynacl).
 """
 import argparse, base64, binascii, hashlib, json, os, re, stat, struct, sys
 
@@ -101,22 +102,23 @@ def b64(text):
     return raw if base64.b64encode(raw).decode("ascii") == text else None
 
 class Key:
-    """A verifier key, the text NAME+KEYID+base64(0x01 || Ed25519 public key)."""
+    """A verifier key, the text NAME+KEYID+base64(TYPE || Ed25519 public key): TYPE 0x01 for the
+    log's key (a note signature), 0x04 for a witness's (a cosignature/v1)."""
 
-    def __init__(self, text):
+    def __init__(self, text, kind=1):
         parts = (text[:-1] if text.endswith("\n") else text).split("+", 2)  # base64 may hold '+'
         if len(parts) != 3 or not valid_name(parts[0]) or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
             raise ValueError("the key is not NAME+KEYID+BASE64")
         self.name, raw = parts[0], b64(parts[2])
-        if raw is None or len(raw) != 33 or raw[0] != 1:
-            raise ValueError("the key is not base64 of 0x01 and a 32-byte Ed25519 public key")
+        if raw is None or len(raw) != 33 or raw[0] != kind:
+            raise ValueError("the key is not base64 of 0x%02x and a 32-byte Ed25519 public key" % kind)
         self.id = hashlib.sha256(self.name.encode() + b"\n" + raw).digest()[:4]
         if self.id != bytes.fromhex(parts[1]):
             raise ValueError("the key's ID does not match the key")
         self.verifier = nacl.signing.VerifyKey(raw[1:])
 
-def open_checkpoint(note, key):
-    """(size, root) of a checkpoint note signed by key, else None (docs: Checkpoints...)."""
+def parse_note(note):
+    """(text, [(name, signature bytes)]) of a signed note's form (docs: Checkpoints...), else None."""
     try:
         s = note.decode("utf-8")
     except UnicodeDecodeError:
@@ -124,28 +126,51 @@ def open_checkpoint(note, key):
     split = s.rfind("\n\n")
     if len(note) > 65536 or CONTROL.search(s) or split < 0 or not s.endswith("\n"):
         return None
-    text, lines, signed = s[:split + 1], s[split + 2:-1].split("\n"), False
+    lines, sigs = s[split + 2:-1].split("\n"), []
     if len(lines) > 64:
         return None
     for line in lines:
         name, space, sig64 = line[2:].partition(" ")
-        if not line.startswith("\u2014 ") or not space or not valid_name(name):
-            return None
         sig = b64(sig64)
-        if sig is None or len(sig) < 5:
+        if not line.startswith("\u2014 ") or not space or not valid_name(name) or sig is None or len(sig) < 5:
             return None
-        if name != key.name or sig[:4] != key.id:
-            continue  # signed by a key we do not hold
-        try:
-            key.verifier.verify(text.encode("utf-8"), sig[4:])
-        except (nacl.exceptions.BadSignatureError, ValueError):
-            return None
-        signed = True
-    body = text.split("\n")  # origin, size, root and "" after the last newline
-    if not signed or len(body) != 4 or body[0] != key.name or not SIZE.fullmatch(body[1]):
+        sigs.append((name, sig))
+    return s[:split + 1].encode("utf-8"), sigs
+
+def _verifies(key, message, signature):
+    try:
+        key.verifier.verify(message, signature)
+        return True
+    except (nacl.exceptions.BadSignatureError, ValueError):
+        return False
+
+def open_checkpoint(note, key):
+    """(size, root) of a checkpoint note signed by key, else None (docs: Checkpoints...). Signatures
+    from other keys are ignored; one from key that does not verify rejects the note."""
+    parsed = parse_note(note)
+    if parsed is None:
+        return None
+    text, sigs = parsed
+    mine = [sig[4:] for name, sig in sigs if name == key.name and sig[:4] == key.id]
+    if not mine or not all(_verifies(key, text, sig) for sig in mine):
+        return None
+    body = text.decode("utf-8").split("\n")  # origin, size, root and "" after the last newline
+    if len(body) != 4 or body[0] != key.name or not SIZE.fullmatch(body[1]):
         return None
     size, root = int(body[1]), b64(body[2])
     return (size, root) if root is not None and len(root) == 32 and size <= MAX_I64 else None
+
+def cosigned(note, wkey):
+    """Does the note carry a cosignature/v1 by the witness key wkey, and every such line verify?
+    (docs: The witness) A line is key ID || u64 timestamp, big-endian || Ed25519 signature over
+    "cosignature/v1\n" "time T\n" and the checkpoint's text."""
+    parsed = parse_note(note) or (b"", [])
+    mine = [sig[4:] for name, sig in parsed[1] if name == wkey.name and sig[:4] == wkey.id]
+    for sig in mine:
+        t = struct.unpack_from(">Q", sig)[0] if len(sig) == 72 else MAX_I64 + 1
+        if t > MAX_I64 or not _verifies(wkey, b"cosignature/v1\ntime %d\n" % t + parsed[0], sig[8:]):
+            return False
+    return bool(mine)
 
 class Tree:
     """An RFC 6962 Merkle tree kept as its right edge: (root, height) of its complete subtrees."""
@@ -173,13 +198,14 @@ def read_segment(path):
             raise OSError("%s: not a regular file" % path)
         return f.read()
 
-def verify(directory, key, saved):
-    """The report on the log in directory; saved holds (size, root), or None for a bad one."""
+def verify(directory, key, saved, witnessed=()):
+    """The report on the log in directory; saved and witnessed hold (size, root) of the auditor's
+    and of the witness's checkpoints, or None for one that does not verify."""
     names = sorted(n for n in os.listdir(directory) if SEGMENT.fullmatch(n))
     for n in names:
         if not stat.S_ISREG(os.lstat(os.path.join(directory, n)).st_mode):
             raise OSError("%s: not a regular file" % os.path.join(directory, n))
-    wanted, roots = {c[0] for c in saved if c}, {0: EMPTY_ROOT}
+    wanted, roots = {c[0] for c in (*saved, *witnessed) if c}, {0: EMPTY_ROOT}
     tree, checkpoints, size, torn_tail, problems = Tree(), 0, 0, False, []
     for s, name in enumerate(names):
         if int(name[:10]) != s:
@@ -221,13 +247,18 @@ def verify(directory, key, saved):
             o += 8 + (length or 0)
         if problems or torn_tail:
             break
-    for i, c in enumerate(saved):
+    # Then the checkpoints kept elsewhere: the ones that do not verify, the auditor's before the
+    # witness's, each in index order; then the rest by size, ties the auditor's first, then by
+    # index (so every rewritten/witness-disagrees comes before every truncated/witness-ahead).
+    kept = [(0, i, c) for i, c in enumerate(saved)] + [(1, i, c) for i, c in enumerate(witnessed)]
+    labels = [("saved", "bad-saved-checkpoint", "truncated", "rewritten"),
+              ("witness", "bad-witness-checkpoint", "witness-ahead", "witness-disagrees")]
+    for who, i, c in kept:
         if c is None:
-            problems.append({"kind": "bad-saved-checkpoint", "saved": i})
-        elif c[0] > tree.size:
-            problems.append({"kind": "truncated", "saved": i})
-        elif roots[c[0]] != c[1]:
-            problems.append({"kind": "rewritten", "saved": i})
+            problems.append({"kind": labels[who][1], labels[who][0]: i})
+    for n, who, i, root in sorted((c[0], who, i, c[1]) for who, i, c in kept if c):
+        if n > tree.size or roots[n] != root:
+            problems.append({"kind": labels[who][2 if n > tree.size else 3], labels[who][0]: i})
     return {"records": tree.size, "checkpoints": checkpoints, "size": size,
             "torn_tail": torn_tail, "problems": problems}
 
@@ -237,7 +268,12 @@ def main(argv=None):
     p.add_argument("--key", metavar="PUBFILE", help="the verifier key (default DIR/log.pub)")
     p.add_argument("--checkpoint", metavar="FILE", action="append", default=[],
                    help="a signed checkpoint saved earlier; repeat for more")
+    p.add_argument("--witness-key", metavar="PUBFILE", help="the witness's key (its witness.pub)")
+    p.add_argument("--witness-checkpoint", metavar="FILE", action="append", default=[],
+                   help="a checkpoint the witness cosigned; repeat for more (default DIR/witness.cosigned)")
     args = p.parse_args(argv)
+    if args.witness_checkpoint and not args.witness_key:
+        p.error("--witness-checkpoint needs --witness-key")  # exits 2
     try:
         with open(args.key or os.path.join(args.dir, "log.pub"), "rb") as f:
             key = Key(f.read().decode("utf-8"))
@@ -245,7 +281,15 @@ def main(argv=None):
         for path in args.checkpoint:
             with open(path, "rb") as f:
                 saved.append(open_checkpoint(f.read(), key))
-        report = verify(args.dir, key, saved)
+        witnessed = []
+        if args.witness_key:
+            with open(args.witness_key, "rb") as f:
+                wkey = Key(f.read().decode("utf-8"), kind=4)
+            for path in args.witness_checkpoint or [os.path.join(args.dir, "witness.cosigned")]:
+                with open(path, "rb") as f:
+                    note = f.read()
+                witnessed.append(open_checkpoint(note, key) if cosigned(note, wkey) else None)
+        report = verify(args.dir, key, saved, witnessed)
     except (OSError, ValueError) as e:
         print("audit_verify: cannot read the log: %s" % e, file=sys.stderr)
         return 2

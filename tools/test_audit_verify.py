@@ -2,7 +2,8 @@
 """Self-tests of tools/audit_verify.py: python3 tools/test_audit_verify.py
 
 They tamper with temporary copies of a clean log written by Bulkhead, taken from the directory
-in $AUDIT_SAMPLE (default /tmp/auditsamples/valid), which is never modified. A few build small
+in $AUDIT_SAMPLE (default /tmp/auditsamples/valid), which is never modified; the witness tests
+sign checkpoints with its log.key and cosign them with a fresh witness key. A few build small
 logs of their own with a fresh key. AUDIT_PERF=1 also times a log of 10^5 records.
 """
 import base64, hashlib, json, os, shutil, struct, subprocess, sys, tempfile, time, unittest
@@ -90,6 +91,28 @@ def write_log(directory, payloads, sk, name="test/log", group=10):
     return notes
 
 
+def key_text(name, pub, kind):
+    raw = bytes([kind]) + bytes(pub)
+    kid = hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4]
+    return kid, "%s+%s+%s\n" % (name, kid.hex(), base64.b64encode(raw).decode())
+
+
+def sig_line(name, sig):
+    return "\u2014 %s %s\n" % (name, base64.b64encode(sig).decode())
+
+
+def sign_note(text, name, kid, sk):
+    """The signed note of checkpoint text (bytes), signed by the log key sk."""
+    return text + b"\n" + sig_line(name, kid + sk.sign(text).signature).encode()
+
+
+def cosign(note, name, kid, sk, ts=1765000000):
+    """note with a cosignature/v1 line added: key ID || u64 big-endian ts || Ed25519 signature."""
+    text = note[:note.rindex(b"\n\n") + 1]
+    sig = sk.sign(b"cosignature/v1\ntime %d\n" % ts + text).signature
+    return note + sig_line(name, kid + struct.pack(">Q", ts) + sig).encode()
+
+
 class Units(unittest.TestCase):
     def test_crc32c(self):
         self.assertEqual(av.crc32c(b"123456789"), 0xE3069283)
@@ -142,6 +165,8 @@ class Units(unittest.TestCase):
 
 
 class SampleLog(unittest.TestCase):
+    """A temporary copy of the sample log and helpers to tamper with it (no tests of its own)."""
+
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="audit-verify-test-")
         self.addCleanup(shutil.rmtree, self.tmp)
@@ -178,6 +203,8 @@ class SampleLog(unittest.TestCase):
         self.assertEqual(code, rc)
         return report
 
+
+class SampleTests(SampleLog):
     def test_clean(self):
         checkpoints = sum(1 for f in self.frames if f[3] is None)
         self.expect(rc=0, records=self.records, size=self.records, checkpoints=checkpoints, torn_tail=False)
@@ -275,6 +302,114 @@ class SampleLog(unittest.TestCase):
         os.rename(self.seg(2), os.path.join(self.tmp, "moved"))
         os.symlink(os.path.join(self.tmp, "moved"), self.seg(2))
         self.assertEqual(run(self.dir), (2, None))
+
+
+class WitnessTests(SampleLog):
+    """The witness's view (docs: Verifying a log, The witness) of the sample log."""
+
+    def setUp(self):
+        super().setUp()
+        with open(os.path.join(SAMPLE, "log.key")) as f:  # PRIVATE+KEY+NAME+KEYID+base64(0x01 || seed)
+            _, _, self.name, kid, seed = f.read().strip().split("+", 4)
+        self.log_sk = nacl.signing.SigningKey(base64.b64decode(seed)[1:])
+        self.log_kid = key_text(self.name, self.log_sk.verify_key, 1)[0]
+        self.assertEqual(self.log_kid.hex(), kid)
+        self.wname, self.wsk = "witness.test/w1", nacl.signing.SigningKey.generate()
+        self.wkid, text = key_text(self.wname, self.wsk.verify_key, 4)
+        self.wpub = os.path.join(self.tmp, "witness.pub")
+        with open(self.wpub, "w") as f:
+            f.write(text)
+        self.payloads = [f[2] for f in self.frames if f[3] is not None]
+        self.last = [f[2] for f in self.frames if f[3] is None][-1]
+
+    def checkpoint(self, size, rewrite=False):
+        """A checkpoint of the sample's first size records (one changed if rewrite), log-signed."""
+        tree = av.Tree()
+        for i, p in enumerate(self.payloads[:size]):
+            tree.append(p + b" " if rewrite and i == 1 else p)  # any change to record 1
+        text = b"%s\n%d\n%s\n" % (self.name.encode(), size, base64.b64encode(tree.root()))
+        return sign_note(text, self.name, self.log_kid, self.log_sk)
+
+    def cosigned(self, note, **kw):
+        return cosign(note, self.wname, self.wkid, self.wsk, **kw)
+
+    def files(self, *notes):
+        paths = []
+        for note in notes:
+            paths.append(os.path.join(self.tmp, "n%d.note" % len(os.listdir(self.tmp))))
+            with open(paths[-1], "wb") as f:
+                f.write(note)
+        return paths
+
+    def witness(self, *notes, saved=()):
+        """Arguments giving the witness's key and notes (if any) and the saved checkpoints."""
+        args = ["--witness-key", self.wpub] if notes else []
+        for path in self.files(*notes):
+            args += ["--witness-checkpoint", path]
+        for path in self.files(*saved):
+            args += ["--checkpoint", path]
+        return args
+
+    def test_clean(self):
+        self.assertEqual(self.checkpoint(self.records), self.last)  # the helper signs as the log does
+        with open(os.path.join(self.dir, "witness.cosigned"), "wb") as f:
+            f.write(self.cosigned(self.last))
+        self.expect(rc=0, args=("--witness-key", self.wpub))  # DIR/witness.cosigned by default
+        self.expect(rc=0, args=self.witness(self.cosigned(self.last), self.cosigned(self.checkpoint(5))))
+        other = nacl.signing.SigningKey.generate()  # a cosignature from a key not held is ignored
+        extra = cosign(self.cosigned(self.last), "someone.else", bytes(4), other)
+        self.expect(rc=0, args=self.witness(extra))
+
+    def test_bad_witness_checkpoint(self):
+        good = self.cosigned(self.last)
+        i = len(good) - 12  # a character of the cosignature's base64
+        corrupt = good[:i] + (b"B" if good[i:i + 1] == b"A" else b"A") + good[i + 1:]
+        impostor = cosign(self.last, self.wname, self.wkid, nacl.signing.SigningKey.generate())
+        another = nacl.signing.SigningKey.generate()  # same name, another key (and so key ID)
+        other_key = cosign(self.last, self.wname, key_text(self.wname, another.verify_key, 4)[0], another)
+        future = self.cosigned(self.last, ts=1 << 63)
+        log_sig = self.last.split(b" ")[-1]  # base64 of the log's key ID and signature, newline
+        not_log_signed = self.cosigned(self.last.replace(log_sig, b"A" * 88 + b"\n"))
+        for bad in (corrupt, impostor, other_key, self.last, future, not_log_signed):
+            self.expect({"kind": "bad-witness-checkpoint", "witness": 1}, args=self.witness(good, bad, good))
+
+    def test_witness_ahead(self):
+        last = len(self.segs) - 1
+        os.remove(self.seg(last))
+        self.expect({"kind": "witness-ahead", "witness": 0}, records=self.records_before_segment(last),
+                    args=self.witness(self.cosigned(self.last)))
+
+    def test_witness_disagrees(self):
+        self.expect({"kind": "witness-disagrees", "witness": 0},
+                    args=self.witness(self.cosigned(self.checkpoint(40, rewrite=True))))
+
+    def test_order(self):
+        """Frame problem; bad saved, bad witness (index order); then by size, saved first on ties."""
+        os.remove(self.seg(len(self.segs) - 1))
+        n, cp, co = self.records_before_segment(len(self.segs) - 1), self.checkpoint, self.cosigned
+        saved = [self.last.replace(b"\n", b"\n\n", 1), self.last, cp(10, True), cp(20, True), cp(7)]
+        witnessed = [co(cp(10, True)), cp(3), co(cp(n + 1)), co(cp(5, True)), co(cp(n)), co(cp(n + 1))]
+        self.expect({"kind": "bad-saved-checkpoint", "saved": 0},
+                    {"kind": "bad-witness-checkpoint", "witness": 1},
+                    {"kind": "witness-disagrees", "witness": 3}, {"kind": "rewritten", "saved": 2},
+                    {"kind": "witness-disagrees", "witness": 0}, {"kind": "rewritten", "saved": 3},
+                    {"kind": "witness-ahead", "witness": 2}, {"kind": "witness-ahead", "witness": 5},
+                    {"kind": "truncated", "saved": 1}, args=self.witness(*witnessed, saved=saved))
+        self.expect({"kind": "rewritten", "saved": 1}, {"kind": "truncated", "saved": 0},  # not index order
+                    args=self.witness(saved=[self.last, cp(9, True)]))
+        i = self.pair_of_records(2)
+        s, o, p, r = [f for f in self.frames if f[0] == 2][i]
+        self.replace(2, lambda ps: ps[:i] + ps[i + 1:])  # a frame problem comes first of all
+        self.expect({"kind": "out-of-sequence", "segment": 2, "offset": o, "record": r},
+                    {"kind": "bad-witness-checkpoint", "witness": 0}, {"kind": "witness-ahead", "witness": 1},
+                    args=self.witness(cp(3), co(cp(n))))
+
+    def test_usage_and_unreadable(self):
+        note = self.files(self.cosigned(self.last))[0]
+        self.assertEqual(run(self.dir, "--witness-checkpoint", note), (2, None))
+        self.assertEqual(run(self.dir, "--witness-key", self.wpub), (2, None))  # no DIR/witness.cosigned
+        self.assertEqual(run(self.dir, "--witness-key", os.path.join(self.dir, "log.pub"),
+                             "--witness-checkpoint", note), (2, None))  # a 0x01 key, not a witness's
 
 
 class OwnLogs(unittest.TestCase):

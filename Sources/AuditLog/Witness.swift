@@ -53,17 +53,18 @@ public struct CosignatureKey: Equatable, Sendable {
         case absent
     }
 
+    /// Every line with this key's name and ID must verify (as for a note's signatures); the
+    /// timestamp is the first such line's.
     public func check(_ note: SignedNote) -> Check {
-        var found = false
+        var first: UInt64?
         for s in note.signatures where s.name == name && s.keyID == keyID {
-            found = true
             guard s.signature.count == 72, let key = try? Curve25519.Signing.PublicKey(rawRepresentation: publicKey) else { return .invalid }
             let timestamp = s.signature.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
             guard timestamp <= UInt64(Int64.max),
                   key.isValidSignature(Array(s.signature.dropFirst(8)), for: Self.message(text: note.text, timestamp: timestamp)) else { return .invalid }
-            return .cosigned(timestamp: timestamp)
+            first = first ?? timestamp
         }
-        return found ? .invalid : .absent
+        return first.map { .cosigned(timestamp: $0) } ?? .absent
     }
 }
 

@@ -206,13 +206,13 @@ final class Server {
                 guard ready.count > i + 1, ready[i + 1] else { keep.append(c); continue }
                 guard let m = try? c.receiveMessage(maxBytes: WitnessService.maxRequest, maxDescriptors: 0, timeoutMilliseconds: 0),
                       case .message(let message) = m else { continue }   // closed, or broken: dropped
-                do { try c.sendMessage(handle(message.bytes).encoded) } catch { continue }
+                // Never waits: a client whose answers pile up unread is dropped.
+                guard case .sent? = try? c.sendDatagram(handle(message.bytes).encoded) else { continue }
                 keep.append(c)
             }
             connections = keep
             if ready.first == true, let c = try? UnixSeqpacket.accept(listener, timeoutMilliseconds: 0) {
-                // Non-blocking: a client that does not read its answers is dropped, never waited for.
-                if connections.count < 32, (try? c.setNonBlocking()) != nil { connections.append(c) }
+                if connections.count < 32 { connections.append(c) }
             }
         }
     }
