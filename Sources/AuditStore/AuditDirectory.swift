@@ -39,8 +39,9 @@ public enum AuditDirectory {
     /// The latest checkpoint the witness cosigned, as the appender received it.
     public static let witnessCosignedFile = "witness.cosigned"
     /// The largest segment file a reader accepts (a segment rolls at the appender's size, 64 MiB by
-    /// default; a larger file is not one of ours).
-    public static let maxSegmentBytes = 1 << 30
+    /// default, plus at most one group; a larger file is not one of ours, and is refused by its
+    /// size before anything is read).
+    public static let maxSegmentBytes = 256 << 20
 
     /// A segment's file name: its number, ten decimal digits, then ".seg".
     public static func segmentName(_ n: Int) -> String {
@@ -69,7 +70,13 @@ public enum AuditDirectory {
         do { fd = try FileDescriptor.openChecked(path, what: what, access: .read) } catch {
             throw AuditStoreError(.unusable, error.description)
         }
-        do { return try fd.readAll(limit: limit) } catch { throw AuditStoreError(.unusable, "cannot read \(what) \(path): \(error)") }
+        do {
+            let size = try fd.status().size
+            guard size <= UInt64(limit) else {
+                throw AuditStoreError(.unusable, "\(what) \(path) has \(size) bytes, more than the \(limit) a file of the log may have")
+            }
+            return try fd.readAll(limit: limit)
+        } catch let e as AuditStoreError { throw e } catch { throw AuditStoreError(.unusable, "cannot read \(what) \(path): \(error)") }
     }
 
     /// Reads segment `n`.

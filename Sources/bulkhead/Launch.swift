@@ -1,4 +1,6 @@
 import ArgumentParser
+import AuditLog
+import AuditStore
 import GuestInterface
 import HostOS
 import Jail
@@ -15,7 +17,21 @@ extension Run {
         guard let auditLog else { return try launch(jailed: jailed, audit: nil) }
         let name = (image ?? kernel).map { String($0.split(separator: "/").last ?? "vm") } ?? "hello"
         let audit: RunAudit
-        do { audit = try RunAudit(directory: auditLog, vmName: name) } catch {
+        var witness: WitnessEndpoint?
+        if let auditWitness, let auditWitnessKey {
+            do {
+                var text = String(decoding: try AuditDirectory.read(auditWitnessKey, what: "witness key", limit: 4096), as: UTF8.self)
+                while text.hasSuffix("\n") { text.removeLast() }
+                witness = WitnessEndpoint(socketPath: auditWitness, key: try CosignatureKey(text: text))
+            } catch let e as AuditStoreError {
+                printError(e.description)
+                throw ExitCode(RunEnd.usage)
+            } catch {
+                printError("--audit-witness-key \(auditWitnessKey): \(error)")
+                throw ExitCode(RunEnd.usage)
+            }
+        }
+        do { audit = try RunAudit(directory: auditLog, vmName: name, witness: witness) } catch {
             printError("the VM was not started: its audit record could not be written: \(error.description)")
             throw ExitCode(RunEnd.internalError)
         }

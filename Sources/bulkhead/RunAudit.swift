@@ -22,8 +22,10 @@ final class RunAudit {
     private(set) var failure: AuditStoreError?
 
     /// Opens the log and records the intent. Throws (with the reason printed) when either fails.
-    init(directory: String, vmName: String) throws(AuditStoreError) {
-        log = try AuditAppender.open(directory)
+    init(directory: String, vmName: String, witness: WitnessEndpoint? = nil) throws(AuditStoreError) {
+        var options = AuditAppender.Options()
+        options.witness = witness
+        log = try AuditAppender.open(directory, options: options)
         let pid = getpid()
         operation = "run-\(pid)-" + (randomBytes(6) ?? []).map { String($0 >> 4, radix: 16) + String($0 & 15, radix: 16) }.joined()
         actor = .local(uid: getuid(), gid: getgid(), pid: pid)

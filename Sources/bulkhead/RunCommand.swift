@@ -101,6 +101,12 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("audit-log"), help: "Record the VM's lifecycle and security events in the tamper-evident audit log in this directory (created, mode 0700, if absent; `bulkhead audit verify` checks it). The VM does not start unless its intent is recorded.")
     var auditLog: String?
 
+    @Option(name: .customLong("audit-witness"), help: "With --audit-log: ask the bulkhead-witness listening at this socket to cosign each checkpoint (needs --audit-witness-key).")
+    var auditWitness: String?
+
+    @Option(name: .customLong("audit-witness-key"), help: "The witness's key file (its witness.pub), which its cosignatures must verify with.")
+    var auditWitnessKey: String?
+
     @Flag(help: "Print hypercall statistics to standard error when the guest ends.")
     var stats = false
 
@@ -142,6 +148,8 @@ struct Run: ParsableCommand {
             throw ValidationError("--timeout must be \(VMConfiguration.timeoutRangeDescription)")
         }
         if netListen != nil && netConnect != nil { throw ValidationError("give --net-listen or --net-connect, not both") }
+        if (auditWitness != nil || auditWitnessKey != nil) && auditLog == nil { throw ValidationError("--audit-witness needs --audit-log") }
+        if (auditWitness == nil) != (auditWitnessKey == nil) { throw ValidationError("give --audit-witness and --audit-witness-key together") }
         if let vsock { do { try UnixVsockHostError.check(pathPrefix: vsock) } catch { throw ValidationError("--vsock: \(error)") } }
         if vsockCID < 3 || vsockCID >= 0xffff_ffff { throw ValidationError("--vsock-cid must be between 3 and 4294967294") }
         if let memoryLimit, memoryLimit < 16 || memoryLimit > 1 << 20 { throw ValidationError("--memory-limit must be between 16 and 1048576 MiB") }
