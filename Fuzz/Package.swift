@@ -46,6 +46,7 @@ let package = Package(
         fuzzTarget("FuzzVsock", ["BulkheadDevices", "BulkheadVirtio"]),
         fuzzTarget("FuzzWorkerProtocol", ["BulkheadWorkerProtocol"]),
         fuzzTarget("FuzzAuditRecord", ["BulkheadAuditLog"]),
+        fuzzTarget("FuzzWitness", ["BulkheadAuditLog"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -21,7 +21,7 @@ SECS="${1:-30}"
 [[ "$SECS" =~ ^[0-9]+$ ]] || { echo "usage: $0 [seconds-per-target]" >&2; exit 2; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SCRATCH="$HERE/.build-fuzz"
-TARGETS=(${FUZZ_TARGETS:-FuzzELF FuzzHypercall FuzzSerial FuzzPageTables FuzzVirtqueue FuzzVirtioMMIO FuzzLinuxImage FuzzVirtioBlock FuzzVirtioNet FuzzVsock FuzzWorkerProtocol FuzzAuditRecord})
+TARGETS=(${FUZZ_TARGETS:-FuzzELF FuzzHypercall FuzzSerial FuzzPageTables FuzzVirtqueue FuzzVirtioMMIO FuzzLinuxImage FuzzVirtioBlock FuzzVirtioNet FuzzVsock FuzzWorkerProtocol FuzzAuditRecord FuzzWitness})
 
 BUILD=(swift build --package-path "$HERE" --scratch-path "$SCRATCH" -c debug
        --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address)

@@ -97,6 +97,14 @@ public struct NoteSigner {
         verifierKey = try NoteVerifierKey(name: name, publicKey: Array(privateKey.publicKey.rawRepresentation))
     }
 
+    /// A signer from a 32-byte Ed25519 seed (tests and fuzzers use fixed ones).
+    public init(name: String, seed: [UInt8]) throws(NoteVerifierKey.Invalid) {
+        guard let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: seed) else {
+            throw NoteVerifierKey.Invalid(description: "an Ed25519 seed is 32 bytes, not \(seed.count)")
+        }
+        try self.init(name: name, privateKey: key)
+    }
+
     /// Parses the private key's text form, `PRIVATE+KEY+NAME+KEYID+base64(0x01 ‖ 32-byte seed)`.
     public init(text: String) throws(NoteVerifierKey.Invalid) {
         let parts = text.split(separator: "+", maxSplits: 4, omittingEmptySubsequences: false)

@@ -68,5 +68,20 @@ public func fuzzAuditRecord(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
         frontier.append(leafHash: leaf)
     }
     check(frontier.root == Merkle.root(leaves), "the frontier's root differs from the tree's")
+    // The bytes as a whole log's only segment, verified against a fixed key: never traps; reading
+    // stops inside the bytes; a clean report has no stop but a torn tail; the tree it built has
+    // one leaf per record read.
+    if let key = verifierKey {
+        let report = AuditVerifier.verify(segments: [bytes], key: key)
+        check(report.end.offset <= bytes.count && report.end.segment == 0, "the end \(report.end) is outside the segment")
+        check(report.frontier.size == report.records, "the tree has \(report.frontier.size) leaves for \(report.records) records")
+        check(!report.isClean || report.stoppedAt == nil || report.tornTail, "a clean report that stopped")
+        check(report.problems.count <= 1, "more than one problem in one segment")
+        if let stop = report.stoppedAt {
+            _ = AuditVerifier.signedCheckpoint(in: bytes, after: stop.offset, key: key)
+        }
+    }
     return 0
 }
+
+let verifierKey = try? NoteSigner(name: "fuzz.example/log", seed: [UInt8](repeating: 1, count: 32)).verifierKey
