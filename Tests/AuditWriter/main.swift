@@ -23,6 +23,44 @@ func fail(_ text: String) -> Never {
 }
 
 var arguments = Array(CommandLine.arguments.dropFirst())
+
+// `bulkhead-audit-writer --proofs N`: the cost of proofs in a tree of N records (for
+// Benchmarks/audit.py): building the tree, then producing and checking inclusion and consistency
+// proofs at random places, against one SHA-256 of a 300-byte record (the baseline in the same run).
+if arguments.first == "--proofs", arguments.count == 2, let n = UInt64(arguments[1]), n >= 2 {
+    var rng = SystemRandomNumberGenerator()
+    let record = [UInt8](repeating: 0x41, count: 300)
+    var t = monotonicNanoseconds()
+    var hashSink: UInt8 = 0
+    for i in 0..<10_000 { hashSink ^= Merkle.leafHash(record + [UInt8(truncatingIfNeeded: i)])[0] }
+    let hashNs = Double(monotonicNanoseconds() - t) / 10_000
+    var tree = MerkleTree()
+    t = monotonicNanoseconds()
+    for i in 0..<n { tree.append(leafHash: Merkle.leafHash(withUnsafeBytes(of: i) { Array($0) })) }
+    let buildSeconds = Double(monotonicNanoseconds() - t) / 1e9
+    guard let root = try? tree.root(size: n) else { fail("no root") }
+    let rounds = 2000
+    var inclusionNs: [UInt64] = [], consistencyNs: [UInt64] = []
+    for _ in 0..<rounds {
+        let i = UInt64.random(in: 0..<n, using: &rng)
+        t = monotonicNanoseconds()
+        guard let proof = try? tree.inclusionProof(index: i, size: n),
+              Merkle.verifyInclusion(leafHash: Merkle.leafHash(withUnsafeBytes(of: i) { Array($0) }), index: i, size: n, proof: proof, root: root) else {
+            fail("an inclusion proof of \(i) did not verify")
+        }
+        inclusionNs.append(monotonicNanoseconds() - t)
+        let m = UInt64.random(in: 1..<n, using: &rng)
+        t = monotonicNanoseconds()
+        guard let oldRoot = try? tree.root(size: m), let proof2 = try? tree.consistencyProof(old: m, new: n),
+              Merkle.verifyConsistency(old: m, new: n, oldRoot: oldRoot, newRoot: root, proof: proof2) else {
+            fail("a consistency proof from \(m) did not verify")
+        }
+        consistencyNs.append(monotonicNanoseconds() - t)
+    }
+    func p(_ a: [UInt64], _ q: Double) -> Double { let s = a.sorted(); return Double(s[min(s.count - 1, Int(Double(s.count) * q))]) / 1000 }
+    print("records \(n) build_seconds \(buildSeconds) hash_us \(hashNs / 1000) inclusion_p50_us \(p(inclusionNs, 0.5)) inclusion_p99_us \(p(inclusionNs, 0.99)) consistency_p50_us \(p(consistencyNs, 0.5)) consistency_p99_us \(p(consistencyNs, 0.99)) sink \(hashSink)")
+    exit(0)
+}
 guard let directory = arguments.first, !directory.hasPrefix("-") else { fail("usage: bulkhead-audit-writer DIR [--writers N] [--records M] [--segment-bytes B] [--heartbeat S] [--bench]") }
 arguments.removeFirst()
 var writers = 1, records = 100, bench = false
