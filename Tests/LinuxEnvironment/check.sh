@@ -100,6 +100,7 @@ for attempt in 1 2 3; do
         why=$(grep -a -m3 -E '^\[ *[0-9.]+\] (watchdog: )?(BUG|Kernel panic - not syncing: corrupted|general protection|stack guard)|^outer-machine: the outer kernel locked up' "$LOG" | tr '\n' ' ')
         echo "Linux environment: attempt $attempt failed (${qemu:-no QEMU status}; outer triple faults: ${triple:-0}; ${why:-no outer kernel message}; log: $LOG):"
         sed "s/^Linux environment: FAIL/Linux environment:   attempt $attempt: FAIL/" <<<"$report" | grep -v '^Linux environment: note' | head -20
+        grep -a -E '^outer: (heartbeat|.* is still running)' "$LOG" | tail -4 | sed "s/^/Linux environment:   attempt $attempt: /"
         echo "Linux environment: running the outer machine once more"
     fi
 done

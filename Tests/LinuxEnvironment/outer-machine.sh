@@ -261,6 +261,21 @@ run_once() {
     # Only this run's pipeline is waited for: a helper serving the run in the background (vsock)
     # never ends if the guest never came to it.
     job=$!
+    # A heartbeat while the run lasts: every 60 s, the run's processes with their state and where
+    # each waits in the kernel (wchan). Past bulkhead's own --timeout by a minute, they are killed:
+    # a run that hangs is then a failure that says where it hung, not a silent machine (one CI
+    # run went silent here for 7 minutes with no clue whether Bulkhead or the emulator hung). If
+    # the heartbeats stop too, the outer machine itself is stuck.
+    ( while sleep 60; do
+        t=$(( $(date +%s) - began ))
+        procs=$(for p in /proc/[0-9]*; do c=$(cat $p/comm 2>/dev/null); case "$c" in bulkhead*|vsock-helper) echo -n " $c[${p#/proc/}]:$(cut -d' ' -f3 $p/stat 2>/dev/null):$(cat $p/wchan 2>/dev/null)";; esac; done)
+        echo "outer: heartbeat $name $t s:$procs"
+        if [ $t -gt $(( INNER_TIMEOUT + 60 )) ]; then
+            echo "outer: $name is still running $t s after it began, past its --timeout; killing it"
+            for p in /proc/[0-9]*; do case "$(cat $p/comm 2>/dev/null)" in bulkhead*) kill -9 ${p#/proc/} 2>/dev/null;; esac; done
+        fi
+      done ) &
+    beat=$!
     # Read-write, so that the open never waits for the reader: a blocking open of the FIFO is
     # interrupted (EINTR, which this shell does not retry, ending /init) when a child of /init
     # exits meanwhile, such as a worker of the run before that outlived its launcher by a few ms
@@ -273,6 +288,7 @@ run_once() {
     echo "typed-by-the-host" >&3
     exec 3>&-
     wait $job
+    kill $beat 2>/dev/null
     [ -n "$server" ] && kill $server 2>/dev/null
     echo "outer: $name took $(( $(date +%s) - began )) s"
     return 0
