@@ -33,7 +33,7 @@ public indirect enum JSONValue: Equatable, Sendable {
             out.append(UInt8(ascii: "]"))
         case .object(let members):
             out.append(UInt8(ascii: "{"))
-            for (i, key) in members.keys.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }).enumerated() {
+            for (i, key) in members.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }).enumerated() {
                 if i > 0 { out.append(UInt8(ascii: ",")) }
                 JSONValue.encodeString(key, into: &out)
                 out.append(UInt8(ascii: ":"))
@@ -43,6 +43,8 @@ public indirect enum JSONValue: Equatable, Sendable {
         }
     }
 
+    static func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "a") + v - 10 }
+
     static func encodeString(_ s: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         for b in s.utf8 {
@@ -50,8 +52,7 @@ public indirect enum JSONValue: Equatable, Sendable {
             case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
             case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
             case 0..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                out += Array("\\u00".utf8) + [hex[Int(b >> 4)], hex[Int(b & 0xf)]]
+                out += [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hexDigit(b >> 4), hexDigit(b & 0xf)]
             default: out.append(b)
             }
         }
@@ -68,14 +69,14 @@ public indirect enum JSONValue: Equatable, Sendable {
     /// The deepest nesting a record may have (records are two or three levels deep).
     public static let maxDepth = 16
 
-    /// Parses `bytes`, which must be exactly the canonical encoding of one value.
+    /// Parses `bytes`, which must be exactly the canonical encoding of one value. The canonical
+    /// form is checked while parsing (no whitespace; keys in strictly increasing UTF-8 order, so
+    /// none twice; no leading zeros or "-0"; only the escapes the encoder writes, in lowercase
+    /// hex), so that encoding the result gives back `bytes` exactly (the fuzz target checks it).
     public static func parse(_ bytes: [UInt8]) throws(ParseError) -> JSONValue {
         var p = Parser(bytes: bytes)
         let v = try p.value(depth: 0)
         guard p.i == bytes.count else { throw ParseError(offset: p.i, reason: "bytes after the value") }
-        guard v.canonicalBytes == bytes else {
-            throw ParseError(offset: 0, reason: "valid JSON, but not in canonical form (key order, escapes or spacing)")
-        }
         return v
     }
 
@@ -85,10 +86,16 @@ public indirect enum JSONValue: Equatable, Sendable {
 
         func fail(_ why: String) -> ParseError { ParseError(offset: i, reason: why) }
 
-        mutating func expect(_ literal: String) throws(ParseError) {
-            let l = Array(literal.utf8)
-            guard i + l.count <= bytes.count, Array(bytes[i..<i + l.count]) == l else { throw fail("expected \(literal)") }
-            i += l.count
+        mutating func expect(_ literal: StaticString) throws(ParseError) {
+            let n = literal.utf8CodeUnitCount
+            guard i + n <= bytes.count else { throw fail("expected \(literal)") }
+            for k in 0..<n where bytes[i + k] != literal.utf8Start[k] { throw fail("expected \(literal)") }
+            i += n
+        }
+
+        mutating func expect(_ byte: UInt8) throws(ParseError) {
+            guard i < bytes.count, bytes[i] == byte else { throw fail("expected \(Character(Unicode.Scalar(byte)))") }
+            i += 1
         }
 
         mutating func value(depth: Int) throws(ParseError) -> JSONValue {
@@ -108,21 +115,27 @@ public indirect enum JSONValue: Equatable, Sendable {
                     items.append(try value(depth: depth + 1))
                     guard i < bytes.count else { throw fail("unterminated array") }
                     if bytes[i] == UInt8(ascii: "]") { i += 1; return .array(items) }
-                    try expect(",")
+                    try expect(UInt8(ascii: ","))
                 }
             case UInt8(ascii: "{"):
                 i += 1
                 var members: [String: JSONValue] = [:]
                 if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
+                var previous: String?
                 while true {
                     let at = i
                     let key = try string()
-                    try expect(":")
-                    let v = try value(depth: depth + 1)
-                    guard members.updateValue(v, forKey: key) == nil else { throw ParseError(offset: at, reason: "key \"\(key.prefix(40))\" twice") }
+                    // Canonical: keys in strictly increasing order of their UTF-8 bytes.
+                    if let previous, !previous.utf8.lexicographicallyPrecedes(key.utf8) {
+                        throw ParseError(offset: at, reason: previous == key ? "key \"\(key.prefix(40))\" twice"
+                                                                          : "key \"\(key.prefix(40))\" out of order (not canonical)")
+                    }
+                    previous = key
+                    try expect(UInt8(ascii: ":"))
+                    members[key] = try value(depth: depth + 1)
                     guard i < bytes.count else { throw fail("unterminated object") }
                     if bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
-                    try expect(",")
+                    try expect(UInt8(ascii: ","))
                 }
             default:
                 throw fail("unexpected byte 0x" + String(bytes[i], radix: 16))
@@ -131,17 +144,27 @@ public indirect enum JSONValue: Equatable, Sendable {
 
         mutating func integer() throws(ParseError) -> Int64 {
             let start = i
-            if bytes[i] == UInt8(ascii: "-") { i += 1 }
+            let negative = bytes[i] == UInt8(ascii: "-")
+            if negative { i += 1 }
             let digits = i
-            while i < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i]) { i += 1 }
+            var magnitude: UInt64 = 0, overflow = false
+            while i < bytes.count, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") {
+                let (m1, o1) = magnitude.multipliedReportingOverflow(by: 10)
+                let (m2, o2) = m1.addingReportingOverflow(UInt64(bytes[i] - UInt8(ascii: "0")))
+                magnitude = m2; overflow = overflow || o1 || o2
+                i += 1
+            }
             guard i > digits else { throw fail("a number without digits") }
-            if i < bytes.count, [UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E")].contains(bytes[i]) {
+            if i < bytes.count, bytes[i] == UInt8(ascii: ".") || bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
                 throw fail("only integers are allowed")
             }
-            guard let v = Int64(String(decoding: bytes[start..<i], as: UTF8.self)) else {
+            // Canonical: no leading zeros, no "-0".
+            if bytes[digits] == UInt8(ascii: "0") && i - digits > 1 { throw ParseError(offset: start, reason: "a leading zero (not canonical)") }
+            if negative && magnitude == 0 && !overflow { throw ParseError(offset: start, reason: "-0 (not canonical)") }
+            guard !overflow, negative ? magnitude <= UInt64(Int64.max) + 1 : magnitude <= UInt64(Int64.max) else {
                 throw ParseError(offset: start, reason: "an integer outside 64 bits")
             }
-            return v
+            return negative ? Int64(truncatingIfNeeded: 0 &- magnitude) : Int64(magnitude)
         }
 
         mutating func string() throws(ParseError) -> String {
@@ -159,11 +182,16 @@ public indirect enum JSONValue: Equatable, Sendable {
                     switch e {
                     case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(e); i += 2
                     case UInt8(ascii: "u"):
-                        guard i + 6 <= bytes.count, let code = UInt8(String(decoding: bytes[(i + 4)..<(i + 6)], as: UTF8.self), radix: 16),
-                              bytes[i + 2] == UInt8(ascii: "0"), bytes[i + 3] == UInt8(ascii: "0"), code < 0x20 else {
-                            throw fail("only \\u00xx for control characters is allowed")
+                        // Canonical: \u00xx with lowercase hex, for a control character only.
+                        func nibble(_ c: UInt8) -> UInt8? {
+                            c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9") ? c - UInt8(ascii: "0")
+                                : c >= UInt8(ascii: "a") && c <= UInt8(ascii: "f") ? c - UInt8(ascii: "a") + 10 : nil
                         }
-                        out.append(code); i += 6
+                        guard i + 6 <= bytes.count, bytes[i + 2] == UInt8(ascii: "0"), bytes[i + 3] == UInt8(ascii: "0"),
+                              let high = nibble(bytes[i + 4]), let low = nibble(bytes[i + 5]), high << 4 | low < 0x20 else {
+                            throw fail("only \\u00xx (lowercase hex) for control characters is allowed")
+                        }
+                        out.append(high << 4 | low); i += 6
                     default: throw fail("an escape other than \\\", \\\\ or \\u00xx")
                     }
                     continue

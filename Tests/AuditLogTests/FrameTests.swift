@@ -76,14 +76,20 @@ import Testing
     }
 
     /// Valid JSON that is not canonical, and JSON the format excludes, is refused with where.
-    @Test func everythingElseIsRefused() {
+    @Test func everythingElseIsRefused() throws {
         for text in [#"{"b":1,"a":2}"#, #"{ "a":1}"#, #"{"a":1,"a":2}"#, #"{"a":1.5}"#, #"{"a":1e3}"#, #"{"a":01}"#,
                      #"{"a":-0}"#, #"{"a":"\n"}"#, #"{"a":"\u000A"}"#, #"{"a":"\/"}"#, #"{"a":"\u0041"}"#, #"{"a":9223372036854775808}"#,
                      #"{"a":tru}"#, #"{"a":1}x"#, #"["#, #"{"a":"#, "", #""\"#, "\"\u{1}\"",
+                     #"{"a":"\u001A"}"#, #"{"a":-}"#, #"{"a":-01}"#, #"{"a":{"c":1,"b":2}}"#, #"{"a":-9223372036854775809}"#,
+                     #"{"a":99999999999999999999999}"#, #"{"a" :1}"#, #"{"a":1 }"#, #"[1, 2]"#,
                      String(repeating: "[", count: 40) + String(repeating: "]", count: 40)] {
             #expect(throws: JSONValue.ParseError.self, "\(text)") { try JSONValue.parse(Array(text.utf8)) }
         }
         #expect(throws: JSONValue.ParseError.self) { try JSONValue.parse([0x22, 0xff, 0xfe, 0x22]) }   // not UTF-8
+        // The extremes of 64 bits, and the escapes the encoder writes, are canonical.
+        for text in [#"{"a":-9223372036854775808,"b":9223372036854775807,"c":0,"d":-1}"#, #"["\u001f\"\\x"]"#] {
+            #expect(try JSONValue.parse(Array(text.utf8)).canonicalBytes == Array(text.utf8), "\(text)")
+        }
     }
 
     /// Random bytes and random mutations of a record never trap the parser.

@@ -12,8 +12,12 @@ import Testing
         return path
     }
 
+    /// Removes `path` and everything under it (never following a link out of it).
     static func remove(_ path: String) {
-        for name in (try? listDirectory(path)) ?? [] { try? removeFile(path + "/" + name) }
+        for name in (try? listDirectory(path)) ?? [] {
+            let p = path + "/" + name
+            if (try? pathInfo(p))?.isDirectory == true { remove(p) } else { try? removeFile(p) }
+        }
         try? removeDirectory(path)
     }
 
