@@ -45,7 +45,7 @@ public indirect enum JSONValue: Equatable, Sendable {
 
     static func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "a") + v - 10 }
 
-    static func encodeString(_ s: String, into out: inout [UInt8]) {
+    public static func encodeString(_ s: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         for b in s.utf8 {
             switch b {

@@ -63,8 +63,59 @@ public struct AuditRecord: Equatable, Sendable {
         ])
     }
 
-    /// The record's payload: what is framed, hashed into the tree and signed over.
-    public var payload: [UInt8] { json.canonicalBytes }
+    /// The record's payload: what is framed, hashed into the tree and signed over. Written
+    /// directly in the canonical key order (the same bytes as `json.canonicalBytes`, which a test
+    /// checks), since every append makes one.
+    public var payload: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(320)
+        func raw(_ s: StaticString) { out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
+        func text(_ s: String?) { if let s { JSONValue.encodeString(s, into: &out) } else { raw("null") } }
+        func int(_ i: Int64) { out.append(contentsOf: String(i).utf8) }
+        raw("{\"action\":"); text(action)
+        raw(",\"actor\":")
+        switch actor {
+        case .local(let uid, let gid, let pid):
+            raw("{\"gid\":"); int(Int64(gid)); raw(",\"kind\":\"local\",\"pid\":"); int(Int64(pid)); raw(",\"uid\":"); int(Int64(uid)); raw("}")
+        case .certificate(let f): raw("{\"fingerprint\":"); text(f); raw(",\"kind\":\"certificate\"}")
+        case .system: raw("{\"kind\":\"system\"}")
+        }
+        raw(",\"boot_id\":"); text(bootID)
+        raw(",\"decision\":{\"allowed\":"); if allowed { raw("true") } else { raw("false") }
+        raw(",\"reason\":"); text(reason); raw("}")
+        raw(",\"operation\":"); text(operation)
+        raw(",\"result\":"); text(result)
+        raw(",\"seq\":"); int(Int64(clamping: sequence))
+        raw(",\"stage\":"); text(stage.rawValue)
+        raw(",\"target\":"); text(target)
+        raw(",\"tenant\":"); text(tenant)
+        raw(",\"time_ns\":"); int(timeNanoseconds)
+        raw(",\"v\":"); int(Self.formatVersion); raw("}")
+        return out
+    }
+
+    /// Why this record could not be written as a version-1 record (a field empty or over 1024
+    /// bytes, a number out of range, a malformed fingerprint, an intent with a result or an outcome
+    /// without one), or nil: the same rules `parse` applies, checked on the fields.
+    public var problem: String? {
+        func bad(_ s: String?, _ name: String, optional: Bool = false) -> String? {
+            guard let s else { return optional ? nil : "\(name) is missing" }
+            return s.isEmpty || s.utf8.count > Self.maxText ? "\(name) is not a string of 1 to \(Self.maxText) bytes" : nil
+        }
+        if sequence > UInt64(Int64.max) { return "seq is out of range" }
+        if timeNanoseconds < 0 { return "time_ns is negative" }
+        if case .local(_, _, let pid) = actor, pid < 0 { return "actor.pid is negative" }
+        if case .certificate(let f) = actor {
+            guard f.hasPrefix("sha256:"), f.utf8.count == 71, f.utf8.dropFirst(7).allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) else {
+                return "a certificate actor has a fingerprint sha256:<64 lowercase hex digits>"
+            }
+        }
+        if let p = bad(bootID, "boot_id") ?? bad(tenant, "tenant", optional: true) ?? bad(action, "action") ?? bad(target, "target", optional: true)
+            ?? bad(reason, "decision.reason") ?? bad(operation, "operation") ?? bad(result, "result", optional: true) { return p }
+        if stage == .intent && result != nil { return "an intent has no result" }
+        if stage == .outcome && result == nil { return "an outcome has a result" }
+        return nil
+    }
 
     /// Why a payload is not a version-1 record.
     public struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {

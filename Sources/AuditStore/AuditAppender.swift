@@ -37,9 +37,7 @@ public struct AuditEntry: Equatable, Sendable {
         let r = AuditRecord(sequence: sequence, timeNanoseconds: max(0, time), bootID: bootID, actor: actor, tenant: tenant,
                             action: action, target: target, allowed: allowed, reason: reason, stage: stage,
                             operation: operation ?? "seq-\(sequence)", result: result)
-        do { _ = try AuditRecord.parse(r.payload) } catch {
-            throw AuditStoreError(.invalidEntry, "cannot record \(action.prefix(64)): \(error.description)")
-        }
+        if let problem = r.problem { throw AuditStoreError(.invalidEntry, "cannot record \(action.prefix(64)): \(problem)") }
         return r
     }
 }
@@ -107,15 +105,32 @@ public final class AuditAppender: @unchecked Sendable {
     private var witness: WitnessClient?
 
     // Shared, under `lock`.
+    /// A blocking writer's answer: it sleeps on its own condition, so a commit wakes exactly the
+    /// writers it answers (not all of them).
+    private final class Ticket: @unchecked Sendable {
+        // Sendable: `result` is read and written under `lock` only.
+        let lock = ConditionLock()
+        var result: Result<[UInt64], AuditStoreError>?
+        func wait() -> Result<[UInt64], AuditStoreError> {
+            lock.withLock {
+                while result == nil { lock.wait() }
+                return result ?? .failure(AuditStoreError(.failed, "no answer"))
+            }
+        }
+        func answer(_ r: Result<[UInt64], AuditStoreError>) { lock.withLock { result = r; lock.broadcast() } }
+    }
+    private enum Answer {
+        case ticket(Ticket)
+        case continuation(CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>)
+        /// The appender's own heartbeat: nobody waits.
+        case none
+    }
     private struct Waiter {
         var entries: [AuditEntry]
-        var ticket: UInt64
-        var continuation: CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>?
+        var answer: Answer
     }
     private let lock = ConditionLock()
     private var pending: [Waiter] = []
-    private var results: [UInt64: Result<[UInt64], AuditStoreError>] = [:]
-    private var nextTicket: UInt64 = 0
     private var failure: AuditStoreError?
     private var closing = false
     private var shutDown = false
@@ -313,12 +328,10 @@ public final class AuditAppender: @unchecked Sendable {
     /// a checkpoint covering them are on disk. Blocks the calling thread.
     @discardableResult
     public func append(_ entries: [AuditEntry]) throws(AuditStoreError) -> [UInt64] {
-        let result: Result<[UInt64], AuditStoreError> = lock.withLock {
-            guard let ticket = enqueue(entries, nil) else { return .failure(closedOrFailed) }
-            while results[ticket] == nil { lock.wait() }
-            return results.removeValue(forKey: ticket) ?? .failure(closedOrFailed)
-        }
-        return try result.get()
+        let ticket = Ticket()
+        let refused: AuditStoreError? = lock.withLock { enqueue(entries, .ticket(ticket)) ? nil : closedOrFailed }
+        if let refused { throw refused }
+        return try ticket.wait().get()
     }
 
     @discardableResult
@@ -332,20 +345,19 @@ public final class AuditAppender: @unchecked Sendable {
     @discardableResult
     public func append(_ entry: AuditEntry) async throws(AuditStoreError) -> UInt64 {
         let result = await withCheckedContinuation { (c: CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>) in
-            let refused: AuditStoreError? = lock.withLock { enqueue([entry], c) == nil ? closedOrFailed : nil }
+            let refused: AuditStoreError? = lock.withLock { enqueue([entry], .continuation(c)) ? nil : closedOrFailed }
             if let refused { c.resume(returning: .failure(refused)) }
         }
         guard let seq = try result.get().first else { throw AuditStoreError(.failed, "no sequence number was assigned") }
         return seq
     }
 
-    /// Under the lock: queues a group for the committer; nil once closing or failed.
-    private func enqueue(_ entries: [AuditEntry], _ c: CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>?) -> UInt64? {
-        guard failure == nil, !closing else { return nil }
-        nextTicket += 1
-        pending.append(Waiter(entries: entries, ticket: nextTicket, continuation: c))
+    /// Under the lock: queues a group for the committer; false once closing or failed.
+    private func enqueue(_ entries: [AuditEntry], _ answer: Answer) -> Bool {
+        guard failure == nil, !closing else { return false }
+        pending.append(Waiter(entries: entries, answer: answer))
         lock.broadcast()
-        return nextTicket
+        return true
     }
 
     private var closedOrFailed: AuditStoreError {
@@ -391,9 +403,13 @@ public final class AuditAppender: @unchecked Sendable {
         lockFile.release()
     }
 
-    /// Under the lock: answers one group's writer.
+    /// Answers one group's writer.
     private func finish(_ w: Waiter, _ result: Result<[UInt64], AuditStoreError>) {
-        if let c = w.continuation { c.resume(returning: result) } else { results[w.ticket] = result }
+        switch w.answer {
+        case .ticket(let t): t.answer(result)
+        case .continuation(let c): c.resume(returning: result)
+        case .none: break
+        }
     }
 
     // MARK: The committer thread
@@ -406,35 +422,32 @@ public final class AuditAppender: @unchecked Sendable {
             let batch: [Waiter] = lock.withLock {
                 while pending.isEmpty && !closing {
                     if !lock.wait(untilMonotonic: deadline) && pending.isEmpty && !closing && failure == nil {
-                        nextTicket += 1
-                        pending.append(Waiter(entries: [.event("log.heartbeat", result: "idle")], ticket: nextTicket, continuation: nil))
+                        pending.append(Waiter(entries: [.event("log.heartbeat", result: "idle")], answer: .none))
                     }
                 }
-                var taken: [Waiter] = [], count = 0
-                while let w = pending.first, taken.isEmpty || count + w.entries.count <= options.maxGroup {
-                    taken.append(pending.removeFirst())
-                    count += w.entries.count
+                var k = 0, count = 0
+                while k < pending.count, k == 0 || count + pending[k].entries.count <= options.maxGroup {
+                    count += pending[k].entries.count
+                    k += 1
                 }
+                let taken = Array(pending[..<k])
+                pending.removeFirst(k)
                 return taken
             }
             if batch.isEmpty { return }   // closing, nothing left
             let outcome = commit(batch)
             deadline = monotonicNanoseconds() &+ heartbeat
-            lock.withLock {
-                switch outcome {
-                case .success(let (answers, note, checkpoint)):
-                    for (w, answer) in zip(batch, answers) { finish(w, answer) }
-                    latest = (note, checkpoint)
-                    size = checkpoint.size
-                case .failure(let error):
-                    if failure == nil, error.kind == .failed { failure = error }
-                    for w in batch { finish(w, .failure(error)) }
-                }
-                lock.broadcast()
-            }
-            if case .success(let (_, note, checkpoint)) = outcome {
+            switch outcome {
+            case .written(let answers, let note, let checkpoint):
+                lock.withLock { latest = (note, checkpoint); size = checkpoint.size }
+                for (w, answer) in zip(batch, answers) { finish(w, answer) }
                 options.onCheckpoint?(note, checkpoint)
                 witness?.submit(note: note, checkpoint: checkpoint)
+            case .nothingWritten(let answers):
+                for (w, answer) in zip(batch, answers) { finish(w, answer) }
+            case .failed(let error):
+                lock.withLock { if failure == nil { failure = error } }
+                for w in batch { finish(w, .failure(error)) }
             }
         }
     }
@@ -442,7 +455,16 @@ public final class AuditAppender: @unchecked Sendable {
     /// Writes one batch of groups and their checkpoint, durably. Entries are checked before
     /// anything is written: a group with an invalid entry is refused whole (its writer asked for
     /// them together) and the other groups go on.
-    private func commit(_ batch: [Waiter]) -> Result<([Result<[UInt64], AuditStoreError>], [UInt8], Checkpoint), AuditStoreError> {
+    private enum Commit {
+        /// The groups' records (those that were valid) and their checkpoint are durable.
+        case written([Result<[UInt64], AuditStoreError>], note: [UInt8], checkpoint: Checkpoint)
+        /// Every group was refused: nothing to write.
+        case nothingWritten([Result<[UInt64], AuditStoreError>])
+        /// The write or sync failed: the appender fails closed.
+        case failed(AuditStoreError)
+    }
+
+    private func commit(_ batch: [Waiter]) -> Commit {
         var bytes: [UInt8] = []
         var tree = frontier
         var leaves: [[UInt8]] = []
@@ -465,10 +487,13 @@ public final class AuditAppender: @unchecked Sendable {
             }
             bytes += frames; tree = groupTree; leaves += groupLeaves; answers.append(.success(seqs))
         }
+        if leaves.isEmpty && !batch.isEmpty && answers.allSatisfy({ if case .failure = $0 { true } else { false } }) {
+            return .nothingWritten(answers)
+        }
         let checkpoint = Checkpoint(origin: verifierKey.name, size: tree.size, rootHash: tree.root)
         let note: [UInt8]
         do { note = Array(try signer.sign(checkpoint.text).utf8) } catch {
-            return .failure(AuditStoreError(.failed, "cannot sign the checkpoint at \(tree.size): \(error)"))
+            return .failed(AuditStoreError(.failed, "cannot sign the checkpoint at \(tree.size): \(error)"))
         }
         bytes += Frame.encode(note)
         do {
@@ -481,12 +506,12 @@ public final class AuditAppender: @unchecked Sendable {
             try segment.write(bytes, at: segmentSize)
             try segment.syncData()
         } catch {
-            return .failure(AuditStoreError(.failed, "cannot write the audit log \(directory) (records \(frontier.size)..<\(tree.size)): \(error); nothing more is appended until it is reopened"))
+            return .failed(AuditStoreError(.failed, "cannot write the audit log \(directory) (records \(frontier.size)..<\(tree.size)): \(error); nothing more is appended until it is reopened"))
         }
         segmentSize += UInt64(bytes.count)
         frontier = tree
         self.tree?.state.withLock { t in for leaf in leaves { t.append(leafHash: leaf) } }
-        return .success((answers, note, checkpoint))
+        return .written(answers, note: note, checkpoint: checkpoint)
     }
 }
 

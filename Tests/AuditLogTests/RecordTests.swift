@@ -63,3 +63,33 @@ import Testing
         }
     }
 }
+
+/// The record's direct encoding is its canonical JSON, and its field check says what parsing would.
+@Suite struct RecordEncodingTests {
+    @Test func theDirectPayloadIsTheCanonicalJSONAndTheFieldCheckAgreesWithParsing() {
+        var rng = SplitMix64(seed: 4711)
+        let texts = ["", "x", "vm/web-1", "quote\" back\\slash", "ctl\u{1}\u{1f}\n", "ünïcødé ✓ 𝄞", String(repeating: "a", count: 1024),
+                     String(repeating: "é", count: 512), String(repeating: "b", count: 1025)]
+        func text() -> String { texts[Int(rng.next() % UInt64(texts.count))] }
+        func optional() -> String? { rng.next() % 3 == 0 ? nil : text() }
+        for _ in 0..<3000 {
+            let actor: AuditRecord.Actor
+            switch rng.next() % 4 {
+            case 0: actor = .system
+            case 1: actor = .local(uid: UInt32(truncatingIfNeeded: rng.next()), gid: UInt32(truncatingIfNeeded: rng.next()), pid: Int32(truncatingIfNeeded: rng.next()))
+            case 2: actor = .certificate(fingerprint: "sha256:" + String(repeating: "0a", count: 32))
+            default: actor = .certificate(fingerprint: text())
+            }
+            let stage: AuditRecord.Stage = rng.next() % 2 == 0 ? .intent : .outcome
+            let r = AuditRecord(sequence: rng.next() % 5 == 0 ? rng.next() : rng.next() % 1000, timeNanoseconds: Int64(truncatingIfNeeded: rng.next()),
+                                bootID: text(), actor: actor, tenant: optional(), action: text(), target: optional(),
+                                allowed: rng.next() % 2 == 0, reason: text(), stage: stage, operation: text(), result: optional())
+            let payload = r.payload
+            #expect(payload == r.json.canonicalBytes)
+            // A record without a problem reads back as itself; one with a problem does not (it is
+            // refused, or — a sequence number over 2^63-1, written clamped — reads back as another).
+            let parsed = try? AuditRecord.parse(payload)
+            if r.problem == nil { #expect(parsed == r, "a valid record does not read back") } else { #expect(parsed != r, "\(r.problem ?? "")") }
+        }
+    }
+}
