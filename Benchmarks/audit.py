@@ -9,7 +9,9 @@ Three measures, each against a baseline in the same run:
 
 1. Durable appends per second with 1, 8 and 64 concurrent writers (`bulkhead-audit-writer
    --bench`: each writer appends one record at a time and waits until it is durable), with the
-   p50/p99 latency of one append. The floor: a plain Python loop that writes the very bytes the
+   p50/p99 latency of one append. Writers are OS threads blocked in `append` (as `bulkhead run`
+   is), and, for 8 and 64, Swift tasks awaiting it (`--tasks`, as the daemon's request handlers
+   will be). The floor: a plain Python loop that writes the very bytes the
    appender wrote (its records and checkpoints), batch by batch as the appender grouped them,
    with one fdatasync per batch. Goal: at least 0.7x the floor with 64 writers. Rounds are
    interleaved (appender, floor, appender, ...) and medians reported.
@@ -76,11 +78,12 @@ def floor(log, records):
     return records / elapsed, len(bs)
 
 
-def appender(writers, per_writer):
+def appender(writers, per_writer, tasks=False):
     log = OUT / f"log-{writers}"
     shutil.rmtree(log, ignore_errors=True)
     r = subprocess.run([str(RELEASE / "bulkhead-audit-writer"), str(log), "--writers", str(writers),
-                        "--records", str(per_writer), "--bench"], capture_output=True, text=True, check=True)
+                        "--records", str(per_writer), "--bench"] + (["--tasks"] if tasks else []),
+                       capture_output=True, text=True, check=True)
     f = r.stdout.split()
     v = dict(zip(f[0::2], f[1::2]))
     return log, int(v["records"]) / float(v["seconds"]), float(v["p50_us"]), float(v["p99_us"]), int(v["records"])
@@ -88,15 +91,16 @@ def appender(writers, per_writer):
 
 def appends(rounds):
     print("== durable appends (records/s; floor = the same bytes, one fdatasync per batch)")
-    print(f"{'writers':>8} {'appender':>10} {'floor':>10} {'ratio':>6} {'records/sync':>13} {'p50 us':>8} {'p99 us':>8}")
-    for writers, per in [(1, 3000), (8, 1500), (64, 300)]:
+    print(f"{'writers':>14} {'appender':>10} {'floor':>10} {'ratio':>6} {'records/sync':>13} {'p50 us':>8} {'p99 us':>8}")
+    for writers, per, tasks in [(1, 3000, False), (8, 1500, False), (64, 300, False), (8, 1500, True), (64, 300, True)]:
         rates, floors, p50s, p99s, per_sync = [], [], [], [], []
         for _ in range(rounds):
-            log, rate, p50, p99, n = appender(writers, per)
+            log, rate, p50, p99, n = appender(writers, per, tasks)
             fl, nb = floor(log, n)
             rates.append(rate); floors.append(fl); p50s.append(p50); p99s.append(p99); per_sync.append(n / nb)
         a, f = statistics.median(rates), statistics.median(floors)
-        print(f"{writers:>8} {a:>10.0f} {f:>10.0f} {a / f:>6.2f} {statistics.median(per_sync):>13.1f} "
+        label = f"{writers} {'tasks' if tasks else 'threads'}"
+        print(f"{label:>14} {a:>10.0f} {f:>10.0f} {a / f:>6.2f} {statistics.median(per_sync):>13.1f} "
               f"{statistics.median(p50s):>8.0f} {statistics.median(p99s):>8.0f}")
 
 

@@ -46,6 +46,13 @@ public indirect enum JSONValue: Equatable, Sendable {
     static func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "a") + v - 10 }
 
     public static func encodeString(_ s: String, into out: inout [UInt8]) {
+        // Most strings need no escape: copied whole.
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out.append(UInt8(ascii: "\""))
+            out.append(contentsOf: s.utf8)
+            out.append(UInt8(ascii: "\""))
+            return
+        }
         out.append(UInt8(ascii: "\""))
         for b in s.utf8 {
             switch b {
@@ -91,6 +98,20 @@ public indirect enum JSONValue: Equatable, Sendable {
             guard i + n <= bytes.count else { throw fail("expected \(literal)") }
             for k in 0..<n where bytes[i + k] != literal.utf8Start[k] { throw fail("expected \(literal)") }
             i += n
+        }
+
+        /// Whether `literal` comes next (nothing is consumed).
+        func peek(_ literal: StaticString) -> Bool {
+            let n = literal.utf8CodeUnitCount
+            guard i + n <= bytes.count else { return false }
+            for k in 0..<n where bytes[i + k] != literal.utf8Start[k] { return false }
+            return true
+        }
+
+        /// A string, or null.
+        mutating func optionalString() throws(ParseError) -> String? {
+            if peek("null") { i += 4; return nil }
+            return try string()
         }
 
         mutating func expect(_ byte: UInt8) throws(ParseError) {

@@ -72,9 +72,26 @@ public enum CRC32C {
         return c
     }
 
+    /// Eight tables for slicing-by-8 (eight bytes a step): tables[k][b] is the CRC of byte b
+    /// followed by k zero bytes.
+    static let tables: [[UInt32]] = {
+        var t = [table]
+        for k in 1..<8 { t.append((0..<256).map { i in (t[k - 1][i] >> 8) ^ table[Int(t[k - 1][i] & 0xff)] }) }
+        return t
+    }()
+
     public static func checksum(_ bytes: [UInt8]) -> UInt32 {
         var c: UInt32 = 0xFFFF_FFFF
-        for b in bytes { c = table[Int((c ^ UInt32(b)) & 0xff)] ^ (c >> 8) }
+        let t = tables, t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3], t4 = t[4], t5 = t[5], t6 = t[6], t7 = t[7]
+        var i = 0
+        let n = bytes.count
+        while i + 8 <= n {
+            let lo = c ^ (UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 24)
+            c = t7[Int(lo & 0xff)] ^ t6[Int(lo >> 8 & 0xff)] ^ t5[Int(lo >> 16 & 0xff)] ^ t4[Int(lo >> 24)]
+                ^ t3[Int(bytes[i + 4])] ^ t2[Int(bytes[i + 5])] ^ t1[Int(bytes[i + 6])] ^ t0[Int(bytes[i + 7])]
+            i += 8
+        }
+        while i < n { c = t0[Int((c ^ UInt32(bytes[i])) & 0xff)] ^ (c >> 8); i += 1 }
         return c ^ 0xFFFF_FFFF
     }
 }

@@ -126,6 +126,58 @@ public struct AuditRecord: Equatable, Sendable {
     /// (a missing or extra key, a wrong type, an out-of-range number, an over-long string) is an
     /// error that says which field.
     public static func parse(_ payload: [UInt8]) throws(ParseError) -> AuditRecord {
+        // The common case, a valid record, read straight from the bytes: a canonical record has
+        // exactly these keys, so they come in exactly this order. It is taken only when its fields
+        // pass the record's rules and it encodes back to exactly these bytes; anything else goes
+        // the general way below, which says what is wrong.
+        if let r = direct(payload), r.problem == nil, r.payload == payload { return r }
+        return try general(payload)
+    }
+
+    /// The payload read in the one key order a canonical record has; nil at the first surprise.
+    static func direct(_ payload: [UInt8]) -> AuditRecord? {
+        var p = JSONValue.Parser(bytes: payload)
+        do {
+            try p.expect("{\"action\":"); let action = try p.string()
+            try p.expect(",\"actor\":{")
+            let actor: Actor
+            if p.peek("\"fingerprint\":") {
+                try p.expect("\"fingerprint\":"); let f = try p.string()
+                try p.expect(",\"kind\":\"certificate\"}")
+                actor = .certificate(fingerprint: f)
+            } else if p.peek("\"gid\":") {
+                try p.expect("\"gid\":"); let gid = try p.integer()
+                try p.expect(",\"kind\":\"local\",\"pid\":"); let pid = try p.integer()
+                try p.expect(",\"uid\":"); let uid = try p.integer()
+                try p.expect("}")
+                guard let g = UInt32(exactly: gid), let u = UInt32(exactly: uid), let q = Int32(exactly: pid), q >= 0 else { return nil }
+                actor = .local(uid: u, gid: g, pid: q)
+            } else {
+                try p.expect("\"kind\":\"system\"}")
+                actor = .system
+            }
+            try p.expect(",\"boot_id\":"); let bootID = try p.string()
+            try p.expect(",\"decision\":{\"allowed\":")
+            let allowed: Bool
+            if p.peek("true") { try p.expect("true"); allowed = true } else { try p.expect("false"); allowed = false }
+            try p.expect(",\"reason\":"); let reason = try p.string()
+            try p.expect("},\"operation\":"); let operation = try p.string()
+            try p.expect(",\"result\":"); let result = try p.optionalString()
+            try p.expect(",\"seq\":"); let seq = try p.integer()
+            try p.expect(",\"stage\":"); let stageText = try p.string()
+            try p.expect(",\"target\":"); let target = try p.optionalString()
+            try p.expect(",\"tenant\":"); let tenant = try p.optionalString()
+            try p.expect(",\"time_ns\":"); let time = try p.integer()
+            try p.expect(",\"v\":1}")
+            guard p.i == payload.count, seq >= 0, let stage = Stage(rawValue: stageText) else { return nil }
+            return AuditRecord(sequence: UInt64(seq), timeNanoseconds: time, bootID: bootID, actor: actor, tenant: tenant, action: action,
+                               target: target, allowed: allowed, reason: reason, stage: stage, operation: operation, result: result)
+        } catch {
+            return nil
+        }
+    }
+
+    static func general(_ payload: [UInt8]) throws(ParseError) -> AuditRecord {
         let value: JSONValue
         do { value = try JSONValue.parse(payload) } catch { throw ParseError(description: error.description) }
         guard case .object(let o) = value else { throw ParseError(description: "the payload is not a JSON object") }

@@ -63,12 +63,13 @@ if arguments.first == "--proofs", arguments.count == 2, let n = UInt64(arguments
 }
 guard let directory = arguments.first, !directory.hasPrefix("-") else { fail("usage: bulkhead-audit-writer DIR [--writers N] [--records M] [--segment-bytes B] [--heartbeat S] [--bench]") }
 arguments.removeFirst()
-var writers = 1, records = 100, bench = false
+var writers = 1, records = 100, bench = false, tasks = false
 var witnessSocket: String?, witnessKey: CosignatureKey?
 var options = AuditAppender.Options()
 while !arguments.isEmpty {
     let flag = arguments.removeFirst()
     if flag == "--bench" { bench = true; continue }
+    if flag == "--tasks" { tasks = true; continue }
     guard let value = arguments.first else { fail("\(flag) needs a value") }
     arguments.removeFirst()
     switch flag {
@@ -94,7 +95,33 @@ do { log = try AuditAppender.open(directory, options: options) } catch { fail(er
 let latencies = Mutex<[UInt64]>([])
 let start = monotonicNanoseconds()
 var threads: [OSThread] = []
-for w in 0..<writers {
+func entry(_ w: Int, _ i: Int) -> AuditEntry {
+    AuditEntry(actor: .local(uid: 0, gid: 0, pid: Int32(getpid())), tenant: "tenant-\(w % 4)", action: "vm.start",
+               target: "vm/writer-\(w)-\(i)", reason: "host admin", stage: .outcome, operation: "op-\(w)-\(i)", result: "ok")
+}
+if tasks {
+    // --tasks: the writers are Swift tasks awaiting `append` (as the daemon's request handlers
+    // will), not threads blocked in it.
+    await withTaskGroup(of: [UInt64].self) { group in
+        for w in 0..<writers {
+            group.addTask { [records, bench] in
+                var mine: [UInt64] = []
+                for i in 0..<records {
+                    let t0 = monotonicNanoseconds()
+                    do {
+                        let seq = try await log.append(entry(w, i))
+                        if bench { mine.append(monotonicNanoseconds() - t0) } else {
+                            try? FileDescriptor.standardOutput.writeAll(Array("ack \(seq)\n".utf8))
+                        }
+                    } catch { fail("append: \(error)") }
+                }
+                return mine
+            }
+        }
+        for await mine in group { latencies.withLock { $0 += mine } }
+    }
+}
+for w in 0..<(tasks ? 0 : writers) {
     do {
         threads.append(try OSThread.spawn { [bench, records] in
             var mine: [UInt64] = []
