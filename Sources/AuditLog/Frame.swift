@@ -8,13 +8,18 @@ public enum Frame {
     public static let maxPayload = 1 << 20
 
     public static func encode(_ payload: [UInt8]) -> [UInt8] {
-        precondition(!payload.isEmpty && payload.count <= maxPayload, "an audit record larger than \(maxPayload) bytes")
         var out: [UInt8] = []
         out.reserveCapacity(headerSize + payload.count)
+        append(payload, to: &out)
+        return out
+    }
+
+    /// Appends `payload`'s frame to `out` (no intermediate copy).
+    public static func append(_ payload: [UInt8], to out: inout [UInt8]) {
+        precondition(!payload.isEmpty && payload.count <= maxPayload, "an audit record larger than \(maxPayload) bytes")
         appendLE(UInt32(payload.count), to: &out)
         appendLE(CRC32C.checksum(payload), to: &out)
-        out += payload
-        return out
+        out.append(contentsOf: payload)
     }
 
     /// What is found at an offset of a segment.

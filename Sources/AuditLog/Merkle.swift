@@ -11,19 +11,21 @@ public enum Merkle {
     /// SHA-256 of the empty string: the root of the empty tree.
     public static let emptyRoot: [UInt8] = Array(SHA256.hash(data: [UInt8]()))
 
+    private static let leafPrefix: [UInt8] = [0x00], nodePrefix: [UInt8] = [0x01]
+
     public static func leafHash(_ payload: [UInt8]) -> [UInt8] {
         var h = SHA256()
-        h.update(data: [0x00])
+        h.update(data: leafPrefix)
         h.update(data: payload)
-        return Array(h.finalize())
+        return h.finalize().withUnsafeBytes { Array($0) }
     }
 
     public static func nodeHash(_ left: [UInt8], _ right: [UInt8]) -> [UInt8] {
         var h = SHA256()
-        h.update(data: [0x01])
+        h.update(data: nodePrefix)
         h.update(data: left)
         h.update(data: right)
-        return Array(h.finalize())
+        return h.finalize().withUnsafeBytes { Array($0) }
     }
 
     /// The largest power of two smaller than `n` (n ≥ 2).

@@ -71,7 +71,15 @@ public struct AuditRecord: Equatable, Sendable {
         out.reserveCapacity(320)
         func raw(_ s: StaticString) { out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
         func text(_ s: String?) { if let s { JSONValue.encodeString(s, into: &out) } else { raw("null") } }
-        func int(_ i: Int64) { out.append(contentsOf: String(i).utf8) }
+        func int(_ i: Int64) {
+            // Decimal digits written in place (no String per number).
+            if i < 0 { out.append(UInt8(ascii: "-")) }
+            var m = i.magnitude, digits: (UInt64, Int) = (0, 0)
+            if m == 0 { out.append(UInt8(ascii: "0")); return }
+            let start = out.count
+            while m > 0 { out.append(UInt8(ascii: "0") + UInt8(m % 10)); m /= 10; digits.1 += 1 }
+            out[start...].reverse()
+        }
         raw("{\"action\":"); text(action)
         raw(",\"actor\":")
         switch actor {

@@ -475,7 +475,7 @@ public final class AuditAppender: @unchecked Sendable {
                 for e in w.entries {
                     let r = try e.record(sequence: groupTree.size, time: options.clock(), bootID: bootID)
                     let payload = r.payload
-                    frames += Frame.encode(payload)
+                    Frame.append(payload, to: &frames)
                     let leaf = Merkle.leafHash(payload)
                     groupTree.append(leafHash: leaf)
                     groupLeaves.append(leaf)
@@ -495,7 +495,7 @@ public final class AuditAppender: @unchecked Sendable {
         do { note = Array(try signer.sign(checkpoint.text).utf8) } catch {
             return .failed(AuditStoreError(.failed, "cannot sign the checkpoint at \(tree.size): \(error)"))
         }
-        bytes += Frame.encode(note)
+        Frame.append(note, to: &bytes)
         do {
             if segmentSize >= UInt64(options.segmentBytes) && segmentSize > 0 {
                 let path = directory + "/" + AuditDirectory.segmentName(segmentNumber + 1)
