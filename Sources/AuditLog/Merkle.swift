@@ -17,7 +17,7 @@ public enum Merkle {
         var h = SHA256()
         h.update(data: leafPrefix)
         h.update(data: payload)
-        return h.finalize().withUnsafeBytes { Array($0) }
+        return Array(h.finalize())
     }
 
     public static func nodeHash(_ left: [UInt8], _ right: [UInt8]) -> [UInt8] {
@@ -25,7 +25,7 @@ public enum Merkle {
         h.update(data: nodePrefix)
         h.update(data: left)
         h.update(data: right)
-        return h.finalize().withUnsafeBytes { Array($0) }
+        return Array(h.finalize())
     }
 
     /// The largest power of two smaller than `n` (n ≥ 2).

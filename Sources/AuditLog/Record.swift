@@ -69,7 +69,7 @@ public struct AuditRecord: Equatable, Sendable {
     public var payload: [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(320)
-        func raw(_ s: StaticString) { out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
+        func raw(_ s: StaticString) { s.withUTF8Buffer { out.append(contentsOf: $0) } }
         func text(_ s: String?) { if let s { JSONValue.encodeString(s, into: &out) } else { raw("null") } }
         func int(_ i: Int64) {
             // Decimal digits written in place (no String per number).

@@ -36,7 +36,7 @@ struct WorkerPolicyTests {
 
     @Test func everyPolicyFileInTheRepositoryParsesAndCompiles() throws {
         let names = try FileManager.default.contentsOfDirectory(atPath: Self.directory.path).filter { $0.hasSuffix(".policy") }
-        #expect(Set(names) == ["worker-main.policy", "worker-vcpu.policy"])
+        #expect(Set(names) == ["worker-main.policy", "worker-vcpu.policy", "witness.policy"])
         for name in names {
             let policy = try SeccompPolicy(parsing: try Self.file(name))
             #expect(!policy.rules.isEmpty, "\(name)")
@@ -51,6 +51,27 @@ struct WorkerPolicyTests {
     @Test func theBinaryEmbedsTheFilesUnchanged() throws {
         #expect(Self.mainText == (try Self.file("worker-main.policy")))
         #expect(Self.vcpuText == (try Self.file("worker-vcpu.policy")))
+        #expect(stringFromStaticCString(bulkhead_policy_witness_text()) == (try Self.file("witness.policy")))
+    }
+
+    /// The witness's allowlist is its own and narrow: it can serve and persist its state, and
+    /// cannot start a process, open a socket of its own, map memory executable, or reach KVM.
+    @Test func theWitnessPolicyAllowsServingAndNothingElse() throws {
+        let program = try SeccompPolicy(parsing: stringFromStaticCString(bulkhead_policy_witness_text())).compile(defaultAction: .killProcess)
+        func action(_ name: String, _ args: [UInt64] = []) throws -> SeccompAction {
+            SeccompAction(rawValue: try BPFInterpreter.run(program, on: SeccompData(nr: try nr(name), args: args)))
+        }
+        for allowed in ["accept4", "recvmsg", "sendto", "openat", "renameat", "fsync", "ppoll", "exit_group"] {
+            #expect(try action(allowed) == .allow, "\(allowed)")
+        }
+        #expect(try action("prctl", [21]) == .allow)   // PR_GET_SECCOMP
+        for forbidden in ["execve", "socket", "connect", "ioctl", "clone", "clone3", "fork", "ptrace", "mount", "setuid", "kill", "bind", "listen",
+                          "process_vm_writev", "unshare", "chmod", "unlink"] {
+            #expect(try action(forbidden) == .killProcess, "\(forbidden)")
+        }
+        #expect(try action("prctl", [22]) == .killProcess)   // PR_SET_SECCOMP
+        #expect(try action("mmap", [0, 4096, 3]) == .allow && (try action("mmap", [0, 4096, 5])) == .killProcess)   // never PROT_EXEC
+        #expect(try action("mprotect", [0, 4096, 7]) == .killProcess)
     }
 
     /// A vCPU thread runs under both filters: everything the vcpu policy allows must pass the
