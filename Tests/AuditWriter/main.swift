@@ -64,6 +64,7 @@ if arguments.first == "--proofs", arguments.count == 2, let n = UInt64(arguments
 guard let directory = arguments.first, !directory.hasPrefix("-") else { fail("usage: bulkhead-audit-writer DIR [--writers N] [--records M] [--segment-bytes B] [--heartbeat S] [--bench]") }
 arguments.removeFirst()
 var writers = 1, records = 100, bench = false, tasks = false
+var fileSizeLimit: UInt64?
 var witnessSocket: String?, witnessKey: CosignatureKey?
 var options = AuditAppender.Options()
 while !arguments.isEmpty {
@@ -78,6 +79,7 @@ while !arguments.isEmpty {
     case "--segment-bytes": guard let n = Int(value), n > 0 else { fail("--segment-bytes: a size") }; options.segmentBytes = n
     case "--heartbeat": guard let s = Double(value), s > 0, s < 1e6 else { fail("--heartbeat: seconds") }; options.heartbeatSeconds = s
     case "--witness": witnessSocket = value
+    case "--file-size-limit": guard let n = UInt64(value), n > 0 else { fail("--file-size-limit: bytes") }; fileSizeLimit = n
     case "--witness-key":
         guard let bytes = try? readFile(value, limit: 4096),
               let key = try? CosignatureKey(text: String(decoding: bytes, as: UTF8.self).filter { $0 != "\n" }) else { fail("--witness-key: not a witness key") }
@@ -89,6 +91,21 @@ while !arguments.isEmpty {
 if let witnessSocket {
     guard let witnessKey else { fail("--witness needs --witness-key") }
     options.witness = WitnessEndpoint(socketPath: witnessSocket, key: witnessKey)
+}
+// --file-size-limit: writes past it fail (EFBIG; SIGXFSZ ignored), to show the appender failing
+// closed. Then a failed append prints `error TEXT` instead of ending the process, the others go
+// on, and the exit status is 3.
+if let fileSizeLimit {
+    var limit = rlimit(rlim_cur: rlim_t(fileSizeLimit), rlim_max: rlim_t(fileSizeLimit))
+    guard setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &limit) == 0 else { fail("setrlimit") }
+    signal(SIGXFSZ, SIG_IGN)
+}
+let failures = Mutex(0)
+let keepGoing = fileSizeLimit != nil
+@Sendable func failed(_ error: any Error) {
+    guard keepGoing else { fail("append: \(error)") }
+    failures.withLock { $0 += 1 }
+    try? FileDescriptor.standardOutput.writeAll(Array("error \(error)\n".utf8))
 }
 let log: AuditAppender
 do { log = try AuditAppender.open(directory, options: options) } catch { fail(error.description) }
@@ -113,7 +130,7 @@ if tasks {
                         if bench { mine.append(monotonicNanoseconds() - t0) } else {
                             try? FileDescriptor.standardOutput.writeAll(Array("ack \(seq)\n".utf8))
                         }
-                    } catch { fail("append: \(error)") }
+                    } catch { failed(error) }
                 }
                 return mine
             }
@@ -137,7 +154,7 @@ for w in 0..<(tasks ? 0 : writers) {
                         try? FileDescriptor.standardOutput.writeAll(Array("ack \(seq)\n".utf8))
                     }
                 } catch {
-                    fail("append: \(error)")
+                    failed(error)
                 }
             }
             latencies.withLock { $0 += mine }
@@ -146,7 +163,10 @@ for w in 0..<(tasks ? 0 : writers) {
 }
 for t in threads { t.join() }
 let seconds = Double(monotonicNanoseconds() - start) / 1e9
-do { try log.close() } catch { fail("close: \(error.description)") }
+do { try log.close() } catch {
+    guard fileSizeLimit != nil else { fail("close: \(error.description)") }
+}
+if failures.withLock({ $0 }) > 0 { exit(3) }
 if bench {
     let sorted = latencies.withLock { $0.sorted() }
     func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 1000 }

@@ -47,6 +47,22 @@ struct HostileWorkerTests {
         if getuid() == 0 { #expect(jailLeftovers().isEmpty, "\(jailLeftovers())") }
     }
 
+    /// With --audit-log, a worker that broke the protocol, or reported a seccomp violation, is a
+    /// security event in the log, with the reason.
+    @Test(.timeLimit(.minutes(1)), arguments: [("garbage", "vm.protocol-breach", "bad message"),
+                                                ("violation", "vm.seccomp-violation", "system call 101 (ptrace)")])
+    func brokenWorkersAreAuditedAsSecurityEvents(behaviour: String, action: String, words: String) throws {
+        let dir = try #require(Self.directory)
+        let audit = NSTemporaryDirectory() + "bh-hostile-audit-\(getpid())-\(behaviour)"
+        defer { try? FileManager.default.removeItem(atPath: audit) }
+        let r = try bulkhead(["run", "--worker-sha256", Self.digest, "--cmdline", behaviour, guests + "/hello.elf", "--timeout", "20",
+                              "--audit-log", audit] + (getuid() == 0 ? [] : ["--no-jail"]), executable: dir + "/bulkhead")
+        #expect(r.status != 0, "\(r.stderr)")
+        let tail = try bulkhead(["audit", "tail", audit, "-n", "4"]).stdout
+        #expect(tail.contains("\"action\":\"\(action)\"") && tail.contains(words), "\(tail)")
+        #expect(try bulkhead(["audit", "verify", audit]).status == 0)
+    }
+
     /// A `violation` report ends the worker even if it carries on afterwards.
     @Test(.timeLimit(.minutes(1)))
     func aViolationReportEndsTheWorker() throws {

@@ -194,9 +194,14 @@ struct JailTests {
     /// A guest that writes more memory than its worker may have: the kernel kills the worker, the
     /// launcher says why, and the jail is gone afterwards.
     @Test func memoryLimitKillsTheWorkerAndIsReported() throws {
-        let r = try runWorker([guests + "/zeros.elf", "--memory", "256", "--memory-limit", "64", "--cmdline", "fill"])
+        let audit = NSTemporaryDirectory() + "bh-oom-audit-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: audit) }
+        let r = try runWorker([guests + "/zeros.elf", "--memory", "256", "--memory-limit", "64", "--cmdline", "fill", "--audit-log", audit])
         #expect(r.status == 137, "\(r.stderr)")
         #expect(r.stderr.contains("OOM killer") && r.stderr.contains("memory limit of 64 MiB"), "\(r.stderr)")
+        // The audit log has the OOM kill as a security event, and the run's outcome.
+        let tail = try bulkhead(["audit", "tail", audit, "-n", "3"]).stdout
+        #expect(tail.contains("\"action\":\"vm.oom-kill\"") && tail.contains("memory limit of 64 MiB") && tail.contains("exit status 137"), "\(tail)")
         #expect(!r.stdout.contains("wrote to"))
         #expect(jailLeftovers().isEmpty, "\(jailLeftovers())")
         // Within the limit the same guest writes all of its memory.
