@@ -23,7 +23,7 @@ test: guests
 	cd .build/debug && sha256sum bulkhead-worker > bulkhead-worker.sha256
 	BULKHEAD_REQUIRE_GUESTS=1 BULKHEAD_REQUIRE_PYNACL=1 $(SWIFT) test --skip-build
 	# The independent verifier's own tests, on a log the appender writes.
-	d=$$(mktemp -d) && .build/debug/bulkhead-audit-writer $$d/log --writers 4 --records 50 --segment-bytes 8192 >/dev/null \
+	d=$$(mktemp -d) && .build/debug/bulkhead-audit-writer $$d/log --writers 8 --records 25 --segment-bytes 8192 >/dev/null \
 	  && AUDIT_SAMPLE=$$d/log python3 tools/test_audit_verify.py; s=$$?; rm -rf $$d; exit $$s
 	FUZZ_ARGS="-seed=1 $(FUZZ_ARGS)" bash Fuzz/run.sh $(FUZZ_SECONDS)
 	$(MAKE) release

@@ -125,12 +125,31 @@ public final class AuditAppender: @unchecked Sendable {
         /// The appender's own heartbeat: nobody waits.
         case none
     }
-    private struct Waiter {
-        var entries: [AuditEntry]
-        var answer: Answer
+    /// One writer's group of records. Its sequence numbers and time are reserved when it is
+    /// queued, and its writer encodes it — the records, their frames, their leaf hashes — on its
+    /// own thread before the committer takes it: with many writers the encoding runs in parallel,
+    /// and the committer only folds the leaves into the tree, signs, writes and syncs.
+    private final class Slot: @unchecked Sendable {
+        // Sendable: `frames`, `leaves` and `broken` are written by the writer before it sets
+        // `ready` under the appender's lock; the committer reads them only after it saw `ready`
+        // under that lock.
+        let first: UInt64
+        let count: Int
+        let time: Int64
+        let answer: Answer
+        var frames: [UInt8] = []
+        var leaves: [[UInt8]] = []
+        var ready = false
+        var broken = false
+        init(first: UInt64, count: Int, time: Int64, answer: Answer) {
+            self.first = first; self.count = count; self.time = time; self.answer = answer
+        }
+        var sequences: [UInt64] { (0..<UInt64(count)).map { first + $0 } }
     }
     private let lock = ConditionLock()
-    private var pending: [Waiter] = []
+    private var pending: [Slot] = []
+    /// The next sequence number to hand out (reserved, not yet durable).
+    private var nextSequence: UInt64
     private var failure: AuditStoreError?
     private var closing = false
     private var shutDown = false
@@ -225,6 +244,7 @@ public final class AuditAppender: @unchecked Sendable {
         frontier = report.frontier
         tree = report.tree.map(SharedTree.init)
         size = report.records
+        nextSequence = report.records
         let emptyCheckpoint = Checkpoint(origin: verifierKey.name, size: 0, rootHash: Merkle.emptyRoot)
         latest = (report.latestNote ?? [], report.latestCheckpoint ?? emptyCheckpoint)
 
@@ -328,9 +348,9 @@ public final class AuditAppender: @unchecked Sendable {
     /// a checkpoint covering them are on disk. Blocks the calling thread.
     @discardableResult
     public func append(_ entries: [AuditEntry]) throws(AuditStoreError) -> [UInt64] {
+        try check(entries)
         let ticket = Ticket()
-        let refused: AuditStoreError? = lock.withLock { enqueue(entries, .ticket(ticket)) ? nil : closedOrFailed }
-        if let refused { throw refused }
+        encode(entries, into: try reserve(entries.count, .ticket(ticket)))
         return try ticket.wait().get()
     }
 
@@ -344,20 +364,51 @@ public final class AuditAppender: @unchecked Sendable {
     /// is durable.
     @discardableResult
     public func append(_ entry: AuditEntry) async throws(AuditStoreError) -> UInt64 {
+        try check([entry])
         let result = await withCheckedContinuation { (c: CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>) in
-            let refused: AuditStoreError? = lock.withLock { enqueue([entry], .continuation(c)) ? nil : closedOrFailed }
-            if let refused { c.resume(returning: .failure(refused)) }
+            switch Result(catching: { () throws(AuditStoreError) -> Slot in try reserve(1, .continuation(c)) }) {
+            case .success(let slot): encode([entry], into: slot)
+            case .failure(let error): c.resume(returning: .failure(error))
+            }
         }
         guard let seq = try result.get().first else { throw AuditStoreError(.failed, "no sequence number was assigned") }
         return seq
     }
 
-    /// Under the lock: queues a group for the committer; false once closing or failed.
-    private func enqueue(_ entries: [AuditEntry], _ answer: Answer) -> Bool {
-        guard failure == nil, !closing else { return false }
-        pending.append(Waiter(entries: entries, answer: answer))
-        lock.broadcast()
-        return true
+    /// Refuses a group with an entry that cannot be a record (before anything is reserved: a
+    /// refused entry leaves no gap in the sequence).
+    private func check(_ entries: [AuditEntry]) throws(AuditStoreError) {
+        guard !entries.isEmpty else { throw AuditStoreError(.invalidEntry, "an append of no entries") }
+        for e in entries { _ = try e.record(sequence: 0, time: 0, bootID: bootID) }
+    }
+
+    /// Reserves the next `count` sequence numbers and the time for a group, queued in order.
+    private func reserve(_ count: Int, _ answer: Answer) throws(AuditStoreError) -> Slot {
+        try lock.withLock { () throws(AuditStoreError) -> Slot in
+            guard failure == nil, !closing else { throw closedOrFailed }
+            let slot = Slot(first: nextSequence, count: count, time: options.clock(), answer: answer)
+            nextSequence += UInt64(count)
+            pending.append(slot)
+            return slot
+        }
+    }
+
+    /// Encodes a reserved group on the calling thread and hands it to the committer.
+    private func encode(_ entries: [AuditEntry], into slot: Slot) {
+        var frames: [UInt8] = [], leaves: [[UInt8]] = []
+        frames.reserveCapacity(entries.count * 360)
+        for (k, e) in entries.enumerated() {
+            // Checked before the numbers were reserved, with the same rules: this cannot fail.
+            guard let r = try? e.record(sequence: slot.first + UInt64(k), time: slot.time, bootID: bootID) else { break }
+            let payload = r.payload
+            Frame.append(payload, to: &frames)
+            leaves.append(Merkle.leafHash(payload))
+        }
+        let whole = leaves.count == entries.count
+        lock.withLock {
+            slot.frames = frames; slot.leaves = leaves; slot.broken = !whole; slot.ready = true
+            lock.broadcast()
+        }
     }
 
     private var closedOrFailed: AuditStoreError {
@@ -397,15 +448,15 @@ public final class AuditAppender: @unchecked Sendable {
         lock.withLock {
             finished = true
             // Anything still queued (a writer that raced with close) is refused.
-            for w in pending { finish(w, .failure(AuditStoreError(.closed, "the audit log \(directory) is closed"))) }
+            for slot in pending { finish(slot, .failure(AuditStoreError(.closed, "the audit log \(directory) is closed"))) }
             pending = []
         }
         lockFile.release()
     }
 
     /// Answers one group's writer.
-    private func finish(_ w: Waiter, _ result: Result<[UInt64], AuditStoreError>) {
-        switch w.answer {
+    private func finish(_ slot: Slot, _ result: Result<[UInt64], AuditStoreError>) {
+        switch slot.answer {
         case .ticket(let t): t.answer(result)
         case .continuation(let c): c.resume(returning: result)
         case .none: break
@@ -419,76 +470,75 @@ public final class AuditAppender: @unchecked Sendable {
         let heartbeat = Saturating.nanoseconds(seconds: options.heartbeatSeconds)
         var deadline = monotonicNanoseconds() &+ heartbeat
         while true {
-            let batch: [Waiter] = lock.withLock {
-                while pending.isEmpty && !closing {
+            var heartbeatSlot: Slot?
+            let batch: [Slot] = lock.withLock {
+                while !(pending.first?.ready ?? false) {
+                    if !pending.isEmpty { lock.wait(); continue }   // the first group is being encoded
+                    if closing { return [] }
                     if !lock.wait(untilMonotonic: deadline) && pending.isEmpty && !closing && failure == nil {
-                        pending.append(Waiter(entries: [.event("log.heartbeat", result: "idle")], answer: .none))
+                        // Idle for the heartbeat's interval: a record of its own, so silence shows.
+                        let slot = Slot(first: nextSequence, count: 1, time: options.clock(), answer: .none)
+                        nextSequence += 1
+                        pending.append(slot)
+                        heartbeatSlot = slot
+                        return []
                     }
                 }
                 var k = 0, count = 0
-                while k < pending.count, k == 0 || count + pending[k].entries.count <= options.maxGroup {
-                    count += pending[k].entries.count
+                while k < pending.count, pending[k].ready, k == 0 || count + pending[k].count <= options.maxGroup {
+                    count += pending[k].count
                     k += 1
                 }
                 let taken = Array(pending[..<k])
                 pending.removeFirst(k)
                 return taken
             }
+            if let heartbeatSlot {
+                encode([.event("log.heartbeat", result: "idle")], into: heartbeatSlot)
+                continue
+            }
             if batch.isEmpty { return }   // closing, nothing left
+            if let failed = lock.withLock({ failure }) {
+                for slot in batch { finish(slot, .failure(failed)) }
+                continue
+            }
             let outcome = commit(batch)
             deadline = monotonicNanoseconds() &+ heartbeat
             switch outcome {
-            case .written(let answers, let note, let checkpoint):
+            case .written(let note, let checkpoint):
                 lock.withLock { latest = (note, checkpoint); size = checkpoint.size }
-                for (w, answer) in zip(batch, answers) { finish(w, answer) }
+                for slot in batch { finish(slot, .success(slot.sequences)) }
                 options.onCheckpoint?(note, checkpoint)
                 witness?.submit(note: note, checkpoint: checkpoint)
-            case .nothingWritten(let answers):
-                for (w, answer) in zip(batch, answers) { finish(w, answer) }
             case .failed(let error):
                 lock.withLock { if failure == nil { failure = error } }
-                for w in batch { finish(w, .failure(error)) }
+                for slot in batch { finish(slot, .failure(error)) }
             }
         }
     }
 
-    /// Writes one batch of groups and their checkpoint, durably. Entries are checked before
-    /// anything is written: a group with an invalid entry is refused whole (its writer asked for
-    /// them together) and the other groups go on.
+    /// Writes one batch of encoded groups and their checkpoint, durably.
     private enum Commit {
-        /// The groups' records (those that were valid) and their checkpoint are durable.
-        case written([Result<[UInt64], AuditStoreError>], note: [UInt8], checkpoint: Checkpoint)
-        /// Every group was refused: nothing to write.
-        case nothingWritten([Result<[UInt64], AuditStoreError>])
+        /// The groups' records and their checkpoint are durable.
+        case written(note: [UInt8], checkpoint: Checkpoint)
         /// The write or sync failed: the appender fails closed.
         case failed(AuditStoreError)
     }
 
-    private func commit(_ batch: [Waiter]) -> Commit {
+    private func commit(_ batch: [Slot]) -> Commit {
         var bytes: [UInt8] = []
         var tree = frontier
         var leaves: [[UInt8]] = []
-        var answers: [Result<[UInt64], AuditStoreError>] = []
-        for w in batch {
-            var seqs: [UInt64] = [], frames: [UInt8] = [], groupTree = tree, groupLeaves: [[UInt8]] = []
-            do {
-                for e in w.entries {
-                    let r = try e.record(sequence: groupTree.size, time: options.clock(), bootID: bootID)
-                    let payload = r.payload
-                    Frame.append(payload, to: &frames)
-                    let leaf = Merkle.leafHash(payload)
-                    groupTree.append(leafHash: leaf)
-                    groupLeaves.append(leaf)
-                    seqs.append(r.sequence)
-                }
-            } catch {
-                answers.append(.failure(error))
-                continue
+        for slot in batch {
+            // Groups come in the order their numbers were reserved; a group that is not whole
+            // would leave a gap, so the appender stops instead (it never happens: entries are
+            // checked before their numbers are reserved).
+            guard !slot.broken, slot.first == tree.size, slot.leaves.count == slot.count else {
+                return .failed(AuditStoreError(.failed, "the group of records \(slot.first)..<\(slot.first + UInt64(slot.count)) could not be encoded; nothing more is appended until the log is reopened"))
             }
-            bytes += frames; tree = groupTree; leaves += groupLeaves; answers.append(.success(seqs))
-        }
-        if leaves.isEmpty && !batch.isEmpty && answers.allSatisfy({ if case .failure = $0 { true } else { false } }) {
-            return .nothingWritten(answers)
+            bytes += slot.frames
+            for leaf in slot.leaves { tree.append(leafHash: leaf) }
+            leaves += slot.leaves
         }
         let checkpoint = Checkpoint(origin: verifierKey.name, size: tree.size, rootHash: tree.root)
         let note: [UInt8]
@@ -511,7 +561,7 @@ public final class AuditAppender: @unchecked Sendable {
         segmentSize += UInt64(bytes.count)
         frontier = tree
         self.tree?.state.withLock { t in for leaf in leaves { t.append(leafHash: leaf) } }
-        return .written(answers, note: note, checkpoint: checkpoint)
+        return .written(note: note, checkpoint: checkpoint)
     }
 }
 
