@@ -348,9 +348,9 @@ public final class AuditAppender: @unchecked Sendable {
     /// a checkpoint covering them are on disk. Blocks the calling thread.
     @discardableResult
     public func append(_ entries: [AuditEntry]) throws(AuditStoreError) -> [UInt64] {
-        try check(entries)
+        let records = try check(entries)
         let ticket = Ticket()
-        encode(entries, into: try reserve(entries.count, .ticket(ticket)))
+        encode(records, into: try reserve(entries.count, .ticket(ticket)))
         return try ticket.wait().get()
     }
 
@@ -364,10 +364,10 @@ public final class AuditAppender: @unchecked Sendable {
     /// is durable.
     @discardableResult
     public func append(_ entry: AuditEntry) async throws(AuditStoreError) -> UInt64 {
-        try check([entry])
+        let records = try check([entry])
         let result = await withCheckedContinuation { (c: CheckedContinuation<Result<[UInt64], AuditStoreError>, Never>) in
             switch Result(catching: { () throws(AuditStoreError) -> Slot in try reserve(1, .continuation(c)) }) {
-            case .success(let slot): encode([entry], into: slot)
+            case .success(let slot): encode(records, into: slot)
             case .failure(let error): c.resume(returning: .failure(error))
             }
         }
@@ -375,11 +375,15 @@ public final class AuditAppender: @unchecked Sendable {
         return seq
     }
 
-    /// Refuses a group with an entry that cannot be a record (before anything is reserved: a
-    /// refused entry leaves no gap in the sequence).
-    private func check(_ entries: [AuditEntry]) throws(AuditStoreError) {
+    /// The group's records, checked (before anything is reserved: a refused entry leaves no gap
+    /// in the sequence). Their sequence numbers and time are filled in by `encode`; what it sets
+    /// (a number, a time of at least 0, "seq-N") keeps them valid.
+    private func check(_ entries: [AuditEntry]) throws(AuditStoreError) -> [(AuditRecord, numberedOperation: Bool)] {
         guard !entries.isEmpty else { throw AuditStoreError(.invalidEntry, "an append of no entries") }
-        for e in entries { _ = try e.record(sequence: 0, time: 0, bootID: bootID) }
+        var out: [(AuditRecord, numberedOperation: Bool)] = []
+        out.reserveCapacity(entries.count)
+        for e in entries { out.append((try e.record(sequence: 0, time: 0, bootID: bootID), e.operation == nil)) }
+        return out
     }
 
     /// Reserves the next `count` sequence numbers and the time for a group, queued in order.
@@ -394,17 +398,19 @@ public final class AuditAppender: @unchecked Sendable {
     }
 
     /// Encodes a reserved group on the calling thread and hands it to the committer.
-    private func encode(_ entries: [AuditEntry], into slot: Slot) {
+    private func encode(_ records: [(AuditRecord, numberedOperation: Bool)], into slot: Slot) {
         var frames: [UInt8] = [], leaves: [[UInt8]] = []
-        frames.reserveCapacity(entries.count * 360)
-        for (k, e) in entries.enumerated() {
-            // Checked before the numbers were reserved, with the same rules: this cannot fail.
-            guard let r = try? e.record(sequence: slot.first + UInt64(k), time: slot.time, bootID: bootID) else { break }
+        frames.reserveCapacity(records.count * 360)
+        for (k, (checked, numbered)) in records.enumerated() {
+            var r = checked
+            r.sequence = slot.first + UInt64(k)
+            r.timeNanoseconds = max(0, slot.time)
+            if numbered { r.operation = "seq-\(r.sequence)" }
             let payload = r.payload
             Frame.append(payload, to: &frames)
             leaves.append(Merkle.leafHash(payload))
         }
-        let whole = leaves.count == entries.count
+        let whole = leaves.count == records.count
         lock.withLock {
             slot.frames = frames; slot.leaves = leaves; slot.broken = !whole; slot.ready = true
             lock.broadcast()
@@ -494,7 +500,9 @@ public final class AuditAppender: @unchecked Sendable {
                 return taken
             }
             if let heartbeatSlot {
-                encode([.event("log.heartbeat", result: "idle")], into: heartbeatSlot)
+                if let records = try? check([.event("log.heartbeat", result: "idle")]) { encode(records, into: heartbeatSlot) } else {
+                    lock.withLock { heartbeatSlot.broken = true; heartbeatSlot.ready = true }   // never: a fixed, valid entry
+                }
                 continue
             }
             if batch.isEmpty { return }   // closing, nothing left
