@@ -18,7 +18,10 @@ run: guests build
 FUZZ_SECONDS ?= 10
 test: guests
 	# PyNaCl (PyPI): the Ed25519 of tools/audit_verify.py, the audit log's independent verifier.
-	python3 -m pip install --quiet --disable-pip-version-check 'pynacl>=1.5'
+	# Into the user's site when the system's Python refuses a global install (PEP 668).
+	python3 -c 'import nacl.signing' 2>/dev/null \
+	  || python3 -m pip install --quiet --disable-pip-version-check 'pynacl>=1.5' 2>/dev/null \
+	  || python3 -m pip install --user --break-system-packages --quiet --disable-pip-version-check 'pynacl>=1.5'
 	$(SWIFT) build --build-tests
 	cd .build/debug && sha256sum bulkhead-worker > bulkhead-worker.sha256
 	BULKHEAD_REQUIRE_GUESTS=1 BULKHEAD_REQUIRE_PYNACL=1 $(SWIFT) test --skip-build
