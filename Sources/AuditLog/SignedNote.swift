@@ -58,28 +58,22 @@ public struct NoteVerifierKey: Equatable, Sendable {
         !name.isEmpty && !name.unicodeScalars.contains { $0 == "+" || $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }
     }
 
+    public static let type: UInt8 = 0x01
+
     public init(name: String, publicKey: [UInt8]) throws(Invalid) {
-        guard Self.isValidName(name) else { throw Invalid(description: "key name '\(name.prefix(80))' is empty or has a space, '+' or a control character") }
-        guard publicKey.count == 32 else { throw Invalid(description: "an Ed25519 public key is 32 bytes, not \(publicKey.count)") }
+        keyID = try KeyText.keyID(name: name, type: Self.type, publicKey: publicKey)
         self.name = name
         self.publicKey = publicKey
-        var h = SHA256()
-        h.update(data: Array(name.utf8) + [0x0a, 0x01] + publicKey)
-        keyID = Array(h.finalize()).prefix(4).reduce(0) { $0 << 8 | UInt32($1) }
     }
 
     /// Parses `NAME+KEYID+base64(0x01 ‖ key)`, refusing a key ID that does not match the key.
     public init(text: String) throws(Invalid) {
-        let parts = text.split(separator: "+", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 3, parts[1].count == 8, let id = UInt32(parts[1], radix: 16), parts[1] == parts[1].lowercased(),
-              let blob = Base64.decode(String(parts[2])), blob.count == 33, blob[0] == 0x01 else {
-            throw Invalid(description: "a verifier key is NAME+KEYID+base64(0x01 || 32-byte Ed25519 key)")
-        }
-        try self.init(name: String(parts[0]), publicKey: Array(blob[1...]))
-        guard id == keyID else { throw Invalid(description: "the key ID \(parts[1]) does not match the key") }
+        let k = try KeyText.parseVerifier(text, type: Self.type, form: "a verifier key is NAME+KEYID+base64(0x01 || 32-byte Ed25519 key)")
+        try self.init(name: k.name, publicKey: k.key)
+        try KeyText.check(id: k.id, against: keyID)
     }
 
-    public var text: String { "\(name)+\(NoteSigner.hex8(keyID))+\(Base64.encode([0x01] + publicKey))" }
+    public var text: String { KeyText.verifierText(name: name, id: keyID, type: Self.type, key: publicKey) }
 
     public func isValidSignature(_ signature: [UInt8], for message: [UInt8]) -> Bool {
         guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: publicKey) else { return false }
@@ -99,36 +93,25 @@ public struct NoteSigner {
 
     /// A signer from a 32-byte Ed25519 seed (tests and fuzzers use fixed ones).
     public init(name: String, seed: [UInt8]) throws(NoteVerifierKey.Invalid) {
-        guard let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: seed) else {
-            throw NoteVerifierKey.Invalid(description: "an Ed25519 seed is 32 bytes, not \(seed.count)")
-        }
-        try self.init(name: name, privateKey: key)
+        try self.init(name: name, privateKey: try KeyText.privateKey(seed: seed))
     }
 
     /// Parses the private key's text form, `PRIVATE+KEY+NAME+KEYID+base64(0x01 ‖ 32-byte seed)`.
     public init(text: String) throws(NoteVerifierKey.Invalid) {
-        let parts = text.split(separator: "+", maxSplits: 4, omittingEmptySubsequences: false)
-        guard parts.count == 5, parts[0] == "PRIVATE", parts[1] == "KEY", let blob = Base64.decode(String(parts[4])),
-              blob.count == 33, blob[0] == 0x01, let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: Array(blob[1...])) else {
-            throw NoteVerifierKey.Invalid(description: "a signer key is PRIVATE+KEY+NAME+KEYID+base64(0x01 || 32-byte seed)")
-        }
-        try self.init(name: String(parts[2]), privateKey: key)
-        guard parts[3] == Substring(Self.hex8(verifierKey.keyID)) else {
-            throw NoteVerifierKey.Invalid(description: "the key ID \(parts[3].prefix(8)) does not match the key")
-        }
+        let k = try KeyText.parsePrivate(text, type: NoteVerifierKey.type, form: "a signer key is PRIVATE+KEY+NAME+KEYID+base64(0x01 || 32-byte seed)")
+        try self.init(name: k.name, privateKey: k.key)
+        try KeyText.check(id: k.id, against: verifierKey.keyID)
     }
 
     /// The private key's text form (keep it readable by its owner only).
     public var text: String {
-        "PRIVATE+KEY+\(verifierKey.name)+\(Self.hex8(verifierKey.keyID))+\(Base64.encode([0x01] + Array(privateKey.rawRepresentation)))"
+        KeyText.privateText(name: verifierKey.name, id: verifierKey.keyID, type: NoteVerifierKey.type, key: privateKey)
     }
 
     /// The signature line for `text`: "— NAME base64(keyID ‖ signature)\n".
     public func signatureLine(for text: String) throws -> String {
         let signature = try privateKey.signature(for: Array(text.utf8))
-        let id = verifierKey.keyID
-        let blob = [UInt8(id >> 24), UInt8(id >> 16 & 0xff), UInt8(id >> 8 & 0xff), UInt8(id & 0xff)] + Array(signature)
-        return "\u{2014} \(verifierKey.name) \(Base64.encode(blob))\n"
+        return SignedNote.Signature(name: verifierKey.name, keyID: verifierKey.keyID, signature: Array(signature)).line
     }
 
     /// `text` (ending in a newline) signed: the note.
@@ -140,6 +123,64 @@ public struct NoteSigner {
     }
 }
 
+/// What the two kinds of Ed25519 key (a note's, type 0x01; a witness's cosignature key, type
+/// 0x04) share: the key ID, and the text forms `NAME+KEYID+base64(type ‖ key)` and
+/// `PRIVATE+KEY+NAME+KEYID+base64(type ‖ seed)`.
+enum KeyText {
+    typealias Invalid = NoteVerifierKey.Invalid
+
+    /// SHA-256(name ‖ 0x0A ‖ type ‖ key)[:4], after checking the name and the key's length.
+    static func keyID(name: String, type: UInt8, publicKey: [UInt8]) throws(Invalid) -> UInt32 {
+        guard NoteVerifierKey.isValidName(name) else {
+            throw Invalid(description: "key name '\(name.prefix(80))' is empty or has a space, '+' or a control character")
+        }
+        guard publicKey.count == 32 else { throw Invalid(description: "an Ed25519 public key is 32 bytes, not \(publicKey.count)") }
+        return Array(SHA256.hash(data: Array(name.utf8) + [0x0a, type] + publicKey)).prefix(4).reduce(0) { $0 << 8 | UInt32($1) }
+    }
+
+    /// The parts of `NAME+KEYID+base64(type ‖ key)`; `form` says what is expected when it is not that.
+    static func parseVerifier(_ text: String, type: UInt8, form: String) throws(Invalid) -> (name: String, key: [UInt8], id: Substring) {
+        let parts = text.split(separator: "+", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[1].count == 8, UInt32(parts[1], radix: 16) != nil, parts[1] == parts[1].lowercased(),
+              let blob = Base64.decode(String(parts[2])), blob.count == 33, blob[0] == type else {
+            throw Invalid(description: form)
+        }
+        return (String(parts[0]), Array(blob[1...]), parts[1])
+    }
+
+    /// The parts of `PRIVATE+KEY+NAME+KEYID+base64(type ‖ seed)`.
+    static func parsePrivate(_ text: String, type: UInt8, form: String) throws(Invalid) -> (name: String, key: Curve25519.Signing.PrivateKey, id: Substring) {
+        let parts = text.split(separator: "+", maxSplits: 4, omittingEmptySubsequences: false)
+        guard parts.count == 5, parts[0] == "PRIVATE", parts[1] == "KEY", let blob = Base64.decode(String(parts[4])),
+              blob.count == 33, blob[0] == type, let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: Array(blob[1...])) else {
+            throw Invalid(description: form)
+        }
+        return (String(parts[2]), key, parts[3])
+    }
+
+    /// The key ID written in a text form must be the key's own.
+    static func check(id written: Substring, against keyID: UInt32) throws(Invalid) {
+        guard written == Substring(NoteSigner.hex8(keyID)) else {
+            throw Invalid(description: "the key ID \(written.prefix(8)) does not match the key")
+        }
+    }
+
+    static func verifierText(name: String, id: UInt32, type: UInt8, key: [UInt8]) -> String {
+        "\(name)+\(NoteSigner.hex8(id))+\(Base64.encode([type] + key))"
+    }
+
+    static func privateText(name: String, id: UInt32, type: UInt8, key: Curve25519.Signing.PrivateKey) -> String {
+        "PRIVATE+KEY+\(name)+\(NoteSigner.hex8(id))+\(Base64.encode([type] + Array(key.rawRepresentation)))"
+    }
+
+    static func privateKey(seed: [UInt8]) throws(Invalid) -> Curve25519.Signing.PrivateKey {
+        guard let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: seed) else {
+            throw Invalid(description: "an Ed25519 seed is 32 bytes, not \(seed.count)")
+        }
+        return key
+    }
+}
+
 /// A signed note (c2sp.org/signed-note): a text ending in a newline, a blank line, then one or
 /// more signature lines "— NAME base64(keyID ‖ signature)".
 public struct SignedNote: Equatable, Sendable {
@@ -147,6 +188,14 @@ public struct SignedNote: Equatable, Sendable {
         public var name: String
         public var keyID: UInt32
         public var signature: [UInt8]
+
+        public init(name: String, keyID: UInt32, signature: [UInt8]) { self.name = name; self.keyID = keyID; self.signature = signature }
+
+        /// The signature line: "— NAME base64(key ID, big-endian ‖ signature)\n".
+        public var line: String {
+            let id = [UInt8(keyID >> 24), UInt8(keyID >> 16 & 0xff), UInt8(keyID >> 8 & 0xff), UInt8(keyID & 0xff)]
+            return "\u{2014} \(name) \(Base64.encode(id + signature))\n"
+        }
     }
 
     public let text: String

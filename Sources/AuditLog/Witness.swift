@@ -17,26 +17,18 @@ public struct CosignatureKey: Equatable, Sendable {
     public let keyID: UInt32
 
     public init(name: String, publicKey: [UInt8]) throws(NoteVerifierKey.Invalid) {
-        guard NoteVerifierKey.isValidName(name) else {
-            throw NoteVerifierKey.Invalid(description: "key name '\(name.prefix(80))' is empty or has a space, '+' or a control character")
-        }
-        guard publicKey.count == 32 else { throw NoteVerifierKey.Invalid(description: "an Ed25519 public key is 32 bytes, not \(publicKey.count)") }
+        keyID = try KeyText.keyID(name: name, type: Self.type, publicKey: publicKey)
         self.name = name
         self.publicKey = publicKey
-        keyID = Array(SHA256.hash(data: Array(name.utf8) + [0x0a, Self.type] + publicKey)).prefix(4).reduce(0) { $0 << 8 | UInt32($1) }
     }
 
     public init(text: String) throws(NoteVerifierKey.Invalid) {
-        let parts = text.split(separator: "+", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 3, parts[1].count == 8, let id = UInt32(parts[1], radix: 16), parts[1] == parts[1].lowercased(),
-              let blob = Base64.decode(String(parts[2])), blob.count == 33, blob[0] == Self.type else {
-            throw NoteVerifierKey.Invalid(description: "a witness key is NAME+KEYID+base64(0x04 || 32-byte Ed25519 key)")
-        }
-        try self.init(name: String(parts[0]), publicKey: Array(blob[1...]))
-        guard id == keyID else { throw NoteVerifierKey.Invalid(description: "the key ID \(parts[1]) does not match the key") }
+        let k = try KeyText.parseVerifier(text, type: Self.type, form: "a witness key is NAME+KEYID+base64(0x04 || 32-byte Ed25519 key)")
+        try self.init(name: k.name, publicKey: k.key)
+        try KeyText.check(id: k.id, against: keyID)
     }
 
-    public var text: String { "\(name)+\(NoteSigner.hex8(keyID))+\(Base64.encode([Self.type] + publicKey))" }
+    public var text: String { KeyText.verifierText(name: name, id: keyID, type: Self.type, key: publicKey) }
 
     /// What the cosignature signs: "cosignature/v1\n", "time T\n", then the checkpoint's text.
     public static func message(text: String, timestamp: UInt64) -> [UInt8] {
@@ -83,36 +75,25 @@ public struct CosignatureSigner: @unchecked Sendable {
 
     /// A signer from a 32-byte Ed25519 seed (tests and fuzzers use fixed ones).
     public init(name: String, seed: [UInt8]) throws(NoteVerifierKey.Invalid) {
-        guard let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: seed) else {
-            throw NoteVerifierKey.Invalid(description: "an Ed25519 seed is 32 bytes, not \(seed.count)")
-        }
-        try self.init(name: name, privateKey: key)
+        try self.init(name: name, privateKey: try KeyText.privateKey(seed: seed))
     }
 
     public init(text: String) throws(NoteVerifierKey.Invalid) {
-        let parts = text.split(separator: "+", maxSplits: 4, omittingEmptySubsequences: false)
-        guard parts.count == 5, parts[0] == "PRIVATE", parts[1] == "KEY", let blob = Base64.decode(String(parts[4])),
-              blob.count == 33, blob[0] == CosignatureKey.type,
-              let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: Array(blob[1...])) else {
-            throw NoteVerifierKey.Invalid(description: "a witness signing key is PRIVATE+KEY+NAME+KEYID+base64(0x04 || 32-byte seed)")
-        }
-        try self.init(name: String(parts[2]), privateKey: key)
-        guard parts[3] == Substring(NoteSigner.hex8(verifierKey.keyID)) else {
-            throw NoteVerifierKey.Invalid(description: "the key ID \(parts[3].prefix(8)) does not match the key")
-        }
+        let k = try KeyText.parsePrivate(text, type: CosignatureKey.type,
+                                         form: "a witness signing key is PRIVATE+KEY+NAME+KEYID+base64(0x04 || 32-byte seed)")
+        try self.init(name: k.name, privateKey: k.key)
+        try KeyText.check(id: k.id, against: verifierKey.keyID)
     }
 
     public var text: String {
-        "PRIVATE+KEY+\(verifierKey.name)+\(NoteSigner.hex8(verifierKey.keyID))+\(Base64.encode([CosignatureKey.type] + Array(privateKey.rawRepresentation)))"
+        KeyText.privateText(name: verifierKey.name, id: verifierKey.keyID, type: CosignatureKey.type, key: privateKey)
     }
 
     /// The cosignature line for a checkpoint's text at `timestamp` (POSIX seconds, > 0).
     public func cosign(_ text: String, timestamp: UInt64) throws -> String {
         let signature = try privateKey.signature(for: CosignatureKey.message(text: text, timestamp: timestamp))
-        let id = verifierKey.keyID
         let stamp = (0..<8).map { UInt8(truncatingIfNeeded: timestamp >> (56 - 8 * UInt64($0))) }
-        let blob = [UInt8(id >> 24), UInt8(id >> 16 & 0xff), UInt8(id >> 8 & 0xff), UInt8(id & 0xff)] + stamp + Array(signature)
-        return "\u{2014} \(verifierKey.name) \(Base64.encode(blob))\n"
+        return SignedNote.Signature(name: verifierKey.name, keyID: verifierKey.keyID, signature: stamp + Array(signature)).line
     }
 }
 
@@ -294,10 +275,7 @@ public struct WitnessCore: Sendable {
         let line: String
         do { line = try signer.cosign(note.text, timestamp: max(1, now)) } catch { return answer(.failed("cannot sign: \(error)"), origin: origin) }
         // The note as the log signed it (its own signature lines only), then the cosignature.
-        let logLines = note.signatures.filter { $0.name == key.name && $0.keyID == key.keyID }.map { s -> String in
-            let id = s.keyID
-            return "\u{2014} \(s.name) \(Base64.encode([UInt8(id >> 24), UInt8(id >> 16 & 0xff), UInt8(id >> 8 & 0xff), UInt8(id & 0xff)] + s.signature))\n"
-        }.joined()
+        let logLines = note.signatures.filter { $0.name == key.name && $0.keyID == key.keyID }.map(\.line).joined()
         let stored = Array((note.text + "\n" + logLines + line).utf8)
         return Decision(answer: .cosigned(line), accepted: WitnessedLog(size: checkpoint.size, rootHash: checkpoint.rootHash, note: stored),
                         refusal: nil, origin: origin)

@@ -153,7 +153,6 @@ public final class AuditAppender: @unchecked Sendable {
     private var failure: AuditStoreError?
     private var closing = false
     private var shutDown = false
-    private var finished = false
     private var latest: (note: [UInt8], checkpoint: Checkpoint)
     private var size: UInt64
 
@@ -303,8 +302,7 @@ public final class AuditAppender: @unchecked Sendable {
             guard info.isRegularFile, info.owner == effectiveUserID(), info.permissions & 0o077 == 0 else {
                 throw AuditStoreError(.unusable, "the audit log's key \(keyPath) must be a regular file of this user's, readable only by it (mode 0600); it is \(info.kind) of uid \(info.owner), mode \(String(info.permissions, radix: 8))")
             }
-            var text = String(decoding: try AuditDirectory.read(keyPath, what: "audit log key", limit: 4096), as: UTF8.self)
-            while text.hasSuffix("\n") { text.removeLast() }
+            let text = try AuditDirectory.keyText(keyPath, what: "audit log key")
             do { signer = try NoteSigner(text: text) } catch { throw AuditStoreError(.unusable, "\(keyPath) is not a signing key: \(error.description)") }
             created = false
         } else {
@@ -315,31 +313,25 @@ public final class AuditAppender: @unchecked Sendable {
             do { signer = try NoteSigner(name: logName, privateKey: Curve25519.Signing.PrivateKey()) } catch {
                 throw AuditStoreError(.unusable, "the audit log's name \(logName.prefix(80)): \(error.description)")
             }
-            try writeAtomically(directory, AuditDirectory.keyFile, Array((signer.text + "\n").utf8), mode: 0o600, directoryFD: directoryFD)
+            try writeKeyFile(directory, AuditDirectory.keyFile, Array((signer.text + "\n").utf8), mode: 0o600, directoryFD: directoryFD)
             created = true
         }
         // The public key: written when missing (a crash between the two files), checked otherwise.
         let pub = Array((signer.verifierKey.text + "\n").utf8)
         if !pathExists(pubPath) {
-            try writeAtomically(directory, AuditDirectory.publicKeyFile, pub, mode: 0o644, directoryFD: directoryFD)
+            try writeKeyFile(directory, AuditDirectory.publicKeyFile, pub, mode: 0o644, directoryFD: directoryFD)
         } else if try AuditDirectory.read(pubPath, what: "verifier key", limit: 4096) != pub {
             throw AuditStoreError(.unusable, "\(pubPath) is not the public key of \(keyPath): restore it, or give auditors the key that matches")
         }
         return (signer, created)
     }
 
-    /// Writes `name` through a temporary file, synced, then renamed into place and the directory
-    /// synced: the file is whole or absent after a crash.
-    private static func writeAtomically(_ directory: String, _ name: String, _ bytes: [UInt8], mode: UInt32, directoryFD: FileDescriptor) throws(AuditStoreError) {
-        let temporary = directory + "/." + name + ".new", path = directory + "/" + name
-        do {
-            if pathExists(temporary) { try removeFile(temporary) }
-            let fd = try FileDescriptor.create(exclusive: temporary, mode: mode)
-            try fd.write(bytes, at: 0)
-            try fd.sync()
-            try renameFile(temporary, path)
-            try directoryFD.sync()
-        } catch { throw AuditStoreError(.unusable, "cannot write \(path): \(error)") }
+    /// Writes a key file whole or not at all (a temporary file, synced, renamed into place, the
+    /// directory synced).
+    private static func writeKeyFile(_ directory: String, _ name: String, _ bytes: [UInt8], mode: UInt32, directoryFD: FileDescriptor) throws(AuditStoreError) {
+        do { try directoryFD.replaceFile(named: name, with: bytes, mode: mode) } catch {
+            throw AuditStoreError(.unusable, "cannot write \(directory)/\(name): \(error)")
+        }
     }
 
     // MARK: Appending
@@ -390,11 +382,16 @@ public final class AuditAppender: @unchecked Sendable {
     private func reserve(_ count: Int, _ answer: Answer) throws(AuditStoreError) -> Slot {
         try lock.withLock { () throws(AuditStoreError) -> Slot in
             guard failure == nil, !closing else { throw closedOrFailed }
-            let slot = Slot(first: nextSequence, count: count, time: options.clock(), answer: answer)
-            nextSequence += UInt64(count)
-            pending.append(slot)
-            return slot
+            return queued(count, answer)
         }
+    }
+
+    /// Under the lock: the next group's slot, numbered and queued.
+    private func queued(_ count: Int, _ answer: Answer) -> Slot {
+        let slot = Slot(first: nextSequence, count: count, time: options.clock(), answer: answer)
+        nextSequence += UInt64(count)
+        pending.append(slot)
+        return slot
     }
 
     /// Encodes a reserved group on the calling thread and hands it to the committer.
@@ -452,7 +449,6 @@ public final class AuditAppender: @unchecked Sendable {
         thread?.join()
         thread = nil
         lock.withLock {
-            finished = true
             // Anything still queued (a writer that raced with close) is refused.
             for slot in pending { finish(slot, .failure(AuditStoreError(.closed, "the audit log \(directory) is closed"))) }
             pending = []
@@ -483,10 +479,7 @@ public final class AuditAppender: @unchecked Sendable {
                     if closing { return [] }
                     if !lock.wait(untilMonotonic: deadline) && pending.isEmpty && !closing && failure == nil {
                         // Idle for the heartbeat's interval: a record of its own, so silence shows.
-                        let slot = Slot(first: nextSequence, count: 1, time: options.clock(), answer: .none)
-                        nextSequence += 1
-                        pending.append(slot)
-                        heartbeatSlot = slot
+                        heartbeatSlot = queued(1, .none)
                         return []
                     }
                 }

@@ -84,13 +84,26 @@ public enum AuditDirectory {
         try read(directory + "/" + segmentName(n), what: "audit segment", limit: maxSegmentBytes)
     }
 
+    /// A key file's one line (its final newlines dropped).
+    static func keyText(_ path: String, what: String) throws(AuditStoreError) -> String {
+        var text = String(decoding: try read(path, what: what, limit: 4096), as: UTF8.self)
+        while text.hasSuffix("\n") { text.removeLast() }
+        return text
+    }
+
     /// The log's verifier key, from `log.pub` (or the file an auditor names).
     public static func verifierKey(at path: String) throws(AuditStoreError) -> NoteVerifierKey {
-        let bytes = try read(path, what: "verifier key", limit: 4096)
-        var text = String(decoding: bytes, as: UTF8.self)
-        while text.hasSuffix("\n") { text.removeLast() }
+        let text = try keyText(path, what: "verifier key")
         do { return try NoteVerifierKey(text: text) } catch {
             throw AuditStoreError(.unusable, "\(path) is not a verifier key: \(error.description)")
+        }
+    }
+
+    /// A witness's key (its `witness.pub`), which its cosignatures must verify with.
+    public static func witnessKey(at path: String) throws(AuditStoreError) -> CosignatureKey {
+        let text = try keyText(path, what: "witness key")
+        do { return try CosignatureKey(text: text) } catch {
+            throw AuditStoreError(.unusable, "\(path) is not a witness key: \(error.description)")
         }
     }
 

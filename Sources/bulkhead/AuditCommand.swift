@@ -76,11 +76,9 @@ struct AuditVerifyCommand: ParsableCommand {
         let notes = try saved.map { try readNote($0, "saved checkpoint") }
         var witness: (key: CosignatureKey, checkpoints: [[UInt8]])?
         if let witnessKey {
-            var text = String(decoding: try readNote(witnessKey, "witness key"), as: UTF8.self)
-            while text.hasSuffix("\n") { text.removeLast() }
             let key: CosignatureKey
-            do { key = try CosignatureKey(text: text) } catch {
-                printError("\(witnessKey) is not a witness key: \(error.description)")
+            do { key = try AuditDirectory.witnessKey(at: witnessKey) } catch {
+                printError(error.description)
                 throw ExitCode(AuditExit.unreadable)
             }
             let paths = witnessCheckpoints.isEmpty ? [log.directory + "/" + AuditDirectory.witnessCosignedFile] : witnessCheckpoints

@@ -19,15 +19,8 @@ extension Run {
         let audit: RunAudit
         var witness: WitnessEndpoint?
         if let auditWitness, let auditWitnessKey {
-            do {
-                var text = String(decoding: try AuditDirectory.read(auditWitnessKey, what: "witness key", limit: 4096), as: UTF8.self)
-                while text.hasSuffix("\n") { text.removeLast() }
-                witness = WitnessEndpoint(socketPath: auditWitness, key: try CosignatureKey(text: text))
-            } catch let e as AuditStoreError {
-                printError(e.description)
-                throw ExitCode(RunEnd.usage)
-            } catch {
-                printError("--audit-witness-key \(auditWitnessKey): \(error)")
+            do { witness = WitnessEndpoint(socketPath: auditWitness, key: try AuditDirectory.witnessKey(at: auditWitnessKey)) } catch {
+                printError("--audit-witness-key: \(error.description)")
                 throw ExitCode(RunEnd.usage)
             }
         }

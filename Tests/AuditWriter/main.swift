@@ -81,9 +81,7 @@ while !arguments.isEmpty {
     case "--witness": witnessSocket = value
     case "--file-size-limit": guard let n = UInt64(value), n > 0 else { fail("--file-size-limit: bytes") }; fileSizeLimit = n
     case "--witness-key":
-        guard let bytes = try? readFile(value, limit: 4096),
-              let key = try? CosignatureKey(text: String(decoding: bytes, as: UTF8.self).filter { $0 != "\n" }) else { fail("--witness-key: not a witness key") }
-        witnessKey = key
+        do { witnessKey = try AuditDirectory.witnessKey(at: value) } catch { fail("--witness-key: \(error.description)") }
     default: fail("unknown option \(flag)")
     }
 }
